@@ -1,0 +1,24 @@
+//! `shuffle-proto`: the vocabulary every Shoal component speaks.
+//!
+//! - [`ids`]: id newtypes ([`AppId`], [`ShuffleKey`], [`PartitionId`], ...).
+//! - [`messages`]: every request and reply, archived with rkyv and validated on read.
+//! - [`frame`]: how a message and its raw body travel on a stream.
+//! - [`batch`]: compressed, checksummed batches and the stream records readers receive.
+//! - [`error`]: decode errors and the wire error codes, each with a `retryable` flag.
+//!
+//! Nothing here does I/O beyond reading and writing frames on a caller's stream, and nothing
+//! here panics on bytes from a peer: every decoder returns a [`ProtoError`].
+
+pub mod batch;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod messages;
+
+pub use error::{ErrorCode, ProtoError, WireError};
+pub use frame::{FrameLimits, PROTOCOL_VERSION};
+pub use ids::{AppId, AttemptId, Epoch, MapId, PartitionId, ShuffleKey, WorkerId};
+pub use messages::{Message, MessageType, ReplyError, Validate};
+
+#[cfg(test)]
+mod wire_tests;

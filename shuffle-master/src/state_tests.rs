@@ -1,0 +1,380 @@
+//! Rules of the replicated state, exercised without storage or network.
+
+use proptest::prelude::*;
+use shuffle_proto::messages::*;
+use shuffle_proto::*;
+
+use crate::state::*;
+
+fn w(id: &str) -> WorkerId {
+    WorkerId::new(id).unwrap()
+}
+
+fn key(s: u32) -> ShuffleKey {
+    ShuffleKey::new(AppId::new("app-1").unwrap(), s, 0)
+}
+
+fn cluster(workers: &[&str]) -> MasterState {
+    let mut st = MasterState::default();
+    for id in workers {
+        let r =
+            st.apply(Command::RegisterWorker { worker: w(id), addr: format!("{id}:7000"), capacity_bytes: 1 << 40 });
+        assert_eq!(r, CommandResult::Ack);
+    }
+    st.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 60_000 });
+    st
+}
+
+fn register(st: &mut MasterState, s: u32, maps: u32, parts: u32, replication: u8) -> ShuffleAssignment {
+    match st.apply(Command::RegisterShuffle { shuffle: key(s), num_maps: maps, num_partitions: parts, replication }) {
+        CommandResult::Assignment(a) => a,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn stat(p: u32, bytes: u64, epoch: Epoch) -> PartitionStat {
+    PartitionStat { partition: PartitionId(p), bytes, crc_sum: bytes as u32 * 7, batches: 1, epochs: vec![epoch] }
+}
+
+fn commit(st: &mut MasterState, s: u32, map: u32, attempt: u64, stats: Vec<PartitionStat>) -> CommandResult {
+    st.apply(Command::CommitMap { shuffle: key(s), map: MapId(map), attempt: AttemptId(attempt), partitions: stats })
+}
+
+fn error_code(r: &CommandResult) -> Option<ErrorCode> {
+    match r {
+        CommandResult::Error(e) => Some(e.code()),
+        _ => None,
+    }
+}
+
+#[test]
+fn assignment_uses_only_active_workers_and_balances() {
+    let mut st = cluster(&["w1", "w2", "w3"]);
+    st.apply(Command::Decommission { worker: w("w3") });
+    let a = register(&mut st, 1, 4, 10, 1);
+    assert_eq!(a.locations.len(), 10);
+    assert!(a.locations.iter().all(|l| l.primary.id != w("w3")));
+    let on_w1 = a.locations.iter().filter(|l| l.primary.id == w("w1")).count();
+    assert_eq!(on_w1, 5);
+    assert_eq!(a.locations[0].primary.addr, "w1:7000");
+    // Epochs are distinct and positive.
+    let mut epochs: Vec<u64> = a.locations.iter().map(|l| l.epoch.0).collect();
+    epochs.dedup();
+    assert_eq!(epochs.len(), 10);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn registering_twice_is_idempotent_and_conflicts_are_refused() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 4, 1);
+    let b = register(&mut st, 1, 2, 4, 1);
+    assert_eq!(a, b);
+    let r = st.apply(Command::RegisterShuffle { shuffle: key(1), num_maps: 3, num_partitions: 4, replication: 1 });
+    assert_eq!(error_code(&r), Some(ErrorCode::BadRequest));
+    let r = st.apply(Command::RegisterShuffle {
+        shuffle: ShuffleKey::new(AppId::new("other").unwrap(), 1, 0),
+        num_maps: 1,
+        num_partitions: 1,
+        replication: 1,
+    });
+    assert_eq!(error_code(&r), Some(ErrorCode::UnknownApp));
+}
+
+#[test]
+fn no_workers_is_a_retryable_error() {
+    let mut st = cluster(&["w1"]);
+    let r = st.apply(Command::RegisterShuffle { shuffle: key(1), num_maps: 1, num_partitions: 1, replication: 2 });
+    assert_eq!(error_code(&r), Some(ErrorCode::NoWorkers));
+    assert!(ErrorCode::NoWorkers.retryable());
+}
+
+#[test]
+fn replicas_land_on_another_worker() {
+    let mut st = cluster(&["w1", "w2", "w3"]);
+    let a = register(&mut st, 1, 1, 9, 2);
+    for l in &a.locations {
+        let r = l.replica.as_ref().expect("replica");
+        assert_ne!(r.id, l.primary.id);
+    }
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn first_commit_wins_forever_and_seals() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 2, 1);
+    let e0 = a.locations[0].epoch;
+    let r = commit(&mut st, 1, 0, 100, vec![stat(0, 10, e0)]);
+    assert_eq!(r, CommandResult::Committed(MapCommitted { winner: AttemptId(100), accepted: true, sealed: false }));
+    // A speculative attempt of the same map loses, and learns the winner.
+    let r = commit(&mut st, 1, 0, 101, vec![stat(0, 99, e0)]);
+    assert_eq!(r, CommandResult::Committed(MapCommitted { winner: AttemptId(100), accepted: false, sealed: false }));
+    // The winner committing again (a retry) is accepted without change.
+    let r = commit(&mut st, 1, 0, 100, vec![]);
+    assert_eq!(r, CommandResult::Committed(MapCommitted { winner: AttemptId(100), accepted: true, sealed: false }));
+    let r = commit(&mut st, 1, 1, 200, vec![]);
+    assert_eq!(r, CommandResult::Committed(MapCommitted { winner: AttemptId(200), accepted: true, sealed: true }));
+    // After the seal a late attempt still gets the winner, not an error.
+    let r = commit(&mut st, 1, 1, 201, vec![]);
+    assert_eq!(r, CommandResult::Committed(MapCommitted { winner: AttemptId(200), accepted: false, sealed: true }));
+    let plan = st.read_plan(&key(1), 0, 2, 0, 2).unwrap();
+    assert_eq!(plan.state, ShuffleState::Sealed);
+    assert_eq!(plan.partitions[0].expected.len(), 1);
+    assert_eq!(plan.partitions[0].expected[0].attempt, AttemptId(100));
+    assert_eq!(plan.partitions[0].expected[0].bytes, 10);
+    assert!(plan.partitions[1].expected.is_empty());
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn bad_commits_are_refused_and_change_nothing() {
+    let mut st = cluster(&["w1"]);
+    let a = register(&mut st, 1, 2, 2, 1);
+    let e0 = a.locations[0].epoch;
+    assert_eq!(error_code(&commit(&mut st, 1, 5, 1, vec![])), Some(ErrorCode::BadRequest));
+    assert_eq!(error_code(&commit(&mut st, 1, 0, 1, vec![stat(7, 1, e0)])), Some(ErrorCode::BadRequest));
+    assert_eq!(error_code(&commit(&mut st, 1, 0, 1, vec![stat(0, 1, Epoch(999))])), Some(ErrorCode::BadRequest));
+    assert_eq!(
+        error_code(&commit(&mut st, 1, 0, 1, vec![stat(1, 1, e0), stat(0, 1, e0)])),
+        Some(ErrorCode::BadRequest)
+    );
+    assert_eq!(error_code(&commit(&mut st, 9, 0, 1, vec![])), Some(ErrorCode::UnknownShuffle));
+    assert_eq!(st.shuffles[&key(1)].meta.committed_maps, 0);
+}
+
+#[test]
+fn stale_relocations_return_the_current_location() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 1, 1, 1);
+    let first = a.locations[0].clone();
+    let moved = match st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(0),
+        failed_epoch: first.epoch,
+        failed_worker: first.primary.id.clone(),
+    }) {
+        CommandResult::Location(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert!(moved.epoch > first.epoch);
+    assert_ne!(moved.primary.id, first.primary.id);
+    // A second report of the same failure (another map task) must not move it again.
+    let again = st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(0),
+        failed_epoch: first.epoch,
+        failed_worker: first.primary.id.clone(),
+    });
+    assert_eq!(again, CommandResult::Location(moved.clone()));
+    assert_eq!(st.assignment(&key(1)).unwrap().locations[0], moved);
+    // The old worker is still alive: its data stays a read source.
+    let plan = st.read_plan(&key(1), 0, 1, 0, 1).unwrap();
+    assert_eq!(plan.partitions[0].sources.len(), 2);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn worker_loss_without_replica_loses_committed_data_and_moves_writes() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 2, 1);
+    let (lost_p, lost_loc) = a.locations.iter().enumerate().find(|(_, l)| l.primary.id == w("w1")).unwrap();
+    let lost_p = lost_p as u32;
+    commit(&mut st, 1, 0, 10, vec![stat(lost_p, 5, lost_loc.epoch)]);
+    assert_eq!(st.apply(Command::WorkerLost { worker: w("w1") }), CommandResult::Ack);
+    let plan = st.read_plan(&key(1), lost_p, lost_p + 1, 0, 2).unwrap();
+    assert!(plan.partitions[0].lost, "committed data on the lost worker is reported lost");
+    // Writes moved to the survivor under a new epoch.
+    let now = st.assignment(&key(1)).unwrap().locations[lost_p as usize].clone();
+    assert_eq!(now.primary.id, w("w2"));
+    assert!(now.epoch > lost_loc.epoch);
+    // A map that pushed to the lost epoch can't commit: it must be re-run.
+    let r = commit(&mut st, 1, 1, 11, vec![stat(lost_p, 5, lost_loc.epoch)]);
+    assert_eq!(error_code(&r), Some(ErrorCode::DataLost));
+    // Its retry that pushed to the new epoch commits.
+    let r = commit(&mut st, 1, 1, 12, vec![stat(lost_p, 5, now.epoch)]);
+    assert!(matches!(r, CommandResult::Committed(MapCommitted { accepted: true, sealed: true, .. })));
+    // Reading only map 1 is fine: its data is live on w2.
+    let plan = st.read_plan(&key(1), lost_p, lost_p + 1, 1, 2).unwrap();
+    assert!(!plan.partitions[0].lost);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn worker_loss_with_replica_promotes_it() {
+    let mut st = cluster(&["w1", "w2", "w3"]);
+    let a = register(&mut st, 1, 1, 3, 2);
+    let loc = a.locations.iter().find(|l| l.primary.id == w("w1")).unwrap().clone();
+    let p = loc.partition.0;
+    commit(&mut st, 1, 0, 1, vec![stat(p, 8, loc.epoch)]);
+    st.apply(Command::WorkerLost { worker: w("w1") });
+    let plan = st.read_plan(&key(1), p, p + 1, 0, 1).unwrap();
+    let part = &plan.partitions[0];
+    assert!(!part.lost);
+    assert_eq!(part.sources.len(), 1);
+    assert_eq!(&part.sources[0].primary.id, &loc.replica.as_ref().unwrap().id);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn decommission_moves_writes_then_finishes_after_spill() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 2, 1);
+    let loc = a.locations.iter().find(|l| l.primary.id == w("w1")).unwrap().clone();
+    let p = loc.partition.0;
+    commit(&mut st, 1, 0, 1, vec![stat(p, 8, loc.epoch)]);
+    st.apply(Command::Decommission { worker: w("w1") });
+    assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioning);
+    assert_eq!(st.commands_for(&w("w1"), &[]), vec![WorkerCommand::Decommission]);
+    let now = st.assignment(&key(1)).unwrap().locations[p as usize].clone();
+    assert_eq!(now.primary.id, w("w2"));
+    // New placements avoid the draining worker.
+    let b = register(&mut st, 2, 1, 4, 1);
+    assert!(b.locations.iter().all(|l| l.primary.id == w("w2")));
+    let seg = SegmentRef {
+        object_key: "shoal/app-1/1.0/p/seg-1".into(),
+        index_offset: 100,
+        total_len: 140,
+        first_map: MapId(0),
+        end_map: MapId(1),
+    };
+    st.apply(Command::ReportSegment {
+        worker: w("w1"),
+        shuffle: key(1),
+        partition: PartitionId(p),
+        segment: seg.clone(),
+        last: true,
+    });
+    assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioned);
+    assert_eq!(st.spilled_bytes_of(&w("w1")), 8);
+    let plan = st.read_plan(&key(1), p, p + 1, 0, 2).unwrap();
+    assert_eq!(plan.partitions[0].segments, vec![seg]);
+    assert!(plan.partitions[0].sources.iter().all(|s| s.primary.id != w("w1")));
+    assert!(!plan.partitions[0].lost);
+    // Losing the decommissioned worker now costs nothing.
+    st.apply(Command::WorkerLost { worker: w("w1") });
+    assert!(!st.read_plan(&key(1), p, p + 1, 0, 2).unwrap().partitions[0].lost);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn sealed_shuffles_ask_owners_to_spill_and_removed_ones_to_delete() {
+    let mut st = cluster(&["w1"]);
+    register(&mut st, 1, 1, 2, 1);
+    register(&mut st, 2, 1, 1, 1);
+    assert!(st.commands_for(&w("w1"), &[key(1)]).is_empty());
+    commit(&mut st, 1, 0, 1, vec![]);
+    assert_eq!(st.commands_for(&w("w1"), &[key(1)]), vec![WorkerCommand::Seal { shuffle: key(1) }]);
+    st.apply(Command::UnregisterShuffle { shuffle: key(2) });
+    assert_eq!(st.commands_for(&w("w1"), &[key(2)]), vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }]);
+    assert_eq!(st.counters.tombstones, vec![key(2)]);
+    // Unregistering the app removes the rest.
+    st.apply(Command::UnregisterApp { app: AppId::new("app-1").unwrap() });
+    assert!(st.shuffles.is_empty());
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn remove_worker_only_when_gone() {
+    let mut st = cluster(&["w1"]);
+    assert_eq!(error_code(&st.apply(Command::RemoveWorker { worker: w("w1") })), Some(ErrorCode::BadRequest));
+    st.apply(Command::WorkerLost { worker: w("w1") });
+    assert_eq!(st.apply(Command::RemoveWorker { worker: w("w1") }), CommandResult::Ack);
+    assert!(st.workers.is_empty());
+}
+
+#[test]
+fn changes_name_every_touched_record() {
+    let mut st = cluster(&["w1"]);
+    st.take_changes();
+    let a = register(&mut st, 1, 1, 3, 1);
+    let ch = st.take_changes();
+    assert!(ch.contains(&Change::Shuffle(key(1))));
+    for p in 0..3 {
+        assert!(ch.contains(&Change::Partition(key(1), p)));
+    }
+    commit(&mut st, 1, 0, 1, vec![stat(2, 1, a.locations[2].epoch)]);
+    let ch = st.take_changes();
+    assert!(ch.contains(&Change::Map(key(1), 0)));
+    assert!(ch.contains(&Change::Partition(key(1), 2)));
+    assert!(!ch.contains(&Change::Partition(key(1), 1)));
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let wid = prop_oneof![Just(w("w1")), Just(w("w2")), Just(w("w3"))];
+    let shuffle = (0u32..3).prop_map(key);
+    prop_oneof![
+        (wid.clone()).prop_map(|worker| Command::RegisterWorker { worker, addr: "h:1".into(), capacity_bytes: 1 }),
+        (shuffle.clone(), 0u32..4, 1u32..6, 1u8..3).prop_map(|(shuffle, num_maps, num_partitions, replication)| {
+            Command::RegisterShuffle { shuffle, num_maps, num_partitions, replication }
+        }),
+        (shuffle.clone(), 0u32..4, 0u64..3, proptest::collection::btree_map(0u32..6, (0u64..100, 1u64..40), 0..4))
+            .prop_map(|(shuffle, map, attempt, parts)| Command::CommitMap {
+                shuffle,
+                map: MapId(map),
+                attempt: AttemptId(attempt),
+                partitions: parts
+                    .into_iter()
+                    .map(|(p, (b, e))| PartitionStat {
+                        partition: PartitionId(p),
+                        bytes: b,
+                        crc_sum: 0,
+                        batches: 1,
+                        epochs: vec![Epoch(e)],
+                    })
+                    .collect(),
+            }),
+        (shuffle.clone(), 0u32..6, 1u64..40, wid.clone()).prop_map(|(shuffle, p, e, failed_worker)| {
+            Command::Relocate { shuffle, partition: PartitionId(p), failed_epoch: Epoch(e), failed_worker }
+        }),
+        wid.clone().prop_map(|worker| Command::WorkerLost { worker }),
+        wid.clone().prop_map(|worker| Command::Decommission { worker }),
+        wid.clone().prop_map(|worker| Command::Recommission { worker }),
+        wid.clone().prop_map(|worker| Command::RemoveWorker { worker }),
+        (wid, shuffle.clone(), 0u32..6, any::<bool>()).prop_map(|(worker, shuffle, p, last)| Command::ReportSegment {
+            worker,
+            shuffle,
+            partition: PartitionId(p),
+            segment: SegmentRef {
+                object_key: format!("k{p}"),
+                index_offset: 0,
+                total_len: 0,
+                first_map: MapId(0),
+                end_map: MapId(1)
+            },
+            last,
+        }),
+        shuffle.prop_map(|shuffle| Command::UnregisterShuffle { shuffle }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Any sequence of commands keeps the invariants, and replaying it gives the same state
+    /// (determinism: every master applies the same log).
+    #[test]
+    fn random_histories_keep_invariants(cmds in proptest::collection::vec(arb_command(), 1..60)) {
+        let mut a = MasterState::default();
+        let mut b = MasterState::default();
+        a.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 1 });
+        b.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 1 });
+        for cmd in cmds {
+            let ra = a.apply(cmd.clone());
+            let rb = b.apply(cmd);
+            prop_assert_eq!(ra, rb);
+            let inv = a.check_invariants();
+            prop_assert!(inv.is_ok(), "{:?}", inv);
+        }
+        // Every winner stays the winner.
+        for rec in a.shuffles.values() {
+            for (map, c) in &rec.commits {
+                let r = a.clone().apply(Command::CommitMap {
+                    shuffle: rec.meta.key.clone(), map: MapId(*map), attempt: AttemptId(c.attempt.0 + 1000), partitions: vec![],
+                });
+                let lost_race = matches!(r, CommandResult::Committed(MapCommitted { accepted: false, .. }));
+                prop_assert!(lost_race, "{:?}", r);
+            }
+        }
+    }
+}

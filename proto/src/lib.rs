@@ -14,6 +14,8 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod messages;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use error::{ErrorCode, ProtoError, WireError};
 pub use frame::{FrameLimits, PROTOCOL_VERSION};

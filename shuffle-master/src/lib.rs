@@ -2,9 +2,15 @@
 //!
 //! - [`state`]: the replicated state and its rules, pure and deterministic.
 //! - [`assign`]: partition placement.
+//! - [`store`]: the Raft log and state machine in RocksDB.
+//! - [`raft`]: openraft types and the Raft network over QUIC.
 
 pub mod assign;
+pub mod raft;
 pub mod state;
+pub mod store;
 
 #[cfg(test)]
 mod state_tests;
+#[cfg(test)]
+mod store_tests;

@@ -1,0 +1,86 @@
+//! The RocksDB store: openraft's storage suite, and persistence of state records.
+
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+use shuffle_proto::messages::PartitionStat;
+use shuffle_proto::*;
+use tempfile::TempDir;
+
+use crate::raft::{NodeId, TypeConfig};
+use crate::state::{Command, CommandResult};
+use crate::store::*;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = TempDir::new().map_err(|e| StorageError::from(openraft::StorageIOError::write(&e)))?;
+        let db = open_db(dir.path())?;
+        Ok((dir, LogStore::new(db.clone()), StateMachineStore::open(db)?))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
+    Suite::test_all(Builder)
+}
+
+#[test]
+fn records_survive_reopen_exactly() {
+    let dir = TempDir::new().unwrap();
+    let key = ShuffleKey::new(AppId::new("app-1").unwrap(), 1, 0);
+    let expected = {
+        let db = open_db(dir.path()).unwrap();
+        let sm = StateMachineStore::open(db.clone()).unwrap();
+        for w in ["w1", "w2"] {
+            let cmd = Command::RegisterWorker {
+                worker: WorkerId::new(w).unwrap(),
+                addr: format!("{w}:1"),
+                capacity_bytes: 9,
+            };
+            apply_direct(&sm, cmd).unwrap();
+        }
+        apply_direct(&sm, Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 5 }).unwrap();
+        let a = match apply_direct(
+            &sm,
+            Command::RegisterShuffle { shuffle: key.clone(), num_maps: 2, num_partitions: 300, replication: 2 },
+        )
+        .unwrap()
+        {
+            CommandResult::Assignment(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let stat = PartitionStat {
+            partition: PartitionId(299),
+            bytes: 10,
+            crc_sum: 1,
+            batches: 1,
+            epochs: vec![a.locations[299].epoch],
+        };
+        apply_direct(
+            &sm,
+            Command::CommitMap { shuffle: key.clone(), map: MapId(1), attempt: AttemptId(3), partitions: vec![stat] },
+        )
+        .unwrap();
+        // A second shuffle, removed again: its records must be gone after reopen.
+        let gone = ShuffleKey::new(AppId::new("app-1").unwrap(), 2, 0);
+        apply_direct(
+            &sm,
+            Command::RegisterShuffle { shuffle: gone.clone(), num_maps: 1, num_partitions: 3, replication: 1 },
+        )
+        .unwrap();
+        apply_direct(&sm, Command::UnregisterShuffle { shuffle: gone }).unwrap();
+        apply_direct(&sm, Command::WorkerLost { worker: WorkerId::new("w1").unwrap() }).unwrap();
+        let g = sm.shared();
+        let g = g.read().unwrap();
+        g.state.check_invariants().unwrap();
+        (g.state.read_plan(&key, 0, 300, 0, 2).unwrap(), g.state.counters.clone(), g.state.workers.clone())
+    };
+    let db = open_db(dir.path()).unwrap();
+    let st = reload(&db).unwrap();
+    st.check_invariants().unwrap();
+    assert_eq!(st.read_plan(&key, 0, 300, 0, 2).unwrap(), expected.0);
+    assert_eq!(st.counters, expected.1);
+    assert_eq!(st.workers, expected.2);
+    assert_eq!(st.shuffles.len(), 1);
+}

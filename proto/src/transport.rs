@@ -288,17 +288,19 @@ impl Default for ClientOptions {
         Self {
             limits: FrameLimits::default(),
             call_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
         }
     }
 }
+
+type ConnSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 /// A client endpoint that keeps one connection per peer address and reopens it when lost.
 #[derive(Clone)]
 pub struct Client {
     endpoint: quinn::Endpoint,
     opts: ClientOptions,
-    conns: Arc<tokio::sync::Mutex<std::collections::HashMap<String, quinn::Connection>>>,
+    conns: Arc<std::sync::Mutex<std::collections::HashMap<String, ConnSlot>>>,
 }
 
 impl Client {
@@ -324,14 +326,19 @@ impl Client {
             .ok_or_else(|| TransportError::Resolve(addr.to_string()))
     }
 
-    /// The open connection to `addr`, connecting if there is none.
+    /// The open connection to `addr`, connecting if there is none. Connecting to one peer
+    /// never waits on another: each address has its own slot.
     pub async fn connection(&self, addr: &str) -> Result<quinn::Connection, TransportError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(addr) {
+        let slot = {
+            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.entry(addr.to_string()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
-            conns.remove(addr);
+            *slot = None;
         }
         let sock = Self::resolve(addr).await?;
         let connect_err = |reason: String| TransportError::Connect { addr: addr.to_string(), reason };
@@ -341,13 +348,16 @@ impl Client {
             Ok(Err(e)) => return Err(connect_err(e.to_string())),
             Err(_) => return Err(TransportError::Timeout { addr: addr.to_string(), after: self.opts.connect_timeout }),
         };
-        conns.insert(addr.to_string(), conn.clone());
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 
     /// Drops the cached connection to `addr` (after a failure that may have broken it).
     pub async fn forget(&self, addr: &str) {
-        self.conns.lock().await.remove(addr);
+        let slot = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(addr).cloned();
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
     }
 
     /// Opens a stream to `addr` and sends `msg` with `body`; the caller reads the replies.
@@ -531,5 +541,96 @@ async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>, 
                 }
             }
         });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Master client: finds the leader and follows its hints.
+
+/// Calls the master group: any master answers or points at the leader; unreachable masters
+/// and elections are retried with backoff until `deadline`.
+#[derive(Clone)]
+pub struct MasterClient {
+    client: Client,
+    masters: Arc<Vec<String>>,
+    leader: Arc<std::sync::Mutex<Option<String>>>,
+    deadline: Duration,
+}
+
+impl MasterClient {
+    pub fn new(client: Client, masters: Vec<String>, deadline: Duration) -> Result<MasterClient, TransportError> {
+        if masters.is_empty() {
+            return Err(TransportError::Resolve("no master endpoints configured".into()));
+        }
+        Ok(MasterClient { client, masters: Arc::new(masters), leader: Default::default(), deadline })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The leader this client currently believes in.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.leader.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set_leader(&self, l: Option<String>) {
+        if let Ok(mut g) = self.leader.lock() {
+            *g = l;
+        }
+    }
+
+    /// Sends `msg` to the leader; returns its reply (which may be a `WireError` other than
+    /// the leader-finding ones).
+    pub async fn call(&self, msg: &Message) -> Result<(Message, Vec<u8>), TransportError> {
+        let start = tokio::time::Instant::now();
+        let mut next = 0usize;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let target = self.leader_hint().unwrap_or_else(|| self.masters[next % self.masters.len()].clone());
+            let outcome = self.client.call(&target, msg, &[]).await;
+            let last_err = match outcome {
+                Ok((Message::WireError(e), _)) if e.code() == ErrorCode::NotLeader => {
+                    match e.leader_hint.clone().filter(|h| *h != target) {
+                        Some(h) => {
+                            self.set_leader(Some(h));
+                            continue;
+                        }
+                        None => {
+                            self.set_leader(None);
+                            next += 1;
+                            TransportError::Remote(e)
+                        }
+                    }
+                }
+                Ok((Message::WireError(e), _)) if e.code() == ErrorCode::NoLeader => {
+                    self.set_leader(None);
+                    next += 1;
+                    TransportError::Remote(e)
+                }
+                Ok(reply) => {
+                    self.set_leader(Some(target));
+                    return Ok(reply);
+                }
+                Err(e) if e.unreachable() => {
+                    self.set_leader(None);
+                    next += 1;
+                    e
+                }
+                Err(e) => return Err(e),
+            };
+            if start.elapsed() + backoff > self.deadline {
+                return Err(last_err);
+            }
+            debug!("master call retry after {backoff:?}: {last_err}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// A call whose reply must be a `T`.
+    pub async fn call_typed<T: MessageType>(&self, msg: impl Into<Message>) -> Result<T, TransportError> {
+        let (reply, _) = self.call(&msg.into()).await?;
+        Ok(reply.expect::<T>()?)
     }
 }

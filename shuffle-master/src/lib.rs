@@ -4,9 +4,15 @@
 //! - [`assign`]: partition placement.
 //! - [`store`]: the Raft log and state machine in RocksDB.
 //! - [`raft`]: openraft types and the Raft network over QUIC.
+//! - [`service`]: the leader's request handler; [`liveness`]: heartbeat soft state.
+//! - [`node`]: a master process wired together.
 
 pub mod assign;
+pub mod config;
+pub mod liveness;
+pub mod node;
 pub mod raft;
+pub mod service;
 pub mod state;
 pub mod store;
 

@@ -15,6 +15,9 @@
 //!   stopping `apply`; installing one replaces `sm` wholly and reloads memory from it.
 //! - Nothing read from disk is trusted: every decode failure is a `StorageError`.
 
+// openraft's storage traits fix the error type; helpers share it rather than box it.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -33,8 +36,8 @@ use shuffle_proto::ShuffleKey;
 
 use crate::raft::{NodeId, TypeConfig};
 use crate::state::{
-    AppRecord, Change, Command, CommandResult, Counters, MapCommit, MasterState, PartitionRecord, ShuffleMeta,
-    ShuffleRecord, WorkerRecord,
+    AppRecord, Change, CommandResult, Counters, MapCommit, MasterState, PartitionRecord, ShuffleMeta, ShuffleRecord,
+    WorkerRecord,
 };
 
 const CF_LOGS: &str = "logs";
@@ -44,6 +47,9 @@ const CF_SM_META: &str = "sm_meta";
 const CF_SNAPSHOT: &str = "snapshot";
 
 type SE = StorageError<NodeId>;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type AppliedId = Option<LogId<NodeId>>;
+type KeyValue<'a> = (&'a [u8], &'a [u8]);
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, SE> {
     postcard::to_allocvec(v).map_err(|e| StorageIOError::write(&e).into())
@@ -428,9 +434,7 @@ impl StateMachineStore {
         Ok(Applied { state, last_applied, membership })
     }
 
-    fn snapshot_bytes(
-        &self,
-    ) -> Result<(Vec<u8>, Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), SE> {
+    fn snapshot_bytes(&self) -> Result<(Vec<u8>, AppliedId, Membership), SE> {
         // Read applied id, membership and records from one RocksDB snapshot.
         let snap = self.db.snapshot();
         let sm = self.db.cf_handle(CF_SM).ok_or_else(|| missing_cf(CF_SM))?;
@@ -455,7 +459,7 @@ impl StateMachineStore {
         Ok((out, last_applied, membership))
     }
 
-    fn parse_snapshot(data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, SE> {
+    fn parse_snapshot(data: &[u8]) -> Result<Vec<KeyValue<'_>>, SE> {
         fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
             let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
             let v = rest.get(4..4usize.checked_add(len)?)?;
@@ -575,7 +579,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// Applies a command outside Raft; for tests of persistence.
 #[cfg(test)]
-pub(crate) fn apply_direct(sm: &StateMachineStore, cmd: Command) -> Result<CommandResult, SE> {
+pub(crate) fn apply_direct(sm: &StateMachineStore, cmd: crate::state::Command) -> Result<CommandResult, SE> {
     let mut g = sm.shared.write().map_err(|_| poisoned())?;
     let r = g.state.apply(cmd);
     let changes = g.state.take_changes();

@@ -1,4 +1,5 @@
 //! The RocksDB store: openraft's storage suite, and persistence of state records.
+#![allow(clippy::result_large_err)]
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;

@@ -1,0 +1,241 @@
+//! Settings for the `shuffle-master` binary: a TOML file, then `SHOAL_*` environment
+//! variables, then flags, each overriding the one before. Validated at start with errors that
+//! name the key; unknown file keys are reported as warnings so rolling upgrades work.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shuffle_proto::transport::TlsSource;
+
+use crate::node::MasterConfig;
+
+/// Every setting, each optional until merged.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+pub struct MasterSettings {
+    /// This master's id (a positive integer, unique in the group).
+    #[arg(long, env = "SHOAL_ID")]
+    pub id: Option<u64>,
+    /// Address to bind (QUIC, for clients, workers and other masters).
+    #[arg(long, env = "SHOAL_LISTEN")]
+    pub listen: Option<String>,
+    /// Every master as ID=HOST:PORT, comma separated, this one included.
+    #[arg(long, env = "SHOAL_PEERS")]
+    pub peers: Option<String>,
+    /// Where the Raft log and state live.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain of this node (signed by the cluster CA).
+    #[arg(long, env = "SHOAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of this node.
+    #[arg(long, env = "SHOAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM cluster CA certificate.
+    #[arg(long, env = "SHOAL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any peer certificate (throwaway local clusters only).
+    #[arg(long, env = "SHOAL_TLS_INSECURE")]
+    pub tls_insecure: Option<bool>,
+    /// How often workers heartbeat, e.g. "2s".
+    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Silence after which a worker is declared lost, e.g. "30s".
+    #[arg(long, env = "SHOAL_WORKER_TIMEOUT")]
+    pub worker_timeout: Option<String>,
+    /// Raft election timeout, e.g. "500ms".
+    #[arg(long, env = "SHOAL_ELECTION_TIMEOUT")]
+    pub election_timeout: Option<String>,
+    /// Raft entries between snapshots.
+    #[arg(long, env = "SHOAL_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+}
+
+const KEYS: &[&str] = &[
+    "id",
+    "listen",
+    "peers",
+    "data_dir",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_insecure",
+    "heartbeat_interval",
+    "worker_timeout",
+    "election_timeout",
+    "snapshot_every",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting `{key}`: {reason}")]
+pub struct SettingError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn bad(key: &'static str, reason: impl Into<String>) -> SettingError {
+    SettingError { key, reason: reason.into() }
+}
+
+/// Parses a TOML file's text; returns the settings and the unknown keys found.
+pub fn parse_file(text: &str) -> Result<(MasterSettings, Vec<String>), SettingError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
+    let unknown = table.keys().filter(|k| !KEYS.contains(&k.as_str())).cloned().collect();
+    let s = MasterSettings::deserialize(toml::Value::Table(table)).map_err(|e| bad("config", e.to_string()))?;
+    Ok((s, unknown))
+}
+
+fn duration(key: &'static str, v: Option<&str>, default: Duration) -> Result<Duration, SettingError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| bad(key, format!("{s:?} is not a duration: {e}"))),
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, SettingError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| bad("peers", format!("{part:?} is not ID=HOST:PORT")))?;
+        let id: u64 = id.trim().parse().map_err(|_| bad("peers", format!("{id:?} is not a numeric id")))?;
+        if id == 0 {
+            return Err(bad("peers", "ids start at 1"));
+        }
+        if !addr.contains(':') {
+            return Err(bad("peers", format!("{addr:?} has no port")));
+        }
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(bad("peers", format!("id {id} appears twice")));
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("peers", "no masters listed"));
+    }
+    Ok(out)
+}
+
+impl MasterSettings {
+    /// `self` wins over `lower` key by key.
+    pub fn over(self, lower: MasterSettings) -> MasterSettings {
+        MasterSettings {
+            id: self.id.or(lower.id),
+            listen: self.listen.or(lower.listen),
+            peers: self.peers.or(lower.peers),
+            data_dir: self.data_dir.or(lower.data_dir),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_ca: self.tls_ca.or(lower.tls_ca),
+            tls_insecure: self.tls_insecure.or(lower.tls_insecure),
+            heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
+            worker_timeout: self.worker_timeout.or(lower.worker_timeout),
+            election_timeout: self.election_timeout.or(lower.election_timeout),
+            snapshot_every: self.snapshot_every.or(lower.snapshot_every),
+        }
+    }
+
+    /// Validates into a config.
+    pub fn resolve(self) -> Result<MasterConfig, SettingError> {
+        let id = self.id.ok_or_else(|| bad("id", "missing"))?;
+        let listen_s = self.listen.ok_or_else(|| bad("listen", "missing"))?;
+        let listen: SocketAddr =
+            listen_s.parse().map_err(|_| bad("listen", format!("{listen_s:?} is not HOST:PORT (an IP address)")))?;
+        let peers = match self.peers {
+            Some(p) => parse_peers(&p)?,
+            None => BTreeMap::from([(id, listen.to_string())]),
+        };
+        if !peers.contains_key(&id) {
+            return Err(bad("peers", format!("does not list this master's id {id}")));
+        }
+        let data_dir = self.data_dir.ok_or_else(|| bad("data_dir", "missing"))?;
+        let tls = match (self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure.unwrap_or(false)) {
+            (Some(cert), Some(key), Some(ca), false) => TlsSource::Files { cert, key, ca },
+            (None, None, None, true) => TlsSource::Insecure,
+            (_, _, _, true) => return Err(bad("tls_insecure", "set together with certificate files")),
+            (None, _, _, false) => return Err(bad("tls_cert", "missing (or set tls_insecure for a local cluster)")),
+            (_, None, _, false) => return Err(bad("tls_key", "missing")),
+            (_, _, None, false) => return Err(bad("tls_ca", "missing")),
+        };
+        let heartbeat_interval =
+            duration("heartbeat_interval", self.heartbeat_interval.as_deref(), Duration::from_secs(2))?;
+        let worker_timeout = duration("worker_timeout", self.worker_timeout.as_deref(), Duration::from_secs(30))?;
+        if worker_timeout <= heartbeat_interval * 2 {
+            return Err(bad("worker_timeout", "must exceed two heartbeat intervals"));
+        }
+        let election_timeout =
+            duration("election_timeout", self.election_timeout.as_deref(), Duration::from_millis(500))?;
+        if election_timeout < Duration::from_millis(100) {
+            return Err(bad("election_timeout", "must be at least 100ms"));
+        }
+        let snapshot_every = self.snapshot_every.unwrap_or(10_000);
+        if snapshot_every == 0 {
+            return Err(bad("snapshot_every", "must be positive"));
+        }
+        Ok(MasterConfig {
+            id,
+            listen,
+            peers,
+            data_dir,
+            tls,
+            heartbeat_interval,
+            worker_timeout,
+            election_timeout,
+            snapshot_every,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> MasterSettings {
+        MasterSettings {
+            id: Some(1),
+            listen: Some("127.0.0.1:9100".into()),
+            data_dir: Some("/tmp/x".into()),
+            tls_insecure: Some(true),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = MasterSettings { id: None, ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "id");
+        let e = MasterSettings { listen: Some("nowhere".into()), ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "listen");
+        let e = MasterSettings { peers: Some("2=a:1".into()), ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "peers");
+        let e = MasterSettings { worker_timeout: Some("ten".into()), ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "worker_timeout");
+        let e = MasterSettings { tls_insecure: None, ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "tls_cert");
+        assert!(e.to_string().contains("tls_cert"));
+    }
+
+    #[test]
+    fn file_then_flags_with_unknown_keys_reported() {
+        let (file, unknown) = parse_file(
+            "id = 2\nlisten = \"127.0.0.1:1\"\npeers = \"1=a:1,2=b:2\"\ndata_dir = \"/d\"\ntls_insecure = true\nfuture_knob = 3\n",
+        )
+        .unwrap();
+        assert_eq!(unknown, vec!["future_knob".to_string()]);
+        let flags = MasterSettings { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let cfg = flags.over(file).resolve().unwrap();
+        assert_eq!(cfg.id, 2);
+        assert_eq!(cfg.listen.port(), 2);
+        assert_eq!(cfg.peers.len(), 2);
+        assert!(parse_file("id = \"x\"").is_err());
+    }
+
+    #[test]
+    fn peers_parse_strictly() {
+        assert_eq!(parse_peers("1=a:1, 2=b:2").unwrap().len(), 2);
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("0=a:1").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=a").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! `shuffle-master`: runs one master of a Shoal cluster.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use shuffle_master::config::{parse_file, MasterSettings};
+use shuffle_master::node::MasterNode;
+use tracing::{info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "shuffle-master", version, about = "Shoal master: Raft-replicated shuffle metadata")]
+struct Args {
+    /// TOML file with the same keys as the flags (snake_case); flags and SHOAL_* win over it.
+    #[arg(long, env = "SHOAL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: MasterSettings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let (s, unknown) = parse_file(&text).with_context(|| format!("in {}", path.display()))?;
+            for k in unknown {
+                warn!("{}: unknown setting `{k}` ignored", path.display());
+            }
+            s
+        }
+        None => MasterSettings::default(),
+    };
+    let cfg = args.settings.over(file).resolve()?;
+    let node = MasterNode::start(cfg).await?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}

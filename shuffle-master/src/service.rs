@@ -1,0 +1,412 @@
+//! The master's request handler: leader services for clients, workers and operators, and
+//! the Raft RPC endpoint between masters.
+//!
+//! Invariants:
+//! - Only the leader answers; a follower replies `NotLeader` with the leader's address.
+//! - Every change goes through `raft.client_write`; replies come from the applied result, so a
+//!   reply never reports something that is not committed.
+//! - Read plans are served after `ensure_linearizable`, so a reader never sees an older state
+//!   than a commit it already got a reply for.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use shuffle_proto::messages::*;
+use shuffle_proto::transport::{Handler, Responder};
+use shuffle_proto::{ErrorCode, ProtoError, WireError, WorkerId};
+use tracing::{info, warn};
+
+use crate::liveness::Liveness;
+use crate::raft::{serve_rpc, NodeId, Raft};
+use crate::state::{Command, CommandResult};
+use crate::store::SharedState;
+
+/// Milliseconds from a monotonic origin. Injected so tests can drive time.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+/// The process clock.
+pub struct MonotonicClock(std::time::Instant);
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self(std::time::Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    pub heartbeat_interval: Duration,
+    pub worker_timeout: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self { heartbeat_interval: Duration::from_secs(2), worker_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What a worker last reported about itself (soft state).
+#[derive(Clone, Copy, Debug, Default)]
+struct Reported {
+    bytes_held: u64,
+    partitions: u32,
+}
+
+pub struct MasterService {
+    id: NodeId,
+    raft: Raft,
+    state: SharedState,
+    live: Mutex<Liveness>,
+    reported: Mutex<std::collections::HashMap<WorkerId, Reported>>,
+    clock: Arc<dyn Clock>,
+    opts: ServiceOptions,
+}
+
+fn internal(msg: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Internal, msg)
+}
+
+impl MasterService {
+    pub fn new(id: NodeId, raft: Raft, state: SharedState, clock: Arc<dyn Clock>, opts: ServiceOptions) -> Self {
+        Self { id, raft, state, live: Mutex::new(Liveness::default()), reported: Default::default(), clock, opts }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&node).map(|n| n.addr.clone())
+    }
+
+    fn not_leader(&self) -> WireError {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) => WireError::not_leader(self.addr_of(l)),
+            None => WireError::new(ErrorCode::NoLeader, "no leader elected yet"),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id) && m.state == ServerState::Leader
+    }
+
+    fn leader_only(&self) -> Result<(), WireError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    async fn linearizable(&self) -> Result<(), WireError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => Err(self.not_leader()),
+            Err(RaftError::APIError(e)) => Err(WireError::new(ErrorCode::NoLeader, e.to_string())),
+            Err(e) => Err(internal(e.to_string())),
+        }
+    }
+
+    /// Proposes a command and returns its applied result.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, WireError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Error(e) => Err(e),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let hint = f.leader_node.map(|n| n.addr).or_else(|| f.leader_id.and_then(|l| self.addr_of(l)));
+                match hint {
+                    Some(h) => Err(WireError::not_leader(Some(h))),
+                    None => Err(WireError::new(ErrorCode::NoLeader, "no leader elected yet")),
+                }
+            }
+            Err(e) => Err(internal(e.to_string())),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn with_live<T>(&self, f: impl FnOnce(&mut Liveness) -> T) -> T {
+        match self.live.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    fn read_state<T>(&self, f: impl FnOnce(&crate::state::MasterState) -> T) -> Result<T, WireError> {
+        let g = self.state.read().map_err(|_| internal("state lock poisoned"))?;
+        Ok(f(&g.state))
+    }
+
+    async fn handle_inner(&self, req: Message) -> Result<Message, WireError> {
+        use CommandResult as R;
+        let unexpected = |what: &str| internal(format!("unexpected result for {what}"));
+        Ok(match req {
+            Message::RegisterApp(m) => {
+                match self.write(Command::RegisterApp { app: m.app.clone(), lease_ms: m.lease_ms }).await? {
+                    R::App(a) => {
+                        self.with_live(|l| l.app_seen(&m.app, self.now()));
+                        a.into()
+                    }
+                    _ => return Err(unexpected("RegisterApp")),
+                }
+            }
+            Message::AppHeartbeat(m) => {
+                self.leader_only()?;
+                if !self.read_state(|s| s.apps.contains_key(&m.app))? {
+                    return Err(WireError::new(ErrorCode::UnknownApp, format!("app {} is not registered", m.app)));
+                }
+                self.with_live(|l| l.app_seen(&m.app, self.now()));
+                Ack {}.into()
+            }
+            Message::UnregisterApp(m) => {
+                self.write(Command::UnregisterApp { app: m.app }).await?;
+                Ack {}.into()
+            }
+            Message::RegisterShuffle(m) => {
+                let cmd = Command::RegisterShuffle {
+                    shuffle: m.shuffle,
+                    num_maps: m.num_maps,
+                    num_partitions: m.num_partitions,
+                    replication: m.replication,
+                };
+                match self.write(cmd).await? {
+                    R::Assignment(a) => a.into(),
+                    _ => return Err(unexpected("RegisterShuffle")),
+                }
+            }
+            Message::GetAssignment(m) => {
+                self.leader_only()?;
+                self.read_state(|s| s.assignment(&m.shuffle))??.into()
+            }
+            Message::Relocate(m) => {
+                let cmd = Command::Relocate {
+                    shuffle: m.shuffle,
+                    partition: m.partition,
+                    failed_epoch: m.failed_epoch,
+                    failed_worker: m.failed_worker,
+                };
+                match self.write(cmd).await? {
+                    R::Location(location) => Relocated { location }.into(),
+                    _ => return Err(unexpected("Relocate")),
+                }
+            }
+            Message::CommitMap(m) => {
+                let cmd =
+                    Command::CommitMap { shuffle: m.shuffle, map: m.map, attempt: m.attempt, partitions: m.partitions };
+                match self.write(cmd).await? {
+                    R::Committed(c) => c.into(),
+                    _ => return Err(unexpected("CommitMap")),
+                }
+            }
+            Message::GetReadPlan(m) => {
+                self.linearizable().await?;
+                self.read_state(|s| {
+                    s.read_plan(&m.shuffle, m.start_partition.0, m.end_partition.0, m.start_map.0, m.end_map.0)
+                })??
+                .into()
+            }
+            Message::UnregisterShuffle(m) => {
+                self.write(Command::UnregisterShuffle { shuffle: m.shuffle }).await?;
+                Ack {}.into()
+            }
+            Message::RegisterWorker(m) => {
+                let cmd = Command::RegisterWorker {
+                    worker: m.worker.clone(),
+                    addr: m.addr.clone(),
+                    capacity_bytes: m.capacity_bytes,
+                };
+                self.write(cmd).await?;
+                info!(worker = %m.worker, addr = %m.addr, held = m.held.len(), "worker registered");
+                self.with_live(|l| l.worker_seen(&m.worker, self.now()));
+                WorkerRegistered { heartbeat_interval_ms: self.opts.heartbeat_interval.as_millis() as u64 }.into()
+            }
+            Message::WorkerHeartbeat(m) => {
+                self.leader_only()?;
+                let commands = self.read_state(|s| match s.workers.get(&m.worker) {
+                    Some(w) if w.state != WorkerState::Lost => Ok(s.commands_for(&m.worker, &m.shuffles)),
+                    _ => Err(WireError::new(ErrorCode::UnknownWorker, format!("worker {} must register", m.worker))),
+                })??;
+                self.with_live(|l| l.worker_seen(&m.worker, self.now()));
+                if let Ok(mut r) = self.reported.lock() {
+                    r.insert(m.worker.clone(), Reported { bytes_held: m.bytes_held, partitions: m.partitions });
+                }
+                HeartbeatReply { commands }.into()
+            }
+            Message::ReportSegment(m) => {
+                let cmd = Command::ReportSegment {
+                    worker: m.worker,
+                    shuffle: m.shuffle,
+                    partition: m.partition,
+                    segment: m.segment,
+                    last: m.last,
+                };
+                self.write(cmd).await?;
+                Ack {}.into()
+            }
+            Message::GetStatus(_) => {
+                self.leader_only()?;
+                self.status()?.into()
+            }
+            Message::ListShuffles(_) => {
+                self.leader_only()?;
+                ShuffleList { shuffles: self.read_state(|s| s.shuffle_summaries())? }.into()
+            }
+            Message::ListApps(_) => {
+                self.leader_only()?;
+                let now = self.now();
+                let apps =
+                    self.read_state(|s| self.with_live(|l| s.app_summaries(|a| l.lease_remaining(s, a, now))))?;
+                AppList { apps }.into()
+            }
+            Message::DecommissionWorker(m) => {
+                self.write(Command::Decommission { worker: m.worker.clone() }).await?;
+                info!(worker = %m.worker, "decommission requested");
+                Ack {}.into()
+            }
+            Message::RecommissionWorker(m) => {
+                self.write(Command::Recommission { worker: m.worker }).await?;
+                Ack {}.into()
+            }
+            Message::RemoveWorker(m) => {
+                self.write(Command::RemoveWorker { worker: m.worker }).await?;
+                Ack {}.into()
+            }
+            other => {
+                return Err(WireError::new(ErrorCode::BadRequest, format!("a master does not serve {}", other.name())))
+            }
+        })
+    }
+
+    /// The cluster picture, as the leader sees it.
+    pub fn status(&self) -> Result<ClusterStatus, WireError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader;
+        let masters = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| MasterInfo {
+                id: *id,
+                addr: node.addr.clone(),
+                role: if Some(*id) == leader {
+                    MasterRole::Leader
+                } else if metrics.membership_config.membership().voter_ids().any(|v| v == *id) {
+                    MasterRole::Follower
+                } else {
+                    MasterRole::Learner
+                },
+            })
+            .collect();
+        let now = self.now();
+        let reported = self.reported.lock().map(|r| r.clone()).unwrap_or_default();
+        let (workers, shuffles, apps) = self.read_state(|s| {
+            let workers = s
+                .workers
+                .values()
+                .map(|w| {
+                    let rep = reported.get(&w.id).copied().unwrap_or_default();
+                    let load = s.load_of(&w.id);
+                    WorkerStatus {
+                        id: w.id.clone(),
+                        addr: w.addr.clone(),
+                        state: w.state.clone(),
+                        bytes_held: rep.bytes_held.max(load.bytes),
+                        bytes_spilled: s.spilled_bytes_of(&w.id),
+                        partitions: rep.partitions.max(load.partitions as u32),
+                        millis_since_heartbeat: self.with_live(|l| now.saturating_sub(l.worker_last_seen(&w.id))),
+                    }
+                })
+                .collect();
+            (workers, s.shuffles.len() as u32, s.apps.len() as u32)
+        })?;
+        Ok(ClusterStatus { leader, masters, workers, shuffles, apps })
+    }
+
+    /// One pass of the leader's housekeeping: declare silent workers lost, expire leases.
+    /// Returns whether this node led during the pass.
+    pub async fn housekeeping(&self, was_leader: bool) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let now = self.now();
+        if !was_leader {
+            info!(id = self.id, "became leader; heartbeat clocks restart");
+            self.with_live(|l| l.reset(now));
+        }
+        let timeout = self.opts.worker_timeout.as_millis() as u64;
+        let expired = self.read_state(|s| {
+            self.with_live(|l| {
+                l.prune(s);
+                (l.expired_workers(s, now, timeout), l.expired_apps(s, now))
+            })
+        });
+        let Ok((workers, apps)) = expired else { return true };
+        for w in workers {
+            warn!(worker = %w, "no heartbeat for {:?}: declaring it lost", self.opts.worker_timeout);
+            if let Err(e) = self.write(Command::WorkerLost { worker: w }).await {
+                warn!("could not record a lost worker: {e}");
+            }
+        }
+        for app in apps {
+            info!(%app, "lease expired: removing the app's shuffles");
+            if let Err(e) = self.write(Command::UnregisterApp { app }).await {
+                warn!("could not expire an app: {e}");
+            }
+        }
+        true
+    }
+
+    /// Runs housekeeping until the Raft node shuts down.
+    pub async fn run_housekeeping(self: Arc<Self>, every: Duration) {
+        let mut led = false;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            led = self.housekeeping(led).await;
+        }
+    }
+}
+
+impl Handler for MasterService {
+    async fn handle(
+        &self,
+        _peer: SocketAddr,
+        req: Message,
+        body: Vec<u8>,
+        out: &mut Responder,
+    ) -> Result<(), ProtoError> {
+        if let Message::RaftRequest(r) = req {
+            return match serve_rpc(&self.raft, r.kind.clone(), &body).await {
+                Ok(reply) => out.send(&Message::RaftReply(RaftReply { kind: r.kind }), &reply).await,
+                Err(e) => out.error(e.into()).await,
+            };
+        }
+        let res = self.handle_inner(req).await;
+        match res {
+            Ok(m) => out.send(&m, &[]).await,
+            Err(e) => out.error(e).await,
+        }
+    }
+}

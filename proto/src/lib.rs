@@ -4,6 +4,7 @@
 //! - [`messages`]: every request and reply, archived with rkyv and validated on read.
 //! - [`frame`]: how a message and its raw body travel on a stream.
 //! - [`batch`]: compressed, checksummed batches and the stream records readers receive.
+//! - [`segment`]: the layout of spilled objects.
 //! - [`error`]: decode errors and the wire error codes, each with a `retryable` flag.
 //!
 //! Nothing here does I/O beyond reading and writing frames on a caller's stream, and nothing
@@ -14,6 +15,9 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod messages;
+#[cfg(feature = "objstore")]
+pub mod objstore;
+pub mod segment;
 #[cfg(feature = "transport")]
 pub mod transport;
 

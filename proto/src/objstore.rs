@@ -1,0 +1,266 @@
+//! Object-store access shared by workers (spilling) and readers (reading spilled segments).
+//!
+//! URLs: `file:///abs/dir` (the embedded default), `s3://bucket[/prefix]` (S3, MinIO and other
+//! S3-protocol stores; endpoint, region and keys come from the standard `AWS_*` environment
+//! variables, never flags), `memory://` (tests).
+//!
+//! Invariants: a segment becomes visible only whole (one put below the part size, else a
+//! multipart upload whose parts are all `part_size` bytes but the last, so stores with a 5 MiB
+//! minimum part accept it); an upload that fails is aborted, leaving no partial object.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+
+use crate::error::ProtoError;
+use crate::messages::SegmentRef;
+use crate::segment::{parse_index, IndexBuilder, IndexEntry};
+use crate::MapId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("segment: {0}")]
+    Segment(#[from] ProtoError),
+}
+
+impl StoreError {
+    /// Store failures are worth retrying; a malformed segment is not.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Store(e) if !matches!(e, object_store::Error::NotFound { .. }))
+    }
+}
+
+/// Opens the store a URL names.
+pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let bad = |reason: &str| StoreError::Url { url: url.to_string(), reason: reason.to_string() };
+    if let Some(dir) = url.strip_prefix("file://") {
+        if !dir.starts_with('/') {
+            return Err(bad("file URLs need an absolute path (file:///dir)"));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| bad(&e.to_string()))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(&e.to_string()))?;
+        return Ok(Arc::new(fs));
+    }
+    if url == "memory://" {
+        return Ok(Arc::new(object_store::memory::InMemory::new()));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p.trim_matches('/')),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(bad("no bucket"));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")) {
+            b = b.with_allow_http(ep.starts_with("http://")).with_endpoint(ep);
+        }
+        let s3 = b.build().map_err(|e| bad(&e.to_string()))?;
+        return Ok(if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+        });
+    }
+    Err(bad("scheme must be file://, s3:// or memory://"))
+}
+
+/// Streams one segment into the store.
+pub struct SegmentUpload {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    key: String,
+    pending: Vec<u8>,
+    upload: Option<WriteMultipart>,
+    index: IndexBuilder,
+    part_size: usize,
+}
+
+impl SegmentUpload {
+    /// `part_size` is at least 5 MiB for S3-protocol stores.
+    pub fn new(store: Arc<dyn ObjectStore>, key: String, part_size: usize) -> Self {
+        Self {
+            store,
+            path: Path::from(key.as_str()),
+            key,
+            pending: Vec::with_capacity(part_size.min(16 << 20)),
+            upload: None,
+            index: IndexBuilder::default(),
+            part_size,
+        }
+    }
+
+    /// Adds encoded stream records.
+    pub async fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.index.add_chunk(chunk)?;
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= self.part_size {
+            if self.upload.is_none() {
+                let up = self.store.put_multipart(&self.path).await?;
+                self.upload = Some(WriteMultipart::new_with_chunk_size(up, self.part_size));
+            }
+            if let Some(up) = self.upload.as_mut() {
+                up.write(&self.pending);
+                self.pending.clear();
+                if let Err(e) = up.wait_for_capacity(4).await {
+                    self.abort().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn records_len(&self) -> u64 {
+        self.index.records_len()
+    }
+
+    async fn abort(&mut self) {
+        if let Some(up) = self.upload.take() {
+            let _ = up.abort().await;
+        }
+    }
+
+    /// Writes the index, completes the object and returns its reference.
+    pub async fn finish(mut self) -> Result<SegmentRef, StoreError> {
+        let index_offset = self.index.records_len();
+        let (first_map, end_map) = self.index.maps().unwrap_or((0, 0));
+        let tail = self.index.finish();
+        self.pending.extend_from_slice(&tail);
+        let total_len = index_offset + tail.len() as u64;
+        match self.upload.take() {
+            None => {
+                let payload = PutPayload::from(std::mem::take(&mut self.pending));
+                self.store.put(&self.path, payload).await?;
+            }
+            Some(mut up) => {
+                up.write(&self.pending);
+                up.finish().await?;
+            }
+        }
+        Ok(SegmentRef {
+            object_key: self.key,
+            index_offset,
+            total_len,
+            first_map: MapId(first_map),
+            end_map: MapId(end_map),
+        })
+    }
+}
+
+/// Reads a segment's index.
+pub async fn read_index(store: &dyn ObjectStore, seg: &SegmentRef) -> Result<Vec<IndexEntry>, StoreError> {
+    let path = Path::from(seg.object_key.as_str());
+    let tail = store.get_range(&path, seg.index_offset..seg.total_len).await?;
+    Ok(parse_index(&tail, seg.index_offset)?)
+}
+
+/// Reads the stream records of maps `[start_map, end_map)` whose attempt `keep` accepts,
+/// one ranged read per run.
+pub async fn read_segment(
+    store: &dyn ObjectStore,
+    seg: &SegmentRef,
+    start_map: u32,
+    end_map: u32,
+    keep: impl Fn(u32, u64) -> bool,
+) -> Result<Vec<Bytes>, StoreError> {
+    if seg.end_map.0 <= start_map || seg.first_map.0 >= end_map {
+        return Ok(Vec::new());
+    }
+    let index = read_index(store, seg).await?;
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    for e in index.iter().filter(|e| e.map >= start_map && e.map < end_map && keep(e.map, e.attempt)) {
+        match ranges.last_mut() {
+            Some(r) if r.end == e.offset => r.end += e.len,
+            _ => ranges.push(e.offset..e.offset + e.len),
+        }
+    }
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = Path::from(seg.object_key.as_str());
+    Ok(store.get_ranges(&path, &ranges).await?)
+}
+
+/// Deletes every object under a shuffle's prefix.
+pub async fn delete_prefix(store: &dyn ObjectStore, prefix: &str) -> Result<usize, StoreError> {
+    use futures::TryStreamExt;
+    let prefix = Path::from(prefix);
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+    for o in &objects {
+        match store.delete(&o.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(objects.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{StreamRecord, StreamRecords};
+
+    fn records(maps: &[(u32, u64)], per: u32, size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (m, a) in maps {
+            for seq in 0..per {
+                StreamRecord::encode(*m, *a, seq, &vec![(*m as u8) ^ (seq as u8); size], &mut out);
+            }
+        }
+        out
+    }
+
+    async fn round_trip(part_size: usize) {
+        let store = open_store("memory://").unwrap();
+        let recs = records(&[(0, 1), (1, 9), (1, 10), (4, 2)], 50, 1000);
+        let mut up = SegmentUpload::new(store.clone(), "a/1.0/00000001/w-1.seg".into(), part_size);
+        // Chunks hold whole records, about 30 KB each.
+        let mut at = 0;
+        while at < recs.len() {
+            let mut end = at;
+            for r in StreamRecords::new(&recs[at..], 1 << 20) {
+                end += StreamRecord::encoded_len(r.unwrap().batch.len());
+                if end - at > 30_000 {
+                    break;
+                }
+            }
+            up.write_chunk(&recs[at..end]).await.unwrap();
+            at = end;
+        }
+        let seg = up.finish().await.unwrap();
+        assert_eq!(seg.index_offset, recs.len() as u64);
+        assert_eq!((seg.first_map.0, seg.end_map.0), (0, 5));
+        let all: Vec<u8> = read_segment(&*store, &seg, 0, 10, |_, _| true).await.unwrap().concat();
+        assert_eq!(all, recs);
+        // Map 1, attempt 10 only.
+        let some: Vec<u8> = read_segment(&*store, &seg, 1, 2, |_, a| a == 10).await.unwrap().concat();
+        let got: Vec<_> = StreamRecords::new(&some, 1 << 20).map(|r| r.unwrap()).collect();
+        assert_eq!(got.len(), 50);
+        assert!(got.iter().all(|r| r.map == 1 && r.attempt == 10));
+        assert!(read_segment(&*store, &seg, 5, 9, |_, _| true).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn segments_round_trip_with_single_put_and_multipart() {
+        round_trip(64 << 20).await;
+        round_trip(40_000).await;
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(open_store("file://relative").is_err());
+        assert!(open_store("gopher://x").is_err());
+        assert!(open_store("s3://").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(open_store(&format!("file://{}", dir.path().join("objs").display())).is_ok());
+    }
+}

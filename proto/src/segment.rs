@@ -108,7 +108,7 @@ pub fn parse_index(tail: &[u8], index_offset: u64) -> Result<Vec<IndexEntry>, Pr
     }
     let n = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
     let crc = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
-    if body.len() != n.checked_mul(INDEX_ENTRY_LEN).unwrap_or(usize::MAX) {
+    if body.len() != n.saturating_mul(INDEX_ENTRY_LEN) {
         return Err(ProtoError::Invalid(format!("segment index of {} bytes for {n} entries", body.len())));
     }
     let actual = crc32fast::hash(body);

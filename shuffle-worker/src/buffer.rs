@@ -124,6 +124,16 @@ impl AttemptFilter {
     }
 }
 
+/// What a partition scan reads: maps `[start_map, end_map)` of one partition, by attempt.
+#[derive(Clone, Debug)]
+pub struct ScanRange {
+    pub shuffle: ShuffleKey,
+    pub partition: u32,
+    pub start_map: u32,
+    pub end_map: u32,
+    pub filter: AttemptFilter,
+}
+
 /// RocksDB-backed batch storage.
 pub struct Buffer {
     db: DB,
@@ -204,15 +214,13 @@ impl Buffer {
     /// Reads from a RocksDB snapshot: concurrent pushes are not seen half-way.
     pub fn scan_partition(
         &self,
-        shuffle: &ShuffleKey,
-        partition: u32,
-        start_map: u32,
-        end_map: u32,
-        filter: &AttemptFilter,
+        range: &ScanRange,
         chunk_bytes: usize,
         mut flush: impl FnMut(&mut Vec<u8>, u32) -> bool,
     ) -> Result<ScanStats, BufferError> {
-        let prefix = partition_prefix(shuffle, partition);
+        let ScanRange { shuffle, partition, start_map, end_map, filter } = range;
+        let (start_map, end_map) = (*start_map, *end_map);
+        let prefix = partition_prefix(shuffle, *partition);
         let snap = self.db.snapshot();
         let mut it = snap.raw_iterator();
         it.seek(map_key(&prefix, start_map, 0));
@@ -319,7 +327,8 @@ mod tests {
         chunk: usize,
     ) -> Vec<(u32, u64, u32, Vec<u8>)> {
         let mut out = Vec::new();
-        buf.scan_partition(&key(), p, start, end, f, chunk, |c, n| {
+        let range = ScanRange { shuffle: key(), partition: p, start_map: start, end_map: end, filter: f.clone() };
+        buf.scan_partition(&range, chunk, |c, n| {
             let recs: Vec<_> = StreamRecords::new(c, 1 << 20).collect::<Result<_, _>>().unwrap();
             assert_eq!(recs.len() as u32, n);
             out.extend(recs.into_iter().map(|r| (r.map, r.attempt, r.seq, r.batch.to_vec())));

@@ -1,0 +1,556 @@
+//! A worker process: the QUIC data server, membership with the master, seal-time spilling
+//! and decommission.
+//!
+//! Invariants:
+//! - A push is checked before anything is written: batch header sane, shuffle writing,
+//!   partition owned by this worker at an epoch not older than the push's, space available.
+//!   A push that fails a check writes nothing and gets a typed error; `Busy`, `StaleEpoch`,
+//!   `PartitionNotOwned` and `Decommissioning` are retryable.
+//! - Spill order: upload the segment, then record it in the master, then delete the local
+//!   range. A crash in between leaves either an unrecorded object (garbage) or data both
+//!   local and spilled (the master's record decides which one readers use).
+//! - A draining worker takes no pushes, spills everything it holds, and stops once the master
+//!   calls it Decommissioned.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use shuffle_proto::batch::{BatchView, DEFAULT_MAX_BATCH_RAW};
+use shuffle_proto::messages::*;
+use shuffle_proto::objstore::{delete_prefix, open_store, SegmentUpload};
+use shuffle_proto::segment::{segment_key, shuffle_dir};
+use shuffle_proto::transport::{
+    serve, server_endpoint, Client, ClientOptions, Handler, MasterClient, Responder, ServerOptions, Tls, TlsSource,
+    TransportError,
+};
+use shuffle_proto::{ErrorCode, PartitionId, ProtoError, ShuffleKey, WireError, WorkerId};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::buffer::{AttemptFilter, BatchKey, Buffer, ScanRange};
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: WorkerId,
+    pub listen: SocketAddr,
+    /// The address clients and the master use to reach this worker.
+    pub advertise: String,
+    pub masters: Vec<String>,
+    pub data_dir: PathBuf,
+    pub object_store: String,
+    pub tls: TlsSource,
+    /// Pushes are refused with `Busy` once this many bytes are buffered.
+    pub max_buffered_bytes: u64,
+    /// fsync the WAL before acknowledging (survives machine crashes, not just process crashes).
+    pub sync_writes: bool,
+    pub read_chunk_bytes: usize,
+    pub upload_part_bytes: usize,
+    pub heartbeat_interval: Duration,
+}
+
+impl WorkerConfig {
+    pub fn local(
+        id: &str,
+        listen: SocketAddr,
+        masters: Vec<String>,
+        data_dir: PathBuf,
+        object_store: String,
+        tls: TlsSource,
+    ) -> Result<Self, ProtoError> {
+        Ok(Self {
+            id: WorkerId::new(id)?,
+            listen,
+            advertise: listen.to_string(),
+            masters,
+            data_dir,
+            object_store,
+            tls,
+            max_buffered_bytes: 64 << 30,
+            sync_writes: false,
+            read_chunk_bytes: 1 << 20,
+            upload_part_bytes: 8 << 20,
+            heartbeat_interval: Duration::from_secs(1),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("buffer: {0}")]
+    Buffer(#[from] crate::buffer::BufferError),
+    #[error("object store: {0}")]
+    Store(#[from] shuffle_proto::objstore::StoreError),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// Counters exported as metrics and used in tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_pushed: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_spilled: AtomicU64,
+    pub pushes_refused_busy: AtomicU64,
+    pub segments_written: AtomicU64,
+}
+
+struct Inner {
+    cfg: WorkerConfig,
+    buffer: Arc<Buffer>,
+    store: Arc<dyn ObjectStore>,
+    master: MasterClient,
+    assignments: Mutex<HashMap<ShuffleKey, Arc<ShuffleAssignment>>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    draining: AtomicBool,
+    spilling: Mutex<HashSet<ShuffleKey>>,
+    nonce: AtomicU64,
+    stats: Stats,
+    done: watch::Sender<bool>,
+}
+
+/// A running worker.
+pub struct WorkerNode {
+    inner: Arc<Inner>,
+    pub addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    done: watch::Receiver<bool>,
+}
+
+fn werr(code: ErrorCode, msg: impl Into<String>) -> WireError {
+    WireError::new(code, msg)
+}
+
+impl WorkerNode {
+    pub async fn start(cfg: WorkerConfig) -> Result<WorkerNode, WorkerError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| WorkerError::Config(format!("{}: {e}", cfg.data_dir.display())))?;
+        let buffer = Buffer::open(&cfg.data_dir.join("buffer"), cfg.sync_writes)?;
+        let store = open_store(&cfg.object_store)?;
+        let tls = Tls::load(&cfg.tls)?;
+        let client = Client::new(&tls, ClientOptions::default())?;
+        let master = MasterClient::new(client, cfg.masters.clone(), Duration::from_secs(30))?;
+        let endpoint = server_endpoint(cfg.listen, &tls, &ServerOptions::default())?;
+        let addr = endpoint.local_addr().map_err(|e| WorkerError::Config(e.to_string()))?;
+        let (done_tx, done_rx) = watch::channel(false);
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let inner = Arc::new(Inner {
+            cfg,
+            buffer,
+            store,
+            master,
+            assignments: Default::default(),
+            fetch_lock: Default::default(),
+            draining: AtomicBool::new(false),
+            spilling: Default::default(),
+            nonce: AtomicU64::new(nonce),
+            stats: Stats::default(),
+            done: done_tx,
+        });
+        inner.register().await?;
+        let server = Arc::new(Server(inner.clone()));
+        let tasks = vec![
+            tokio::spawn(serve(endpoint.clone(), server, ServerOptions::default())),
+            tokio::spawn(inner.clone().heartbeat_loop()),
+        ];
+        info!(worker = %inner.cfg.id, %addr, held = inner.buffer.bytes_held(), "worker serving");
+        Ok(WorkerNode { inner, addr, endpoint, tasks, done: done_rx })
+    }
+
+    pub fn id(&self) -> &WorkerId {
+        &self.inner.cfg.id
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn bytes_held(&self) -> u64 {
+        self.inner.buffer.bytes_held()
+    }
+
+    /// Resolves once a decommission has completed.
+    pub async fn decommissioned(&mut self) {
+        while !*self.done.borrow() {
+            if self.done.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        for t in self.tasks {
+            t.abort();
+        }
+        self.inner.master.client().close();
+    }
+}
+
+impl Inner {
+    async fn register(&self) -> Result<(), TransportError> {
+        let held = self
+            .buffer
+            .partitions()
+            .into_iter()
+            .take(10_000)
+            .map(|(shuffle, p, bytes)| HeldPartition { shuffle, partition: PartitionId(p), bytes })
+            .collect();
+        let _: WorkerRegistered = self
+            .master
+            .call_typed(RegisterWorker {
+                worker: self.cfg.id.clone(),
+                addr: self.cfg.advertise.clone(),
+                capacity_bytes: self.cfg.max_buffered_bytes,
+                held,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let hb = WorkerHeartbeat {
+                worker: self.cfg.id.clone(),
+                bytes_held: self.buffer.bytes_held(),
+                partitions: self.buffer.partitions().len() as u32,
+                shuffles: self.buffer.shuffles(),
+            };
+            match self.master.call_typed::<HeartbeatReply>(hb).await {
+                Ok(reply) => {
+                    for cmd in reply.commands {
+                        self.clone().command(cmd);
+                    }
+                    if self.draining.load(Ordering::SeqCst) {
+                        self.check_drained().await;
+                    }
+                }
+                Err(TransportError::Remote(e)) if e.code() == ErrorCode::UnknownWorker => {
+                    warn!("the master does not know this worker (declared lost?): registering again");
+                    if let Err(e) = self.register().await {
+                        warn!("re-registration failed: {e}");
+                    }
+                }
+                Err(e) => warn!("heartbeat failed: {e}"),
+            }
+        }
+    }
+
+    fn command(self: Arc<Self>, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::Seal { shuffle } => {
+                tokio::spawn(async move { self.spill_shuffle(shuffle).await });
+            }
+            WorkerCommand::DeleteShuffle { shuffle } => {
+                tokio::spawn(async move {
+                    self.forget(&shuffle);
+                    if let Err(e) = self.buffer.delete_shuffle(&shuffle) {
+                        warn!(%shuffle, "local delete failed: {e}");
+                    }
+                    match delete_prefix(&*self.store, &shuffle_dir(&shuffle)).await {
+                        Ok(n) => info!(%shuffle, objects = n, "shuffle deleted"),
+                        Err(e) => warn!(%shuffle, "object delete failed: {e}"),
+                    }
+                });
+            }
+            WorkerCommand::Decommission => {
+                if !self.draining.swap(true, Ordering::SeqCst) {
+                    info!(worker = %self.cfg.id, bytes = self.buffer.bytes_held(), "decommissioning: draining to the object store");
+                }
+                for shuffle in self.buffer.shuffles() {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.spill_shuffle(shuffle).await });
+                }
+            }
+            WorkerCommand::Recommission => {
+                if self.draining.swap(false, Ordering::SeqCst) {
+                    info!(worker = %self.cfg.id, "recommissioned");
+                }
+            }
+        }
+    }
+
+    async fn check_drained(&self) {
+        if self.buffer.bytes_held() > 0 {
+            return;
+        }
+        if let Ok(st) = self.master.call_typed::<ClusterStatus>(GetStatus {}).await {
+            let done = st.workers.iter().any(|w| w.id == self.cfg.id && w.state == WorkerState::Decommissioned);
+            if done {
+                info!(worker = %self.cfg.id, "decommissioned: all data is in the object store");
+                let _ = self.done.send(true);
+            }
+        }
+    }
+
+    fn forget(&self, shuffle: &ShuffleKey) {
+        self.assignments.lock().unwrap_or_else(|p| p.into_inner()).remove(shuffle);
+    }
+
+    /// The shuffle's assignment, fetched from the master when unknown or older than `epoch`.
+    async fn assignment(
+        &self,
+        shuffle: &ShuffleKey,
+        partition: u32,
+        epoch: u64,
+    ) -> Result<Arc<ShuffleAssignment>, WireError> {
+        let cached = || self.assignments.lock().unwrap_or_else(|p| p.into_inner()).get(shuffle).cloned();
+        let fresh = |a: &ShuffleAssignment| a.locations.get(partition as usize).is_some_and(|l| l.epoch.0 >= epoch);
+        if let Some(a) = cached().filter(|a| fresh(a)) {
+            return Ok(a);
+        }
+        let _one = self.fetch_lock.lock().await;
+        if let Some(a) = cached().filter(|a| fresh(a)) {
+            return Ok(a);
+        }
+        let a: ShuffleAssignment =
+            self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await.map_err(|e| match e {
+                TransportError::Remote(w) => w,
+                other => werr(ErrorCode::Busy, format!("master unreachable: {other}")),
+            })?;
+        let a = Arc::new(a);
+        self.assignments.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone(), a.clone());
+        Ok(a)
+    }
+
+    async fn push(&self, push: PushBatch, body: Vec<u8>) -> Result<PushAck, WireError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(werr(ErrorCode::Decommissioning, "worker is draining"));
+        }
+        BatchView::parse_exact(&body, DEFAULT_MAX_BATCH_RAW).map_err(WireError::from)?;
+        if self.buffer.bytes_held().saturating_add(body.len() as u64) > self.cfg.max_buffered_bytes {
+            self.stats.pushes_refused_busy.fetch_add(1, Ordering::Relaxed);
+            return Err(werr(ErrorCode::Busy, "buffer is over its watermark"));
+        }
+        let a = self.assignment(&push.shuffle, push.partition.0, push.epoch.0).await?;
+        if a.state != ShuffleState::Writing {
+            return Err(werr(ErrorCode::ShuffleNotWriting, format!("shuffle {} is {:?}", push.shuffle, a.state)));
+        }
+        let loc = a
+            .locations
+            .get(push.partition.0 as usize)
+            .ok_or_else(|| werr(ErrorCode::BadRequest, format!("partition {} out of range", push.partition)))?;
+        if push.epoch < loc.epoch {
+            return Err(werr(ErrorCode::StaleEpoch, format!("epoch {} is older than {}", push.epoch, loc.epoch)));
+        }
+        let mine = loc.primary.id == self.cfg.id || loc.replica.as_ref().is_some_and(|r| r.id == self.cfg.id);
+        if !mine {
+            return Err(werr(
+                ErrorCode::PartitionNotOwned,
+                format!("partition {} belongs to {}", push.partition, loc.primary.id),
+            ));
+        }
+        let key = BatchKey {
+            shuffle: push.shuffle,
+            partition: push.partition.0,
+            map: push.map.0,
+            attempt: push.attempt.0,
+            seq: push.seq,
+        };
+        let buffer = self.buffer.clone();
+        let len = body.len() as u64;
+        tokio::task::spawn_blocking(move || buffer.put(&key, &body))
+            .await
+            .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?;
+        self.stats.bytes_pushed.fetch_add(len, Ordering::Relaxed);
+        Ok(PushAck { seq: push.seq })
+    }
+
+    /// Runs a partition scan on a blocking thread, handing chunks over a bounded channel.
+    fn scan(&self, range: ScanRange) -> mpsc::Receiver<Result<(Vec<u8>, u32), String>> {
+        let (tx, rx) = mpsc::channel(4);
+        let buffer = self.buffer.clone();
+        let chunk = self.cfg.read_chunk_bytes;
+        tokio::task::spawn_blocking(move || {
+            let res = buffer.scan_partition(&range, chunk, |c, n| tx.blocking_send(Ok((std::mem::take(c), n))).is_ok());
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(e.to_string()));
+            }
+        });
+        rx
+    }
+
+    async fn read(&self, req: OpenPartition, out: &mut Responder) -> Result<(), ProtoError> {
+        let attempts: BTreeMap<u32, u64> = req.attempts.iter().map(|a| (a.map.0, a.attempt.0)).collect();
+        let mut rx = self.scan(ScanRange {
+            shuffle: req.shuffle,
+            partition: req.partition.0,
+            start_map: req.start_map.0,
+            end_map: req.end_map.0,
+            filter: AttemptFilter::Only(attempts),
+        });
+        let (mut records, mut bytes) = (0u64, 0u64);
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok((chunk, n)) => {
+                    out.send(&Message::Chunk(Chunk { records: n }), &chunk).await?;
+                    records += n as u64;
+                    bytes += chunk.len() as u64;
+                }
+                Err(e) => return out.error(werr(ErrorCode::Internal, e)).await,
+            }
+        }
+        self.stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        out.send(&Message::EndOfStream(EndOfStream { records, bytes }), &[]).await
+    }
+
+    /// Spills every local partition of a shuffle (once at a time per shuffle).
+    async fn spill_shuffle(self: Arc<Self>, shuffle: ShuffleKey) {
+        if !self.spilling.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone()) {
+            return;
+        }
+        let parts: Vec<u32> =
+            self.buffer.partitions().into_iter().filter(|(s, _, _)| *s == shuffle).map(|(_, p, _)| p).collect();
+        for p in parts {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.spill_partition(&shuffle, p).await {
+                    Ok(()) => break,
+                    Err(e) if e.retryable() => {
+                        warn!(%shuffle, partition = p, "spill failed, retrying in {delay:?}: {e}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => {
+                        warn!(%shuffle, partition = p, "spill failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        self.spilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
+    }
+
+    async fn spill_partition(&self, shuffle: &ShuffleKey, partition: u32) -> Result<(), SpillError> {
+        let plan: Result<ReadPlan, SpillError> = self
+            .master
+            .call_typed(GetReadPlan {
+                shuffle: shuffle.clone(),
+                start_partition: PartitionId(partition),
+                end_partition: PartitionId(partition + 1),
+                start_map: shuffle_proto::MapId(0),
+                end_map: shuffle_proto::MapId(u32::MAX),
+            })
+            .await
+            .map_err(|e| match e {
+                TransportError::Remote(w) if w.code() == ErrorCode::UnknownShuffle => SpillError::Gone,
+                other => SpillError::Transport(other),
+            });
+        let plan = match plan {
+            Ok(p) => p,
+            Err(SpillError::Gone) => {
+                self.buffer.delete_shuffle(shuffle)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(pp) = plan.partitions.first() else { return Ok(()) };
+        if !pp
+            .sources
+            .iter()
+            .any(|s| s.primary.id == self.cfg.id || s.replica.as_ref().is_some_and(|r| r.id == self.cfg.id))
+        {
+            // The master no longer reads this copy (already spilled, or written off).
+            debug!(%shuffle, partition, "local copy is not a read source: dropping it");
+            self.buffer.delete_partition(shuffle, partition)?;
+            return Ok(());
+        }
+        // A sealed shuffle keeps only committed attempts; a writing one (drain) keeps all,
+        // since its maps may still commit.
+        let filter = if plan.state == ShuffleState::Writing {
+            AttemptFilter::All
+        } else {
+            AttemptFilter::Only(pp.expected.iter().map(|m| (m.map.0, m.attempt.0)).collect())
+        };
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        let key = segment_key(shuffle, partition, &self.cfg.id, nonce);
+        let mut upload = SegmentUpload::new(self.store.clone(), key.clone(), self.cfg.upload_part_bytes);
+        let mut rx =
+            self.scan(ScanRange { shuffle: shuffle.clone(), partition, start_map: 0, end_map: u32::MAX, filter });
+        while let Some(item) = rx.recv().await {
+            let (chunk, _) = item.map_err(SpillError::Scan)?;
+            upload.write_chunk(&chunk).await?;
+        }
+        let segment = upload.finish().await?;
+        let spilled = segment.index_offset;
+        let report = ReportSegment {
+            worker: self.cfg.id.clone(),
+            shuffle: shuffle.clone(),
+            partition: PartitionId(partition),
+            segment,
+            last: true,
+        };
+        match self.master.call_typed::<Ack>(report).await {
+            Ok(_) => {}
+            Err(TransportError::Remote(w)) if w.code() == ErrorCode::UnknownShuffle => {
+                // Removed meanwhile: the object is garbage.
+                let _ = self.store.delete(&object_store::path::Path::from(key.as_str())).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.buffer.delete_partition(shuffle, partition)?;
+        self.stats.bytes_spilled.fetch_add(spilled, Ordering::Relaxed);
+        self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
+        debug!(%shuffle, partition, bytes = spilled, %key, "partition spilled");
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SpillError {
+    #[error("shuffle is gone")]
+    Gone,
+    #[error("scan: {0}")]
+    Scan(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] shuffle_proto::objstore::StoreError),
+    #[error(transparent)]
+    Buffer(#[from] crate::buffer::BufferError),
+}
+
+impl SpillError {
+    fn retryable(&self) -> bool {
+        match self {
+            SpillError::Transport(e) => e.retryable(),
+            SpillError::Store(e) => e.retryable(),
+            _ => false,
+        }
+    }
+}
+
+struct Server(Arc<Inner>);
+
+impl Handler for Server {
+    async fn handle(
+        &self,
+        _peer: SocketAddr,
+        req: Message,
+        body: Vec<u8>,
+        out: &mut Responder,
+    ) -> Result<(), ProtoError> {
+        match req {
+            Message::PushBatch(p) => {
+                let r = self.0.push(p, body).await;
+                out.reply(r).await
+            }
+            Message::OpenPartition(o) => self.0.read(o, out).await,
+            other => out.error(werr(ErrorCode::BadRequest, format!("a worker does not serve {}", other.name()))).await,
+        }
+    }
+}

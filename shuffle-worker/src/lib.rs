@@ -4,4 +4,5 @@
 //! - [`node`]: the worker process: data server, membership, spill and decommission.
 
 pub mod buffer;
+pub mod config;
 pub mod node;

@@ -221,3 +221,53 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Where the workspace's binaries are (`cargo build --workspace` puts them there).
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let dir = exe.parent().and_then(|d| d.parent()).ok_or_else(|| anyhow::anyhow!("no target dir"))?;
+    let path = dir.join(name);
+    anyhow::ensure!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    Ok(path)
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, bin: &str, args: &[String], log: &std::path::Path) -> anyhow::Result<Proc> {
+        let out = std::fs::File::create(log)?;
+        let child = std::process::Command::new(bin_path(bin)?)
+            .args(args)
+            .env("SHOAL_LOG", "info")
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(Proc { child, name: name.to_string() })
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Settings for the `shuffle-worker` binary: a TOML file, then `SHOAL_*` environment
+//! variables, then flags. Validated at start with errors that name the key; unknown file keys
+//! are reported so rolling upgrades work. Object-store credentials never come from flags: S3
+//! reads `AWS_*` variables (Kubernetes Secrets).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shuffle_proto::transport::TlsSource;
+use shuffle_proto::WorkerId;
+
+use crate::node::WorkerConfig;
+
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+pub struct WorkerSettings {
+    /// Stable worker id (the StatefulSet pod name); defaults to $HOSTNAME.
+    #[arg(long, env = "SHOAL_ID")]
+    pub id: Option<String>,
+    /// Address to bind (QUIC).
+    #[arg(long, env = "SHOAL_LISTEN")]
+    pub listen: Option<String>,
+    /// Address others use to reach this worker (HOST:PORT); defaults to `listen`.
+    #[arg(long, env = "SHOAL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Master endpoints, HOST:PORT comma separated.
+    #[arg(long, env = "SHOAL_MASTERS")]
+    pub masters: Option<String>,
+    /// Where the RocksDB buffer lives.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// file:///dir or s3://bucket/prefix.
+    #[arg(long, env = "SHOAL_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    #[arg(long, env = "SHOAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SHOAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, env = "SHOAL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any peer certificate (throwaway local clusters only).
+    #[arg(long, env = "SHOAL_TLS_INSECURE")]
+    pub tls_insecure: Option<bool>,
+    /// Refuse pushes (retryable `Busy`) above this many buffered bytes, e.g. "200GiB".
+    #[arg(long, env = "SHOAL_MAX_BUFFERED")]
+    pub max_buffered: Option<String>,
+    /// fsync the WAL before every ack.
+    #[arg(long, env = "SHOAL_SYNC_WRITES")]
+    pub sync_writes: Option<bool>,
+    /// Heartbeat period, e.g. "2s".
+    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Multipart upload part size, at least "5MiB".
+    #[arg(long, env = "SHOAL_UPLOAD_PART_SIZE")]
+    pub upload_part_size: Option<String>,
+}
+
+const KEYS: &[&str] = &[
+    "id",
+    "listen",
+    "advertise",
+    "masters",
+    "data_dir",
+    "object_store",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_insecure",
+    "max_buffered",
+    "sync_writes",
+    "heartbeat_interval",
+    "upload_part_size",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting `{key}`: {reason}")]
+pub struct SettingError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn bad(key: &'static str, reason: impl Into<String>) -> SettingError {
+    SettingError { key, reason: reason.into() }
+}
+
+pub fn parse_file(text: &str) -> Result<(WorkerSettings, Vec<String>), SettingError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
+    let unknown = table.keys().filter(|k| !KEYS.contains(&k.as_str())).cloned().collect();
+    let s = WorkerSettings::deserialize(toml::Value::Table(table)).map_err(|e| bad("config", e.to_string()))?;
+    Ok((s, unknown))
+}
+
+fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, SettingError> {
+    match v {
+        None => Ok(default),
+        Some(s) => s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| bad(key, format!("{s:?}: {e}"))),
+    }
+}
+
+impl WorkerSettings {
+    /// `self` wins over `lower` key by key.
+    pub fn over(self, lower: WorkerSettings) -> WorkerSettings {
+        macro_rules! pick {
+            ($($f:ident),*) => { WorkerSettings { $($f: self.$f.or(lower.$f)),* } };
+        }
+        pick!(
+            id,
+            listen,
+            advertise,
+            masters,
+            data_dir,
+            object_store,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            tls_insecure,
+            max_buffered,
+            sync_writes,
+            heartbeat_interval,
+            upload_part_size
+        )
+    }
+
+    pub fn resolve(self) -> Result<WorkerConfig, SettingError> {
+        let id = self.id.or_else(|| std::env::var("HOSTNAME").ok()).ok_or_else(|| bad("id", "missing"))?;
+        let id = WorkerId::new(id).map_err(|e| bad("id", e.to_string()))?;
+        let listen_s = self.listen.ok_or_else(|| bad("listen", "missing"))?;
+        let listen: SocketAddr = listen_s.parse().map_err(|_| bad("listen", format!("{listen_s:?} is not IP:PORT")))?;
+        let advertise = self.advertise.unwrap_or_else(|| listen.to_string());
+        if !advertise.contains(':') {
+            return Err(bad("advertise", format!("{advertise:?} has no port")));
+        }
+        let masters: Vec<String> = self
+            .masters
+            .ok_or_else(|| bad("masters", "missing"))?
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if masters.is_empty() || masters.iter().any(|m| !m.contains(':')) {
+            return Err(bad("masters", "expected HOST:PORT[,HOST:PORT...]"));
+        }
+        let data_dir = self.data_dir.ok_or_else(|| bad("data_dir", "missing"))?;
+        let object_store = self.object_store.ok_or_else(|| bad("object_store", "missing"))?;
+        if !["file:///", "s3://", "memory://"].iter().any(|p| object_store.starts_with(p)) {
+            return Err(bad("object_store", "must be file:///dir or s3://bucket/prefix"));
+        }
+        let tls = match (self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure.unwrap_or(false)) {
+            (Some(cert), Some(key), Some(ca), false) => TlsSource::Files { cert, key, ca },
+            (None, None, None, true) => TlsSource::Insecure,
+            (_, _, _, true) => return Err(bad("tls_insecure", "set together with certificate files")),
+            (None, _, _, false) => return Err(bad("tls_cert", "missing (or set tls_insecure for a local cluster)")),
+            (_, None, _, false) => return Err(bad("tls_key", "missing")),
+            (_, _, None, false) => return Err(bad("tls_ca", "missing")),
+        };
+        let max_buffered_bytes = size("max_buffered", self.max_buffered.as_deref(), 64 << 30)?;
+        let upload_part_bytes = size("upload_part_size", self.upload_part_size.as_deref(), 8 << 20)?;
+        if upload_part_bytes < 5 << 20 {
+            return Err(bad("upload_part_size", "S3 needs parts of at least 5MiB"));
+        }
+        let heartbeat_interval = match self.heartbeat_interval {
+            None => Duration::from_secs(2),
+            Some(s) => humantime::parse_duration(&s).map_err(|e| bad("heartbeat_interval", format!("{s:?}: {e}")))?,
+        };
+        Ok(WorkerConfig {
+            id,
+            listen,
+            advertise,
+            masters,
+            data_dir,
+            object_store,
+            tls,
+            max_buffered_bytes,
+            sync_writes: self.sync_writes.unwrap_or(false),
+            read_chunk_bytes: 1 << 20,
+            upload_part_bytes: upload_part_bytes as usize,
+            heartbeat_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> WorkerSettings {
+        WorkerSettings {
+            id: Some("shoal-worker-0".into()),
+            listen: Some("127.0.0.1:9200".into()),
+            masters: Some("127.0.0.1:9100".into()),
+            data_dir: Some("/tmp/w".into()),
+            object_store: Some("file:///tmp/objects".into()),
+            tls_insecure: Some(true),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(base().resolve().is_ok());
+        let key = |s: WorkerSettings| s.resolve().unwrap_err().key;
+        assert_eq!(key(WorkerSettings { id: Some("bad id".into()), ..base() }), "id");
+        assert_eq!(key(WorkerSettings { masters: Some("nohost".into()), ..base() }), "masters");
+        assert_eq!(key(WorkerSettings { object_store: Some("ftp://x".into()), ..base() }), "object_store");
+        assert_eq!(key(WorkerSettings { max_buffered: Some("lots".into()), ..base() }), "max_buffered");
+        assert_eq!(key(WorkerSettings { upload_part_size: Some("1MiB".into()), ..base() }), "upload_part_size");
+        assert_eq!(key(WorkerSettings { tls_insecure: None, ..base() }), "tls_cert");
+    }
+
+    #[test]
+    fn sizes_and_files_parse() {
+        let (file, unknown) = parse_file("max_buffered = \"2GiB\"\nnew_key = 1\n").unwrap();
+        assert_eq!(unknown, vec!["new_key".to_string()]);
+        let cfg = base().over(file).resolve().unwrap();
+        assert_eq!(cfg.max_buffered_bytes, 2 << 30);
+    }
+}

@@ -1,0 +1,48 @@
+//! `shuffle-worker`: runs one Shoal worker.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use shuffle_worker::config::{parse_file, WorkerSettings};
+use shuffle_worker::node::WorkerNode;
+use tracing::{info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "shuffle-worker", version, about = "Shoal worker: shuffle data ingest, spill and reads")]
+struct Args {
+    /// TOML file with the same keys as the flags (snake_case); flags and SHOAL_* win over it.
+    #[arg(long, env = "SHOAL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: WorkerSettings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let (s, unknown) = parse_file(&text).with_context(|| format!("in {}", path.display()))?;
+            for k in unknown {
+                warn!("{}: unknown setting `{k}` ignored", path.display());
+            }
+            s
+        }
+        None => WorkerSettings::default(),
+    };
+    let cfg = args.settings.over(file).resolve()?;
+    let mut node = WorkerNode::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+        _ = term.recv() => info!("terminated"),
+        _ = node.decommissioned() => info!("decommission complete; exiting"),
+    }
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,1 +1,18 @@
-//! placeholder
+//! `shuffle-client`: the Rust client of a Shoal cluster.
+//!
+//! - [`ShuffleClient`]: registration, assignments, and the entry to writers and readers.
+//! - [`MapWriter`]: one map attempt's output, batched, compressed, checksummed and pushed.
+//! - [`PartitionStream`]: one partition's committed records, verified.
+//! - [`policy`]: the pure batching and retry decisions.
+//! - [`ClientError`] with its [`ErrorKind`] (DataLost and Corrupt map to Spark's FetchFailed).
+
+pub mod client;
+pub mod error;
+pub mod policy;
+pub mod reader;
+pub mod writer;
+
+pub use client::{ClientConfig, ShuffleClient};
+pub use error::{ClientError, ErrorKind};
+pub use reader::{PartitionStream, ReadStats};
+pub use writer::{CommitOutcome, MapWriter};

@@ -188,12 +188,21 @@ impl WorkerNode {
         }
     }
 
+    /// Stops serving and waits (up to 5 s) until every task let go of the buffer, so the
+    /// RocksDB lock is free when this returns.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"shutdown");
-        for t in self.tasks {
+        for t in &self.tasks {
             t.abort();
         }
         self.inner.master.client().close();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.inner) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.inner) > 1 {
+            warn!("worker tasks still running at shutdown");
+        }
     }
 }
 

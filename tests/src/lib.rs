@@ -20,12 +20,14 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     socks.iter().map(|s| s.local_addr().expect("addr").port()).collect()
 }
 
-/// An in-process cluster: one master, N workers.
+/// An in-process cluster: masters and workers on loopback.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub tls: TlsSource,
     pub master_addr: String,
+    pub master_addrs: Vec<String>,
     pub master: Option<MasterNode>,
+    pub masters: BTreeMap<u64, MasterNode>,
     pub workers: BTreeMap<String, WorkerNode>,
     pub object_store: String,
     pub client: Client,
@@ -34,22 +36,39 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(workers: usize) -> anyhow::Result<Cluster> {
+        Self::start_with(1, workers).await
+    }
+
+    pub async fn start_with(masters: usize, workers: usize) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let tls = generate_cluster_tls(&dir.path().join("tls"))?;
         let object_store = format!("file://{}", dir.path().join("objects").display());
-        let port = free_ports(1)[0];
-        let listen = format!("127.0.0.1:{port}").parse()?;
-        let mut cfg = MasterConfig::single(listen, dir.path().join("master"), tls.clone());
-        cfg.heartbeat_interval = Duration::from_millis(200);
-        cfg.worker_timeout = Duration::from_secs(3);
-        let master = MasterNode::start(cfg).await?;
+        let peers: BTreeMap<u64, String> = free_ports(masters)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for (id, addr) in &peers {
+            let mut cfg = MasterConfig::single(addr.parse()?, dir.path().join(format!("master{id}")), tls.clone());
+            cfg.id = *id;
+            cfg.peers = peers.clone();
+            cfg.heartbeat_interval = Duration::from_millis(200);
+            cfg.worker_timeout = Duration::from_secs(3);
+            cfg.election_timeout = Duration::from_millis(300);
+            nodes.insert(*id, MasterNode::start(cfg).await?);
+        }
+        let master_addrs: Vec<String> = peers.values().cloned().collect();
         let client = Client::new(&Tls::load(&tls)?, ClientOptions::default())?;
-        let mc = MasterClient::new(client.clone(), vec![listen.to_string()], Duration::from_secs(20))?;
+        let mc = MasterClient::new(client.clone(), master_addrs.clone(), Duration::from_secs(20))?;
+        let master = if masters == 1 { nodes.remove(&1) } else { None };
         let mut c = Cluster {
             dir,
             tls,
-            master_addr: listen.to_string(),
-            master: Some(master),
+            master_addr: master_addrs[0].clone(),
+            master_addrs,
+            master,
+            masters: nodes,
             workers: BTreeMap::new(),
             object_store,
             client,
@@ -61,12 +80,30 @@ impl Cluster {
         Ok(c)
     }
 
+    /// A Rust client of this cluster.
+    pub fn shuffle_client(&self) -> anyhow::Result<shuffle_client::ShuffleClient> {
+        let mut cfg = shuffle_client::ClientConfig::new(self.master_addrs.clone(), self.tls.clone());
+        cfg.object_store = Some(self.object_store.clone());
+        cfg.batch_bytes = 32 << 10;
+        cfg.call_timeout = Duration::from_secs(5);
+        Ok(shuffle_client::ShuffleClient::new(cfg)?)
+    }
+
+    /// Shuts down the master that leads now; returns its id.
+    pub async fn kill_leader(&mut self) -> anyhow::Result<u64> {
+        let st = self.status().await?;
+        let leader = st.leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        let node = self.masters.remove(&leader).ok_or_else(|| anyhow::anyhow!("leader {leader} not running here"))?;
+        node.shutdown().await;
+        Ok(leader)
+    }
+
     pub fn worker_config(&self, id: &str) -> anyhow::Result<WorkerConfig> {
         let port = free_ports(1)[0];
         let mut cfg = WorkerConfig::local(
             id,
             format!("127.0.0.1:{port}").parse()?,
-            vec![self.master_addr.clone()],
+            self.master_addrs.clone(),
             self.worker_dir(id),
             self.object_store.clone(),
             self.tls.clone(),
@@ -96,6 +133,9 @@ impl Cluster {
             w.shutdown().await;
         }
         if let Some(m) = self.master.take() {
+            m.shutdown().await;
+        }
+        for (_, m) in std::mem::take(&mut self.masters) {
             m.shutdown().await;
         }
     }

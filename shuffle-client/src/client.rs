@@ -1,0 +1,144 @@
+//! The entry point: a connection to the master group (following leader hints), the workers
+//! and the object store, shared by every map writer and partition reader of a process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use shuffle_proto::messages::*;
+use shuffle_proto::objstore::open_store;
+use shuffle_proto::transport::{Client, ClientOptions, MasterClient, Tls, TlsSource};
+use shuffle_proto::{AppId, AttemptId, MapId, ShuffleKey};
+
+use crate::error::ClientError;
+use crate::policy::RetryPolicy;
+use crate::reader::PartitionStream;
+use crate::writer::MapWriter;
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub masters: Vec<String>,
+    pub tls: TlsSource,
+    /// Where spilled segments are read from; the workers' object store.
+    pub object_store: Option<String>,
+    /// Uncompressed bytes per pushed batch.
+    pub batch_bytes: usize,
+    /// Pushes in flight per map writer.
+    pub max_in_flight: usize,
+    pub retry: RetryPolicy,
+    /// Bound on one call to a worker or master.
+    pub call_timeout: Duration,
+    /// How long to keep trying to reach a master.
+    pub master_deadline: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(masters: Vec<String>, tls: TlsSource) -> Self {
+        Self {
+            masters,
+            tls,
+            object_store: None,
+            batch_bytes: 256 << 10,
+            max_in_flight: 16,
+            retry: RetryPolicy::default(),
+            call_timeout: Duration::from_secs(30),
+            master_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub cfg: ClientConfig,
+    pub client: Client,
+    pub master: MasterClient,
+    pub store: Option<Arc<dyn ObjectStore>>,
+}
+
+/// A handle to a Shoal cluster; cheap to clone.
+#[derive(Clone)]
+pub struct ShuffleClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl ShuffleClient {
+    pub fn new(cfg: ClientConfig) -> Result<ShuffleClient, ClientError> {
+        if cfg.masters.is_empty() {
+            return Err(ClientError::Config("no master endpoints".into()));
+        }
+        let tls = shuffle_proto::transport::Tls::load(&cfg.tls)?;
+        Self::with_tls(cfg, &tls)
+    }
+
+    pub fn with_tls(cfg: ClientConfig, tls: &Tls) -> Result<ShuffleClient, ClientError> {
+        let opts = ClientOptions { call_timeout: cfg.call_timeout, ..Default::default() };
+        let client = Client::new(tls, opts)?;
+        let master = MasterClient::new(client.clone(), cfg.masters.clone(), cfg.master_deadline)?;
+        let store = cfg.object_store.as_deref().map(open_store).transpose()?;
+        Ok(ShuffleClient { inner: Arc::new(Inner { cfg, client, master, store }) })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) async fn master<T: MessageType>(&self, msg: impl Into<Message>) -> Result<T, ClientError> {
+        Ok(self.inner.master.call_typed(msg).await?)
+    }
+
+    pub async fn register_app(&self, app: &AppId, lease: Duration) -> Result<(), ClientError> {
+        let _: AppRegistered =
+            self.master(RegisterApp { app: app.clone(), lease_ms: lease.as_millis() as u64 }).await?;
+        Ok(())
+    }
+
+    pub async fn app_heartbeat(&self, app: &AppId) -> Result<(), ClientError> {
+        let _: Ack = self.master(AppHeartbeat { app: app.clone() }).await?;
+        Ok(())
+    }
+
+    pub async fn unregister_app(&self, app: &AppId) -> Result<(), ClientError> {
+        let _: Ack = self.master(UnregisterApp { app: app.clone() }).await?;
+        Ok(())
+    }
+
+    /// Registers a shuffle (idempotent) and returns where its partitions go.
+    pub async fn register_shuffle(
+        &self,
+        shuffle: &ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+        replication: u8,
+    ) -> Result<ShuffleAssignment, ClientError> {
+        self.master(RegisterShuffle { shuffle: shuffle.clone(), num_maps, num_partitions, replication }).await
+    }
+
+    pub async fn assignment(&self, shuffle: &ShuffleKey) -> Result<ShuffleAssignment, ClientError> {
+        self.master(GetAssignment { shuffle: shuffle.clone() }).await
+    }
+
+    pub async fn unregister_shuffle(&self, shuffle: &ShuffleKey) -> Result<(), ClientError> {
+        let _: Ack = self.master(UnregisterShuffle { shuffle: shuffle.clone() }).await?;
+        Ok(())
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        self.master(GetStatus {}).await
+    }
+
+    /// A writer for one map attempt.
+    pub fn map_writer(&self, assignment: &ShuffleAssignment, map: MapId, attempt: AttemptId) -> MapWriter {
+        MapWriter::new(self.clone(), assignment, map, attempt)
+    }
+
+    /// Streams one partition's committed records (maps `[start_map, end_map)`), verified.
+    pub fn read_partition(
+        &self,
+        shuffle: &ShuffleKey,
+        partition: u32,
+        start_map: u32,
+        end_map: u32,
+    ) -> PartitionStream {
+        PartitionStream::open(self.clone(), shuffle.clone(), partition, start_map, end_map)
+    }
+}

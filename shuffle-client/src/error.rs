@@ -1,0 +1,74 @@
+//! Client errors: a rich enum, and the small [`ErrorKind`] callers (and the Spark plugin)
+//! branch on. `DataLost` and `Corrupt` become Spark's `FetchFailedException`.
+
+use shuffle_proto::objstore::StoreError;
+use shuffle_proto::transport::TransportError;
+use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError};
+
+/// What a caller needs to decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Committed data can no longer be read: re-run the map stage.
+    DataLost,
+    /// Data failed a checksum: re-run the map stage.
+    Corrupt,
+    /// The cluster could not be reached or was overloaded; the operation may be retried.
+    Unavailable,
+    /// The cluster refused the request (bad arguments, unknown shuffle, ...).
+    Rejected,
+    /// Local configuration is wrong.
+    Config,
+    /// A bug or an unexpected state.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("object store: {0}")]
+    Store(#[from] StoreError),
+    #[error("protocol: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("data lost for {shuffle} partition {partition}: {reason}")]
+    DataLost { shuffle: ShuffleKey, partition: u32, reason: String },
+    #[error("corrupt data in {shuffle} partition {partition}: {reason}")]
+    Corrupt { shuffle: ShuffleKey, partition: u32, reason: String },
+    #[error("map attempt failed: {0}")]
+    AttemptFailed(String),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::DataLost { .. } => ErrorKind::DataLost,
+            ClientError::Corrupt { .. } => ErrorKind::Corrupt,
+            ClientError::Config(_) => ErrorKind::Config,
+            ClientError::AttemptFailed(_) => ErrorKind::Unavailable,
+            ClientError::Transport(t) => kind_of_code(t.code(), t.retryable()),
+            ClientError::Store(s) if s.retryable() => ErrorKind::Unavailable,
+            ClientError::Store(_) => ErrorKind::DataLost,
+            ClientError::Proto(p) => kind_of_code(p.code(), false),
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+
+    pub(crate) fn remote(e: WireError) -> ClientError {
+        ClientError::Transport(TransportError::Remote(e))
+    }
+}
+
+fn kind_of_code(code: ErrorCode, retryable: bool) -> ErrorKind {
+    match code {
+        ErrorCode::DataLost => ErrorKind::DataLost,
+        ErrorCode::Corrupt => ErrorKind::Corrupt,
+        _ if retryable => ErrorKind::Unavailable,
+        ErrorCode::Internal => ErrorKind::Internal,
+        _ => ErrorKind::Rejected,
+    }
+}

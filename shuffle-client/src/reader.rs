@@ -1,0 +1,281 @@
+//! PartitionStream: one partition's committed records, from the spilled segments and the live
+//! workers, deduplicated by (map, attempt, seq) and verified against the commits.
+//!
+//! Invariants:
+//! - Only the committed attempt of each map is returned; each batch once, even when a segment
+//!   and a live copy overlap during a spill.
+//! - Every batch's CRC is checked after decompression; at the end, each map's batch count,
+//!   byte count and CRC sum must equal what its commit recorded. Anything else ends the
+//!   stream with `DataLost` or `Corrupt`, never with wrong rows.
+//! - A live source that fails mid-stream is not fatal: the plan is fetched again (its data may
+//!   be spilled by now) and reading resumes, skipping batches already returned.
+
+use std::collections::{HashMap, HashSet};
+
+use shuffle_proto::batch::{BatchView, StreamRecords, DEFAULT_MAX_BATCH_RAW};
+use shuffle_proto::frame::read_frame;
+use shuffle_proto::messages::*;
+use shuffle_proto::objstore::read_segment;
+use shuffle_proto::{FrameLimits, MapId, PartitionId, ShuffleKey};
+use tokio::sync::mpsc;
+
+use crate::client::ShuffleClient;
+use crate::error::ClientError;
+
+const ROUNDS: usize = 3;
+
+/// Totals of a finished read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub batches: u64,
+    pub bytes: u64,
+    pub from_segments: u64,
+    pub from_workers: u64,
+}
+
+/// A pull-based stream of decompressed batches; backpressure through a small channel.
+pub struct PartitionStream {
+    rx: mpsc::Receiver<Result<Vec<u8>, ClientError>>,
+    task: tokio::task::JoinHandle<ReadStats>,
+    done: Option<ReadStats>,
+}
+
+impl PartitionStream {
+    pub(crate) fn open(
+        client: ShuffleClient,
+        shuffle: ShuffleKey,
+        partition: u32,
+        start_map: u32,
+        end_map: u32,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(async move {
+            let mut r = Reader {
+                client,
+                shuffle,
+                partition,
+                start_map,
+                end_map,
+                tx,
+                seen: HashSet::new(),
+                got: HashMap::new(),
+                stats: ReadStats::default(),
+            };
+            match r.run().await {
+                Ok(()) => r.stats,
+                Err(e) => {
+                    let _ = r.tx.send(Err(e)).await;
+                    r.stats
+                }
+            }
+        });
+        Self { rx, task, done: None }
+    }
+
+    /// The next batch of serialized records, `None` at the verified end.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.rx.recv().await {
+            Some(r) => r.map(Some),
+            None => {
+                if self.done.is_none() {
+                    let stats = (&mut self.task).await.map_err(|e| ClientError::AttemptFailed(e.to_string()))?;
+                    self.done = Some(stats);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Totals, once the stream ended.
+    pub fn stats(&self) -> Option<ReadStats> {
+        self.done
+    }
+}
+
+impl Drop for PartitionStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Reader {
+    client: ShuffleClient,
+    shuffle: ShuffleKey,
+    partition: u32,
+    start_map: u32,
+    end_map: u32,
+    tx: mpsc::Sender<Result<Vec<u8>, ClientError>>,
+    seen: HashSet<(u32, u64, u32)>,
+    got: HashMap<u32, (u64, u32, u32)>,
+    stats: ReadStats,
+}
+
+enum Source {
+    Segment,
+    Worker,
+}
+
+impl Reader {
+    fn lost(&self, reason: String) -> ClientError {
+        ClientError::DataLost { shuffle: self.shuffle.clone(), partition: self.partition, reason }
+    }
+
+    async fn plan(&self) -> Result<PartitionReadPlan, ClientError> {
+        let plan: ReadPlan = self
+            .client
+            .master(GetReadPlan {
+                shuffle: self.shuffle.clone(),
+                start_partition: PartitionId(self.partition),
+                end_partition: PartitionId(self.partition + 1),
+                start_map: MapId(self.start_map),
+                end_map: MapId(self.end_map),
+            })
+            .await?;
+        plan.partitions.into_iter().next().ok_or_else(|| self.lost("partition missing from the read plan".into()))
+    }
+
+    async fn run(&mut self) -> Result<(), ClientError> {
+        let mut expected: Vec<MapOutput> = Vec::new();
+        for round in 0..ROUNDS {
+            let pp = self.plan().await?;
+            if pp.lost {
+                return Err(self.lost("its worker was lost before the data was spilled".into()));
+            }
+            expected = pp.expected.clone();
+            if expected.is_empty() {
+                return Ok(());
+            }
+            let want: HashMap<u32, u64> = expected.iter().map(|m| (m.map.0, m.attempt.0)).collect();
+            for seg in &pp.segments {
+                let store =
+                    self.client.inner.store.clone().ok_or_else(|| {
+                        ClientError::Config("data is spilled but no object store is configured".into())
+                    })?;
+                let chunks =
+                    read_segment(&*store, seg, self.start_map, self.end_map, |m, a| want.get(&m) == Some(&a)).await?;
+                for c in chunks {
+                    if !self.records(&c, &want, Source::Segment).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            let mut failed = None;
+            for src in &pp.sources {
+                if let Err(e) = self.read_worker(&src.primary.addr, &expected, &want).await {
+                    if e.retryable() {
+                        failed = Some(e);
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+            match failed {
+                None => break,
+                Some(e) if round + 1 == ROUNDS => return Err(self.lost(format!("no source could serve it: {e}"))),
+                Some(e) => {
+                    tracing::debug!(partition = self.partition, "a source failed, planning again: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << round)).await;
+                }
+            }
+        }
+        for m in &expected {
+            let got = self.got.get(&m.map.0).copied().unwrap_or_default();
+            if got != (m.bytes, m.crc_sum, m.batches) {
+                return Err(self.lost(format!(
+                    "map {} attempt {}: committed {} batches / {} bytes, read {} / {}",
+                    m.map, m.attempt, m.batches, m.bytes, got.2, got.0
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles encoded stream records; returns false once the consumer went away.
+    async fn records(&mut self, chunk: &[u8], want: &HashMap<u32, u64>, src: Source) -> Result<bool, ClientError> {
+        for rec in StreamRecords::new(chunk, DEFAULT_MAX_BATCH_RAW + 64) {
+            let rec = rec.map_err(|e| self.corrupt(e.to_string()))?;
+            if want.get(&rec.map) != Some(&rec.attempt) || !self.seen.insert((rec.map, rec.attempt, rec.seq)) {
+                continue;
+            }
+            let view =
+                BatchView::parse_exact(rec.batch, DEFAULT_MAX_BATCH_RAW).map_err(|e| self.corrupt(e.to_string()))?;
+            let mut raw = Vec::with_capacity(view.raw_len as usize);
+            view.decode_into(&mut raw).map_err(|e| self.corrupt(format!("map {} seq {}: {e}", rec.map, rec.seq)))?;
+            let g = self.got.entry(rec.map).or_default();
+            g.0 += raw.len() as u64;
+            g.1 = g.1.wrapping_add(view.crc);
+            g.2 += 1;
+            self.stats.batches += 1;
+            self.stats.bytes += raw.len() as u64;
+            match src {
+                Source::Segment => self.stats.from_segments += 1,
+                Source::Worker => self.stats.from_workers += 1,
+            }
+            if self.tx.send(Ok(raw)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn corrupt(&self, reason: String) -> ClientError {
+        ClientError::Corrupt { shuffle: self.shuffle.clone(), partition: self.partition, reason }
+    }
+
+    async fn read_worker(
+        &mut self,
+        addr: &str,
+        expected: &[MapOutput],
+        want: &HashMap<u32, u64>,
+    ) -> Result<(), ClientError> {
+        let msg = Message::OpenPartition(OpenPartition {
+            shuffle: self.shuffle.clone(),
+            partition: PartitionId(self.partition),
+            start_map: MapId(self.start_map),
+            end_map: MapId(self.end_map),
+            attempts: expected.iter().map(|m| MapAttemptRef { map: m.map, attempt: m.attempt }).collect(),
+        });
+        let inner = self.client.inner.clone();
+        let timeout = inner.cfg.call_timeout;
+        let (_send, mut recv) = inner.client.open(addr, &msg, &[]).await?;
+        let limits = FrameLimits::default();
+        let mut body = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(timeout, read_frame(&mut recv, &limits, &mut body)).await;
+            let msg = match frame {
+                Err(_) => {
+                    inner.client.forget(addr).await;
+                    return Err(shuffle_proto::transport::TransportError::Timeout {
+                        addr: addr.into(),
+                        after: timeout,
+                    }
+                    .into());
+                }
+                Ok(Err(shuffle_proto::ProtoError::Io(reason))) => {
+                    inner.client.forget(addr).await;
+                    return Err(
+                        shuffle_proto::transport::TransportError::Connection { addr: addr.into(), reason }.into()
+                    );
+                }
+                Ok(Err(e)) => return Err(self.corrupt(e.to_string())),
+                Ok(Ok(None)) => {
+                    return Err(shuffle_proto::transport::TransportError::NoReply { addr: addr.into() }.into())
+                }
+                Ok(Ok(Some(m))) => m,
+            };
+            match msg {
+                Message::Chunk(_) => {
+                    let chunk = std::mem::take(&mut body);
+                    if !self.records(&chunk, want, Source::Worker).await? {
+                        return Ok(());
+                    }
+                }
+                Message::EndOfStream(_) => return Ok(()),
+                Message::WireError(e) => return Err(ClientError::remote(e)),
+                other => {
+                    return Err(self.corrupt(format!("unexpected {} in a partition stream", other.name())));
+                }
+            }
+        }
+    }
+}

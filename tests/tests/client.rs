@@ -1,0 +1,217 @@
+//! End-to-end suites through the Rust client: writers, readers, speculation, worker loss before
+//! and after spill, and a leader master killed mid-shuffle.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shoal_tests::*;
+use shuffle_client::{ErrorKind, ShuffleClient};
+use shuffle_proto::*;
+
+fn key(app: &str, s: u32) -> ShuffleKey {
+    ShuffleKey::new(AppId::new(app).unwrap(), s, 0)
+}
+
+/// Writes `maps` map outputs: map m writes rows(m, p, n) to every partition p.
+async fn write_maps(
+    c: &ShuffleClient,
+    k: &ShuffleKey,
+    maps: std::ops::Range<u32>,
+    partitions: u32,
+    n: u32,
+    salt: u64,
+) -> BTreeMap<u32, u64> {
+    let a = c.assignment(k).await.unwrap();
+    let mut sizes = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for m in maps {
+        let c = c.clone();
+        let a = a.clone();
+        tasks.spawn(async move {
+            let mut w = c.map_writer(&a, MapId(m), AttemptId(1000 + m as u64));
+            for p in 0..partitions {
+                // Several writes per partition so batches fill and split.
+                for part in 0..4 {
+                    w.write(p, &rows(m, p, n / 4, salt + part)).await.unwrap();
+                }
+            }
+            let out = w.commit().await.unwrap();
+            assert!(out.accepted);
+            (m, out.partition_bytes.iter().sum::<u64>())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (m, b) = r.unwrap();
+        sizes.insert(m, b);
+    }
+    sizes
+}
+
+async fn read_all(
+    c: &ShuffleClient,
+    k: &ShuffleKey,
+    p: u32,
+    start: u32,
+    end: u32,
+) -> Result<Vec<u8>, shuffle_client::ClientError> {
+    let mut s = c.read_partition(k, p, start, end);
+    let mut out = Vec::new();
+    while let Some(b) = s.next().await? {
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+fn expected(maps: std::ops::Range<u32>, p: u32, n: u32, salt: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in maps {
+        for part in 0..4 {
+            out.extend(rows(m, p, n / 4, salt + part));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_maps_many_partitions_round_trip_exactly() {
+    let c = Cluster::start(3).await.unwrap();
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-rt").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = key("app-rt", 0);
+    sc.register_shuffle(&k, 12, 24, 1).await.unwrap();
+    let sizes = write_maps(&sc, &k, 0..12, 24, 200, 5).await;
+    assert_eq!(sizes.len(), 12);
+    for p in 0..24 {
+        let got = read_all(&sc, &k, p, 0, 12).await.unwrap();
+        let mut want = expected(0..12, p, 200, 5);
+        // Maps arrive in map order from one source; from segments plus live, order may differ.
+        let mut g: Vec<&[u8]> = got.chunks(100).collect();
+        let mut w: Vec<&[u8]> = want.chunks(100).collect();
+        g.sort();
+        w.sort();
+        assert_eq!(g, w, "partition {p}");
+        want.clear();
+    }
+    // A map range reads only those maps (AQE skew splits).
+    let got = read_all(&sc, &k, 3, 4, 6).await.unwrap();
+    assert_eq!(got.len(), expected(4..6, 3, 200, 5).len());
+    assert!(got.chunks(100).all(|r| r.starts_with(b"m00004") || r.starts_with(b"m00005")));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_committed_speculative_attempt_is_read() {
+    let c = Cluster::start(2).await.unwrap();
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-spec").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = key("app-spec", 0);
+    let a = sc.register_shuffle(&k, 1, 4, 1).await.unwrap();
+    // Two attempts of map 0 write different rows; the slower one commits second and loses.
+    let mut fast = sc.map_writer(&a, MapId(0), AttemptId(1));
+    let mut slow = sc.map_writer(&a, MapId(0), AttemptId(2));
+    for p in 0..4 {
+        fast.write(p, &rows(0, p, 100, 111)).await.unwrap();
+        slow.write(p, &rows(0, p, 300, 222)).await.unwrap();
+    }
+    let first = fast.commit().await.unwrap();
+    let second = slow.commit().await.unwrap();
+    assert!(first.accepted);
+    assert!(!second.accepted);
+    assert_eq!(second.winner, AttemptId(1));
+    for p in 0..4 {
+        assert_eq!(read_all(&sc, &k, p, 0, 1).await.unwrap(), rows(0, p, 100, 111));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_after_spill_reads_from_the_object_store() {
+    let mut c = Cluster::start(2).await.unwrap();
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-spill").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = key("app-spill", 0);
+    sc.register_shuffle(&k, 4, 6, 1).await.unwrap();
+    write_maps(&sc, &k, 0..4, 6, 400, 9).await;
+    eventually(Duration::from_secs(15), "spilled", || async {
+        let p = c.plan(&k, 0, 6).await.ok()?;
+        p.partitions.iter().all(|pp| pp.sources.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    // Every worker goes away; reads still work, from the object store alone.
+    for id in ["w0", "w1"] {
+        c.stop_worker(id).await;
+    }
+    for p in 0..6 {
+        let got = read_all(&sc, &k, p, 0, 4).await.unwrap();
+        assert_eq!(got, expected(0..4, p, 400, 9), "partition {p}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_lost_before_spill_raises_data_lost_never_wrong_rows() {
+    let mut c = Cluster::start(2).await.unwrap();
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-lost").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = key("app-lost", 0);
+    let a = sc.register_shuffle(&k, 3, 4, 1).await.unwrap();
+    // Two of three maps commit; the shuffle is not sealed, so nothing is spilled.
+    write_maps(&sc, &k, 0..2, 4, 200, 1).await;
+    let victim = a.locations[0].primary.id.to_string();
+    c.stop_worker(&victim).await;
+    // The master declares it lost after its heartbeat timeout (3 s here).
+    eventually(Duration::from_secs(10), "worker lost", || async {
+        let st = c.status().await.ok()?;
+        st.workers
+            .iter()
+            .any(|w| w.id.as_str() == victim && w.state == shuffle_proto::messages::WorkerState::Lost)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // The last map writes to the moved partitions and commits: the shuffle seals.
+    write_maps(&sc, &k, 2..3, 4, 200, 1).await;
+    for loc in &a.locations {
+        let p = loc.partition.0;
+        let res = read_all(&sc, &k, p, 0, 3).await;
+        if loc.primary.id.as_str() == victim {
+            let err = res.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::DataLost, "{err}");
+            // Map 2 alone was written after the move: it is readable.
+            assert_eq!(read_all(&sc, &k, p, 2, 3).await.unwrap(), expected(2..3, p, 200, 1));
+        } else {
+            assert_eq!(res.unwrap(), expected(0..3, p, 200, 1));
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_master_killed_mid_shuffle_the_shuffle_completes() {
+    let mut c = Cluster::start_with(3, 2).await.unwrap();
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-ha").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = key("app-ha", 0);
+    sc.register_shuffle(&k, 6, 8, 1).await.unwrap();
+    write_maps(&sc, &k, 0..3, 8, 200, 2).await;
+    let old = c.kill_leader().await.unwrap();
+    write_maps(&sc, &k, 3..6, 8, 200, 2).await;
+    let st = c.status().await.unwrap();
+    assert_ne!(st.leader, Some(old));
+    for p in 0..8 {
+        let got = read_all(&sc, &k, p, 0, 6).await.unwrap();
+        let mut g: Vec<&[u8]> = got.chunks(100).collect();
+        let want = expected(0..6, p, 200, 2);
+        let mut w: Vec<&[u8]> = want.chunks(100).collect();
+        g.sort();
+        w.sort();
+        assert_eq!(g, w, "partition {p}");
+    }
+    c.shutdown().await;
+}

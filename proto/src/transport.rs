@@ -106,6 +106,8 @@ impl From<ReplyError> for TransportError {
 pub enum TlsSource {
     /// PEM files: this node's certificate chain and key, and the cluster CA.
     Files { cert: PathBuf, key: PathBuf, ca: PathBuf },
+    /// Client only: verify servers against the cluster CA, present no certificate.
+    CaOnly { ca: PathBuf },
     /// A fresh self-signed certificate and no verification of peers. Local experiments only.
     Insecure,
 }
@@ -114,7 +116,7 @@ pub enum TlsSource {
 #[derive(Clone)]
 pub struct Tls {
     certs: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
+    key: Option<Arc<PrivateKeyDer<'static>>>,
     ca: Option<Vec<CertificateDer<'static>>>,
 }
 
@@ -139,13 +141,22 @@ impl Tls {
                 if certs.is_empty() || ca.is_empty() {
                     return Err(TransportError::Tls("certificate or CA file holds no certificate".into()));
                 }
-                Ok(Tls { certs, key: Arc::new(key), ca: Some(ca) })
+                Ok(Tls { certs, key: Some(Arc::new(key)), ca: Some(ca) })
+            }
+            TlsSource::CaOnly { ca: path } => {
+                let ca = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| TransportError::Tls(format!("{}: {e}", path.display())))?;
+                if ca.is_empty() {
+                    return Err(TransportError::Tls(format!("{} holds no certificate", path.display())));
+                }
+                Ok(Tls { certs: Vec::new(), key: None, ca: Some(ca) })
             }
             TlsSource::Insecure => {
                 let ck = rcgen::generate_simple_self_signed(vec![CLUSTER_SERVER_NAME.into()])
                     .map_err(|e| TransportError::Tls(e.to_string()))?;
                 let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-                Ok(Tls { certs: vec![ck.cert.der().clone()], key: Arc::new(key), ca: None })
+                Ok(Tls { certs: vec![ck.cert.der().clone()], key: Some(Arc::new(key)), ca: None })
             }
         }
     }
@@ -156,11 +167,13 @@ impl Tls {
 
     fn server_config(&self, max_streams: u32) -> Result<quinn::ServerConfig, TransportError> {
         let tls_err = |e: rustls::Error| TransportError::Tls(e.to_string());
+        let key =
+            self.key.as_ref().ok_or_else(|| TransportError::Tls("a server needs a certificate and key".into()))?;
         let mut crypto = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
             .with_no_client_auth()
-            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .with_single_cert(self.certs.clone(), key.clone_key())
             .map_err(tls_err)?;
         crypto.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicServerConfig::try_from(crypto).map_err(|e| TransportError::Tls(e.to_string()))?;

@@ -6,6 +6,7 @@
 //! - [`policy`]: the pure batching and retry decisions.
 //! - [`ClientError`] with its [`ErrorKind`] (DataLost and Corrupt map to Spark's FetchFailed).
 
+pub mod cli;
 pub mod client;
 pub mod error;
 pub mod policy;

@@ -86,7 +86,7 @@ pub fn to_table(st: &ClusterStatus) -> String {
     let j = to_json(st);
     let mut out = String::new();
     let _ = writeln!(out, "MASTERS");
-    let _ = writeln!(out, "  {:<4} {:<24} {}", "ID", "ADDRESS", "ROLE");
+    let _ = writeln!(out, "  {:<4} {:<24} ROLE", "ID", "ADDRESS");
     for m in &j.masters {
         let _ = writeln!(out, "  {:<4} {:<24} {}", m.id, m.addr, m.role);
     }

@@ -1,1 +1,420 @@
-fn main() {}
+//! `shoal-bench`: a load generator. M mappers push 100-byte records into R partitions through
+//! a Shoal cluster, every partition is read back and checked, and the same data goes through
+//! two baselines measured in the same run: raw QUIC (the same pushes to a server that stores
+//! nothing) and Spark-style local shuffle files (one data file per map, read back per
+//! partition). Results are throughputs, push latency percentiles, worker memory, and ratios.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use shuffle_client::cli::local::LocalUp;
+use shuffle_client::{ClientConfig, ShuffleClient};
+use shuffle_proto::batch::{encode_batch, Codec};
+use shuffle_proto::messages::{Message, PushAck, PushBatch};
+use shuffle_proto::transport::{
+    serve, server_endpoint, Client, ClientOptions, Handler, Responder, ServerOptions, Tls, TlsSource,
+};
+use shuffle_proto::{AppId, AttemptId, Epoch, MapId, PartitionId, ProtoError, ShuffleKey};
+
+const RECORD: usize = 100;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal-bench", about = "Shoal load generator with same-run baselines")]
+struct Args {
+    /// Master endpoints of a running cluster.
+    #[arg(long, value_delimiter = ',', conflicts_with = "local")]
+    masters: Vec<String>,
+    /// Start a local cluster (child processes) for the run.
+    #[arg(long)]
+    local: bool,
+    /// Workers of the local cluster.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Cluster CA (with --masters).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Object store the workers spill to (with --masters), to read spilled partitions.
+    #[arg(long)]
+    object_store: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    mappers: u32,
+    #[arg(long, default_value_t = 64)]
+    partitions: u32,
+    /// Total bytes of records, e.g. 256MiB.
+    #[arg(long, default_value = "256MiB")]
+    bytes: String,
+    /// Uncompressed bytes per pushed batch.
+    #[arg(long, default_value = "256KiB")]
+    batch: String,
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    mappers: u32,
+    partitions: u32,
+    bytes: u64,
+    shoal_push_mib_s: f64,
+    shoal_read_mib_s: f64,
+    push_p50_ms: f64,
+    push_p99_ms: f64,
+    wire_ratio: f64,
+    read_from_segments: u64,
+    read_from_workers: u64,
+    worker_peak_rss_mib: Vec<f64>,
+    raw_quic_push_mib_s: f64,
+    local_files_write_mib_s: f64,
+    local_files_read_mib_s: f64,
+    ratio_push_vs_raw_quic: f64,
+    ratio_push_vs_local_files: f64,
+    ratio_read_vs_local_files: f64,
+    verified: bool,
+}
+
+/// The records map `m` writes to partition `p`: deterministic, mildly compressible.
+fn records(m: u32, p: u32, bytes: usize) -> Vec<u8> {
+    let n = bytes / RECORD;
+    let mut out = Vec::with_capacity(n * RECORD);
+    let mut x = (m as u64) << 32 | p as u64 | 1;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let head = format!("{m:06}|{p:06}|{i:010}|{x:016x}|");
+        out.extend_from_slice(head.as_bytes());
+        out.extend(std::iter::repeat_n(b'a' + (x % 26) as u8, RECORD - head.len()));
+    }
+    out
+}
+
+/// Order-free digest of a byte stream of records: count and wrapping CRC sum per record.
+fn digest(data: &[u8]) -> (u64, u32) {
+    data.chunks(RECORD).fold((0, 0), |(n, s), r| (n + 1, s.wrapping_add(crc32fast::hash(r))))
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_message(what.to_string());
+    b
+}
+
+struct NoStore;
+
+impl Handler for NoStore {
+    async fn handle(
+        &self,
+        _p: SocketAddr,
+        req: Message,
+        _body: Vec<u8>,
+        out: &mut Responder,
+    ) -> Result<(), ProtoError> {
+        match req {
+            Message::PushBatch(p) => out.send(&Message::PushAck(PushAck { seq: p.seq }), &[]).await,
+            other => out.send(&other, &[]).await,
+        }
+    }
+}
+
+/// The same batches as the Shoal run, pushed to a QUIC server that stores nothing.
+async fn raw_quic(args: &Args, per: usize, batch: usize) -> anyhow::Result<Duration> {
+    let tls = Tls::load(&TlsSource::Insecure)?;
+    let ep = server_endpoint("127.0.0.1:0".parse()?, &tls, &ServerOptions::default())?;
+    let addr = ep.local_addr()?.to_string();
+    tokio::spawn(serve(ep.clone(), Arc::new(NoStore), ServerOptions::default()));
+    let client = Client::new(&tls, ClientOptions::default())?;
+    let key = ShuffleKey::new(AppId::new("bench-raw")?, 0, 0);
+    let t0 = Instant::now();
+    let mut maps = tokio::task::JoinSet::new();
+    for m in 0..args.mappers {
+        let client = client.clone();
+        let addr = addr.clone();
+        let key = key.clone();
+        let (parts, in_flight) = (args.partitions, args.in_flight);
+        maps.spawn(async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+            let mut pushes = tokio::task::JoinSet::new();
+            for p in 0..parts {
+                for (seq, raw) in records(m, p, per).chunks(batch).enumerate() {
+                    let mut enc = Vec::new();
+                    encode_batch(raw, Codec::Lz4, &mut enc)?;
+                    let permit = sem.clone().acquire_owned().await?;
+                    let msg = Message::PushBatch(PushBatch {
+                        shuffle: key.clone(),
+                        partition: PartitionId(p),
+                        map: MapId(m),
+                        attempt: AttemptId(m as u64),
+                        seq: seq as u32,
+                        epoch: Epoch(1),
+                        flags: 0,
+                    });
+                    let (client, addr) = (client.clone(), addr.clone());
+                    pushes.spawn(async move {
+                        let r = client.call(&addr, &msg, &enc).await;
+                        drop(permit);
+                        r.map(|_| ())
+                    });
+                }
+            }
+            while let Some(r) = pushes.join_next().await {
+                r??;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = maps.join_next().await {
+        r??;
+    }
+    let d = t0.elapsed();
+    ep.close(0u32.into(), b"done");
+    Ok(d)
+}
+
+/// Spark-style shuffle files: per map one data file with partitions in order plus offsets;
+/// the read side fetches each partition's slice of every map file.
+fn local_files(args: &Args, per: usize) -> anyhow::Result<(Duration, Duration, bool)> {
+    let dir = tempfile::tempdir()?;
+    let t0 = Instant::now();
+    let mut offsets = Vec::new();
+    for m in 0..args.mappers {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join(format!("shuffle_{m}.data")))?);
+        let mut off = vec![0u64];
+        for p in 0..args.partitions {
+            let mut enc = Vec::new();
+            encode_batch(&records(m, p, per), Codec::Lz4, &mut enc)?;
+            f.write_all(&enc)?;
+            off.push(off[p as usize] + enc.len() as u64);
+        }
+        f.flush()?;
+        offsets.push(off);
+    }
+    let write = t0.elapsed();
+    let t1 = Instant::now();
+    let mut ok = true;
+    for p in 0..args.partitions {
+        let mut all = Vec::new();
+        for m in 0..args.mappers {
+            let off = &offsets[m as usize];
+            let mut f = std::fs::File::open(dir.path().join(format!("shuffle_{m}.data")))?;
+            f.seek(SeekFrom::Start(off[p as usize]))?;
+            let mut buf = vec![0u8; (off[p as usize + 1] - off[p as usize]) as usize];
+            f.read_exact(&mut buf)?;
+            shuffle_proto::batch::BatchView::parse_exact(&buf, u32::MAX)?.decode_into(&mut all)?;
+        }
+        ok &= all.len() == per * args.mappers as usize;
+    }
+    Ok((write, t1.elapsed(), ok))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let total = args.bytes.parse::<bytesize::ByteSize>().map_err(anyhow::Error::msg).context("--bytes")?.as_u64();
+    let batch =
+        args.batch.parse::<bytesize::ByteSize>().map_err(anyhow::Error::msg).context("--batch")?.as_u64() as usize;
+    let per = (total / (args.mappers as u64 * args.partitions as u64)) as usize / RECORD * RECORD;
+    anyhow::ensure!(per > 0, "--bytes too small for {} x {}", args.mappers, args.partitions);
+    let bytes = per as u64 * args.mappers as u64 * args.partitions as u64;
+    let quiet = matches!(args.output, Output::Json);
+
+    // The cluster.
+    let data_dir = tempfile::tempdir()?;
+    let (running, masters, tls, object_store) = if args.local {
+        let exe = std::env::current_exe()?;
+        let up = LocalUp {
+            masters: 1,
+            workers: args.workers,
+            data_dir: data_dir.path().to_path_buf(),
+            object_store: None,
+            base_port: 0,
+            bin_dir: exe.parent().context("no bin dir")?.to_path_buf(),
+        };
+        let r = up.start().await?;
+        let masters: Vec<String> = r.file.master_endpoints.split(',').map(String::from).collect();
+        let tls = TlsSource::CaOnly { ca: r.file.tls_ca.clone() };
+        let os = Some(r.file.object_store.clone());
+        (Some(r), masters, tls, os)
+    } else {
+        let ca = args.tls_ca.clone().context("--tls-ca is needed with --masters")?;
+        (None, args.masters.clone(), TlsSource::CaOnly { ca }, args.object_store.clone())
+    };
+    let mut cfg = ClientConfig::new(masters, tls);
+    cfg.object_store = object_store;
+    cfg.batch_bytes = batch;
+    cfg.max_in_flight = args.in_flight;
+    let sc = ShuffleClient::new(cfg)?;
+    let app = AppId::new(format!("bench-{}", std::process::id()))?;
+    sc.register_app(&app, Duration::from_secs(3600)).await?;
+    let key = ShuffleKey::new(app.clone(), 0, 0);
+    let assignment = sc.register_shuffle(&key, args.mappers, args.partitions, 1).await?;
+
+    // Shoal: push.
+    let pb = bar(bytes, "push", quiet);
+    let t0 = Instant::now();
+    let mut maps = tokio::task::JoinSet::new();
+    for m in 0..args.mappers {
+        let (sc, a, pb, parts) = (sc.clone(), assignment.clone(), pb.clone(), args.partitions);
+        maps.spawn(async move {
+            let mut w = sc.map_writer(&a, MapId(m), AttemptId(m as u64));
+            for p in 0..parts {
+                let data = records(m, p, per);
+                for rec in data.chunks(64 * RECORD) {
+                    w.write(p, rec).await?;
+                }
+                pb.inc(data.len() as u64);
+            }
+            anyhow::Ok(w.commit().await?)
+        });
+    }
+    let mut lat = Vec::new();
+    let mut wire = 0u64;
+    while let Some(r) = maps.join_next().await {
+        let out = r??;
+        anyhow::ensure!(out.accepted, "a map commit was not accepted");
+        lat.extend(out.push_latencies_us);
+        wire += out.wire_bytes;
+    }
+    let push = t0.elapsed();
+    pb.finish_and_clear();
+    lat.sort_unstable();
+
+    // Shoal: read every partition back and check it.
+    let pb = bar(bytes, "read", quiet);
+    let t1 = Instant::now();
+    let mut reads = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    for p in 0..args.partitions {
+        let (sc, key, pb, sem, maps) = (sc.clone(), key.clone(), pb.clone(), sem.clone(), args.mappers);
+        reads.spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            let mut s = sc.read_partition(&key, p, 0, maps);
+            let (mut n, mut crc) = (0u64, 0u32);
+            while let Some(b) = s.next().await? {
+                let (dn, dc) = digest(&b);
+                n += dn;
+                crc = crc.wrapping_add(dc);
+                pb.inc(b.len() as u64);
+            }
+            let want = (0..maps)
+                .map(|m| digest(&records(m, p, per)))
+                .fold((0u64, 0u32), |a, d| (a.0 + d.0, a.1.wrapping_add(d.1)));
+            let stats = s.stats().unwrap_or_default();
+            anyhow::Ok(((n, crc) == want, stats))
+        });
+    }
+    let (mut verified, mut from_seg, mut from_workers) = (true, 0, 0);
+    while let Some(r) = reads.join_next().await {
+        let (ok, st) = r??;
+        verified &= ok;
+        from_seg += st.from_segments;
+        from_workers += st.from_workers;
+    }
+    let read = t1.elapsed();
+    pb.finish_and_clear();
+    let rss =
+        running.as_ref().map(|r| r.file.workers.iter().map(|w| peak_rss_mib(w.pid)).collect()).unwrap_or_default();
+    let _ = sc.unregister_app(&app).await;
+    drop(running);
+
+    // Baselines, same data, same machine, same run.
+    let raw = raw_quic(&args, per, batch).await?;
+    let (lw, lr, lok) = local_files(&args, per)?;
+    verified &= lok;
+
+    let report = Report {
+        mappers: args.mappers,
+        partitions: args.partitions,
+        bytes,
+        shoal_push_mib_s: mib_s(bytes, push),
+        shoal_read_mib_s: mib_s(bytes, read),
+        push_p50_ms: percentile(&lat, 0.5),
+        push_p99_ms: percentile(&lat, 0.99),
+        wire_ratio: bytes as f64 / wire.max(1) as f64,
+        read_from_segments: from_seg,
+        read_from_workers: from_workers,
+        worker_peak_rss_mib: rss,
+        raw_quic_push_mib_s: mib_s(bytes, raw),
+        local_files_write_mib_s: mib_s(bytes, lw),
+        local_files_read_mib_s: mib_s(bytes, lr),
+        ratio_push_vs_raw_quic: raw.as_secs_f64() / push.as_secs_f64(),
+        ratio_push_vs_local_files: lw.as_secs_f64() / push.as_secs_f64(),
+        ratio_read_vs_local_files: lr.as_secs_f64() / read.as_secs_f64(),
+        verified,
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            let r = &report;
+            println!(
+                "{} mappers x {} partitions, {} of 100-byte records (lz4 {:.1}x on the wire)",
+                r.mappers,
+                r.partitions,
+                bytesize::ByteSize(r.bytes),
+                r.wire_ratio
+            );
+            println!(
+                "{:<28} {:>10.1} MiB/s   (raw QUIC, no storage: {:>8.1} MiB/s, ratio {:.2})",
+                "shoal push", r.shoal_push_mib_s, r.raw_quic_push_mib_s, r.ratio_push_vs_raw_quic
+            );
+            println!(
+                "{:<28} {:>10.1} MiB/s   (local shuffle files write: {:>8.1} MiB/s, ratio {:.2})",
+                "", r.shoal_push_mib_s, r.local_files_write_mib_s, r.ratio_push_vs_local_files
+            );
+            println!(
+                "{:<28} {:>10.1} MiB/s   (local shuffle files read:  {:>8.1} MiB/s, ratio {:.2})",
+                "shoal read", r.shoal_read_mib_s, r.local_files_read_mib_s, r.ratio_read_vs_local_files
+            );
+            println!("{:<28} p50 {:.2} ms, p99 {:.2} ms", "push latency", r.push_p50_ms, r.push_p99_ms);
+            println!(
+                "{:<28} {} from segments, {} from workers",
+                "batches read", r.read_from_segments, r.read_from_workers
+            );
+            println!("{:<28} {:?} MiB", "worker peak RSS", r.worker_peak_rss_mib);
+            println!("{:<28} {}", "every byte verified", r.verified);
+        }
+    }
+    anyhow::ensure!(report.verified, "verification failed");
+    Ok(())
+}

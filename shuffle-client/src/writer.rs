@@ -34,6 +34,7 @@ struct PartStats {
 
 struct PushDone {
     partition: u32,
+    latency: std::time::Duration,
     raw_len: u64,
     crc: u32,
     location: PartitionLocation,
@@ -48,6 +49,10 @@ pub struct CommitOutcome {
     /// Uncompressed bytes per partition (all partitions, zeros included), for Spark's MapStatus.
     pub partition_bytes: Vec<u64>,
     pub sealed: bool,
+    /// Microseconds from send to ack of every push (retries included).
+    pub push_latencies_us: Vec<u32>,
+    /// Bytes sent on the wire (compressed batches).
+    pub wire_bytes: u64,
 }
 
 pub struct MapWriter {
@@ -59,6 +64,8 @@ pub struct MapWriter {
     bufs: PartitionBuffers,
     stats: Vec<PartStats>,
     inflight: JoinSet<Result<PushDone, ClientError>>,
+    latencies: Vec<u32>,
+    wire_bytes: u64,
 }
 
 impl MapWriter {
@@ -74,6 +81,8 @@ impl MapWriter {
             bufs: PartitionBuffers::new(n, batch),
             stats: vec![PartStats::default(); n as usize],
             inflight: JoinSet::new(),
+            latencies: Vec::new(),
+            wire_bytes: 0,
         }
     }
 
@@ -102,6 +111,7 @@ impl MapWriter {
         }
         let mut batch = Vec::with_capacity(raw.len() / 2 + 64);
         let crc = encode_batch(&raw, Codec::Lz4, &mut batch)?;
+        self.wire_bytes += batch.len() as u64;
         let st = &mut self.stats[partition as usize];
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -134,6 +144,7 @@ impl MapWriter {
                 Err(e)
             }
             Some(Ok(Ok(done))) => {
+                self.latencies.push(done.latency.as_micros().min(u32::MAX as u128) as u32);
                 let st = &mut self.stats[done.partition as usize];
                 st.bytes += done.raw_len;
                 st.crc_sum = st.crc_sum.wrapping_add(done.crc);
@@ -187,6 +198,8 @@ impl MapWriter {
             winner: r.winner,
             partition_bytes: self.stats.iter().map(|s| s.bytes).collect(),
             sealed: r.sealed,
+            push_latencies_us: self.latencies,
+            wire_bytes: self.wire_bytes,
         })
     }
 
@@ -210,6 +223,7 @@ struct Push {
 impl Push {
     async fn run(mut self) -> Result<PushDone, ClientError> {
         let policy = self.client.config().retry.clone();
+        let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
             self.header.epoch = self.location.epoch;
@@ -220,6 +234,7 @@ impl Push {
                     Ok(_) => {
                         return Ok(PushDone {
                             partition: self.header.partition.0,
+                            latency: started.elapsed(),
                             raw_len: self.raw_len,
                             crc: self.crc,
                             location: self.location,

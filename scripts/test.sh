@@ -6,4 +6,5 @@ cd "$SHOAL_ROOT"
 
 step "setup"; "$SHOAL_ROOT/scripts/setup.sh"; step_done "setup"
 step "build"; cargo build --workspace --all-targets --locked; step_done "build"
-step "test"; cargo test --workspace --locked; step_done "test"
+# --all-targets also runs each criterion bench once, as a test; doc tests need their own pass.
+step "test"; cargo test --workspace --all-targets --locked; cargo test --workspace --doc --locked; step_done "test"

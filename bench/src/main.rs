@@ -62,6 +62,12 @@ struct Args {
     in_flight: usize,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
+    /// Measure the master instead: time to register a large shuffle and map commits per second.
+    #[arg(long)]
+    metadata: bool,
+    /// Masters of the local cluster (with --local).
+    #[arg(long, default_value_t = 1)]
+    local_masters: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +254,102 @@ fn local_files(args: &Args, per: usize) -> anyhow::Result<(Duration, Duration, b
     Ok((write, t1.elapsed(), ok))
 }
 
+#[derive(Debug, Serialize)]
+struct MetadataReport {
+    masters: usize,
+    register_partitions: u32,
+    register_ms_median: f64,
+    register_ms_runs: Vec<f64>,
+    commits: u32,
+    commit_concurrency: usize,
+    commits_per_s: f64,
+    commit_p50_ms: f64,
+    commit_p99_ms: f64,
+}
+
+/// Master throughput: registering a 10 000-partition shuffle, and map commits per second.
+async fn metadata(args: &Args, sc: &ShuffleClient) -> anyhow::Result<()> {
+    use shuffle_proto::messages::{CommitMap, PartitionStat};
+    let app = AppId::new(format!("meta-{}", std::process::id()))?;
+    sc.register_app(&app, Duration::from_secs(3600)).await?;
+    let parts = 10_000u32;
+    let mut runs = Vec::new();
+    for s in 0..5u32 {
+        let t = Instant::now();
+        sc.register_shuffle(&ShuffleKey::new(app.clone(), s, 0), 1000, parts, 1).await?;
+        runs.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let commits = 4000u32;
+    let key = ShuffleKey::new(app.clone(), 100, 0);
+    let a = sc.register_shuffle(&key, commits, 200, 1).await?;
+    let conc = 64usize;
+    let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+    let mut tasks = tokio::task::JoinSet::new();
+    let t = Instant::now();
+    for m in 0..commits {
+        let permit = sem.clone().acquire_owned().await?;
+        let (sc, key) = (sc.clone(), key.clone());
+        // Each map wrote to 10 partitions.
+        let partitions: Vec<PartitionStat> = (0..10u32)
+            .map(|i| {
+                let loc = &a.locations[((m * 10 + i) % 200) as usize];
+                (loc.partition, loc.epoch)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .map(|(p, e)| PartitionStat { partition: p, bytes: 1000, crc_sum: m, batches: 1, epochs: vec![e] })
+            .collect();
+        tasks.spawn(async move {
+            let t0 = Instant::now();
+            let msg = CommitMap { shuffle: key, map: MapId(m), attempt: AttemptId(m as u64), partitions };
+            let res = commit(&sc, msg).await;
+            drop(permit);
+            res.map(|_| t0.elapsed())
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        lat.push((r??.as_micros()) as u32);
+    }
+    let elapsed = t.elapsed();
+    lat.sort_unstable();
+    let report = MetadataReport {
+        masters: args.local_masters,
+        register_partitions: parts,
+        register_ms_median: sorted[sorted.len() / 2],
+        register_ms_runs: runs,
+        commits,
+        commit_concurrency: conc,
+        commits_per_s: commits as f64 / elapsed.as_secs_f64(),
+        commit_p50_ms: percentile(&lat, 0.5),
+        commit_p99_ms: percentile(&lat, 0.99),
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            println!("{} master(s)", report.masters);
+            println!(
+                "register a {}-partition shuffle: median {:.1} ms (runs {:?})",
+                parts, report.register_ms_median, report.register_ms_runs
+            );
+            println!(
+                "map commits: {:.0}/s with {} in flight (p50 {:.2} ms, p99 {:.2} ms)",
+                report.commits_per_s, conc, report.commit_p50_ms, report.commit_p99_ms
+            );
+        }
+    }
+    let _ = sc.unregister_app(&app).await;
+    Ok(())
+}
+
+async fn commit(sc: &ShuffleClient, msg: shuffle_proto::messages::CommitMap) -> anyhow::Result<()> {
+    let r = sc.commit_map(msg).await?;
+    anyhow::ensure!(r.accepted, "commit not accepted");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -264,7 +366,7 @@ async fn main() -> anyhow::Result<()> {
     let (running, masters, tls, object_store) = if args.local {
         let exe = std::env::current_exe()?;
         let up = LocalUp {
-            masters: 1,
+            masters: args.local_masters,
             workers: args.workers,
             data_dir: data_dir.path().to_path_buf(),
             object_store: None,
@@ -285,6 +387,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.batch_bytes = batch;
     cfg.max_in_flight = args.in_flight;
     let sc = ShuffleClient::new(cfg)?;
+    if args.metadata {
+        return metadata(&args, &sc).await;
+    }
     let app = AppId::new(format!("bench-{}", std::process::id()))?;
     sc.register_app(&app, Duration::from_secs(3600)).await?;
     let key = ShuffleKey::new(app.clone(), 0, 0);

@@ -122,6 +122,11 @@ impl ShuffleClient {
         Ok(())
     }
 
+    /// Commits a map attempt directly (the writer does this for its own output).
+    pub async fn commit_map(&self, msg: CommitMap) -> Result<MapCommitted, ClientError> {
+        self.master(msg).await
+    }
+
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         self.master(GetStatus {}).await
     }

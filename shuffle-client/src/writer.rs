@@ -100,6 +100,14 @@ impl MapWriter {
         Ok(())
     }
 
+    /// Waits until every batch sent so far is acknowledged (staged bytes stay staged).
+    pub async fn wait_acked(&mut self) -> Result<(), ClientError> {
+        while !self.inflight.is_empty() {
+            self.reap_one().await?;
+        }
+        Ok(())
+    }
+
     /// Bytes staged but not yet pushed.
     pub fn buffered_bytes(&self) -> usize {
         self.bufs.held_bytes()
@@ -166,9 +174,7 @@ impl MapWriter {
         for (p, raw) in self.bufs.drain() {
             self.send(p, raw).await?;
         }
-        while !self.inflight.is_empty() {
-            self.reap_one().await?;
-        }
+        self.wait_acked().await?;
         let partitions: Vec<PartitionStat> = self
             .stats
             .iter_mut()

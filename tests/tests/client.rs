@@ -215,3 +215,65 @@ async fn leader_master_killed_mid_shuffle_the_shuffle_completes() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_a_dead_worker_move_on_and_an_attempt_whose_data_was_lost_fails_cleanly() {
+    let mut c = Cluster::start(3).await.unwrap();
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-dead").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = key("app-dead", 0);
+    let a = sc.register_shuffle(&k, 2, 3, 1).await.unwrap();
+    let victim_loc = a.locations[0].clone();
+    let victim = victim_loc.primary.id.to_string();
+
+    // Attempt 1 of map 0 pushes a full batch to every partition, then its worker dies.
+    let mut w = sc.map_writer(&a, MapId(0), AttemptId(1));
+    for p in 0..3 {
+        w.write(p, &rows(0, p, 400, 7)).await.unwrap();
+    }
+    // (A batch still in flight when its worker dies is simply re-sent elsewhere; here every
+    // batch was acked first, so the dead worker really holds some of this attempt's data.)
+    w.wait_acked().await.unwrap();
+    c.stop_worker(&victim).await;
+    eventually(Duration::from_secs(10), "worker lost", || async {
+        let st = c.status().await.ok()?;
+        st.workers
+            .iter()
+            .any(|x| x.id.as_str() == victim && x.state == shuffle_proto::messages::WorkerState::Lost)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // Further pushes for partition 0 find the worker gone and follow the partition to its new
+    // owner, but the batch already acked by the dead worker is gone: the commit must fail.
+    w.write(0, &rows(0, 0, 400, 8)).await.unwrap();
+    let err = w.commit().await.unwrap_err();
+    assert!(err.to_string().contains("lost"), "{err}");
+
+    // The retry (a new attempt, as Spark would run it) goes to the new locations and commits.
+    let a2 = sc.assignment(&k).await.unwrap();
+    assert_ne!(a2.locations[0].primary.id.as_str(), victim);
+    assert!(a2.locations[0].epoch > victim_loc.epoch);
+    let mut w2 = sc.map_writer(&a2, MapId(0), AttemptId(2));
+    for p in 0..3 {
+        w2.write(p, &rows(0, p, 400, 9)).await.unwrap();
+    }
+    assert!(w2.commit().await.unwrap().accepted);
+    let mut w3 = sc.map_writer(&a2, MapId(1), AttemptId(3));
+    for p in 0..3 {
+        w3.write(p, &rows(1, p, 400, 9)).await.unwrap();
+    }
+    assert!(w3.commit().await.unwrap().sealed);
+    for p in 0..3 {
+        let mut want = rows(0, p, 400, 9);
+        want.extend(rows(1, p, 400, 9));
+        let got = read_all(&sc, &k, p, 0, 2).await.unwrap();
+        let mut g: Vec<&[u8]> = got.chunks(100).collect();
+        let mut w: Vec<&[u8]> = want.chunks(100).collect();
+        g.sort();
+        w.sort();
+        assert_eq!(g, w, "partition {p}");
+    }
+    c.shutdown().await;
+}

@@ -13,6 +13,8 @@
 pub mod batch;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "transport")]
+pub mod http;
 pub mod ids;
 pub mod messages;
 #[cfg(feature = "objstore")]

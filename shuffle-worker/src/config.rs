@@ -54,6 +54,9 @@ pub struct WorkerSettings {
     /// Multipart upload part size, at least "5MiB".
     #[arg(long, env = "SHOAL_UPLOAD_PART_SIZE")]
     pub upload_part_size: Option<String>,
+    /// HTTP address for /metrics, /healthz and /readyz (IP:PORT); off when unset.
+    #[arg(long, env = "SHOAL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
 }
 
 const KEYS: &[&str] = &[
@@ -71,6 +74,7 @@ const KEYS: &[&str] = &[
     "sync_writes",
     "heartbeat_interval",
     "upload_part_size",
+    "http_listen",
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -118,7 +122,8 @@ impl WorkerSettings {
             max_buffered,
             sync_writes,
             heartbeat_interval,
-            upload_part_size
+            upload_part_size,
+            http_listen
         )
     }
 
@@ -163,7 +168,12 @@ impl WorkerSettings {
             None => Duration::from_secs(2),
             Some(s) => humantime::parse_duration(&s).map_err(|e| bad("heartbeat_interval", format!("{s:?}: {e}")))?,
         };
+        let http_listen = match self.http_listen {
+            None => None,
+            Some(h) => Some(h.parse().map_err(|_| bad("http_listen", format!("{h:?} is not IP:PORT")))?),
+        };
         Ok(WorkerConfig {
+            http_listen,
             id,
             listen,
             advertise,

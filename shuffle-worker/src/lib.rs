@@ -5,4 +5,5 @@
 
 pub mod buffer;
 pub mod config;
+pub mod metrics;
 pub mod node;

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 use shuffle_proto::batch::{BatchView, DEFAULT_MAX_BATCH_RAW};
+use shuffle_proto::http::{serve_http, Page};
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::{delete_prefix, open_store, SegmentUpload};
 use shuffle_proto::segment::{segment_key, shuffle_dir};
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::buffer::{AttemptFilter, BatchKey, Buffer, ScanRange};
+use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -51,6 +53,8 @@ pub struct WorkerConfig {
     pub read_chunk_bytes: usize,
     pub upload_part_bytes: usize,
     pub heartbeat_interval: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -75,6 +79,7 @@ impl WorkerConfig {
             read_chunk_bytes: 1 << 20,
             upload_part_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(1),
+            http_listen: None,
         })
     }
 }
@@ -91,16 +96,6 @@ pub enum WorkerError {
     Config(String),
 }
 
-/// Counters exported as metrics and used in tests.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub bytes_pushed: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_spilled: AtomicU64,
-    pub pushes_refused_busy: AtomicU64,
-    pub segments_written: AtomicU64,
-}
-
 struct Inner {
     cfg: WorkerConfig,
     buffer: Arc<Buffer>,
@@ -111,7 +106,7 @@ struct Inner {
     draining: AtomicBool,
     spilling: Mutex<HashSet<ShuffleKey>>,
     nonce: AtomicU64,
-    stats: Stats,
+    metrics: Metrics,
     done: watch::Sender<bool>,
 }
 
@@ -119,6 +114,7 @@ struct Inner {
 pub struct WorkerNode {
     inner: Arc<Inner>,
     pub addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     done: watch::Receiver<bool>,
@@ -154,25 +150,49 @@ impl WorkerNode {
             draining: AtomicBool::new(false),
             spilling: Default::default(),
             nonce: AtomicU64::new(nonce),
-            stats: Stats::default(),
+            metrics: Metrics::default(),
             done: done_tx,
         });
         inner.register().await?;
         let server = Arc::new(Server(inner.clone()));
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(serve(endpoint.clone(), server, ServerOptions::default())),
             tokio::spawn(inner.clone().heartbeat_loop()),
         ];
-        info!(worker = %inner.cfg.id, %addr, held = inner.buffer.bytes_held(), "worker serving");
-        Ok(WorkerNode { inner, addr, endpoint, tasks, done: done_rx })
+        let http_addr = match inner.cfg.http_listen {
+            Some(a) => {
+                let weak = Arc::downgrade(&inner);
+                let (bound, task) = serve_http(a, move |path| match (path, weak.upgrade()) {
+                    ("/metrics", Some(i)) => Page::ok("text/plain; version=0.0.4", i.scrape()),
+                    ("/healthz", Some(_)) => Page::ok("text/plain", "ok\n".into()),
+                    ("/readyz", Some(i)) if !i.draining.load(Ordering::SeqCst) => {
+                        Page::ok("text/plain", "ready\n".into())
+                    }
+                    ("/readyz", Some(_)) => Page { status: 503, content_type: "text/plain", body: "draining\n".into() },
+                    _ => Page::not_found(),
+                })
+                .await
+                .map_err(|e| WorkerError::Config(format!("http_listen {a}: {e}")))?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
+        info!(worker = %inner.cfg.id, %addr, ?http_addr, held = inner.buffer.bytes_held(), "worker serving");
+        Ok(WorkerNode { inner, addr, http_addr, endpoint, tasks, done: done_rx })
     }
 
     pub fn id(&self) -> &WorkerId {
         &self.inner.cfg.id
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     pub fn bytes_held(&self) -> u64 {
@@ -207,6 +227,12 @@ impl WorkerNode {
 }
 
 impl Inner {
+    fn scrape(&self) -> String {
+        self.metrics.bytes_buffered.set(self.buffer.bytes_held() as i64);
+        self.metrics.partitions.set(self.buffer.partitions().len() as i64);
+        self.metrics.encode()
+    }
+
     async fn register(&self) -> Result<(), TransportError> {
         let held = self
             .buffer
@@ -341,7 +367,7 @@ impl Inner {
         }
         BatchView::parse_exact(&body, DEFAULT_MAX_BATCH_RAW).map_err(WireError::from)?;
         if self.buffer.bytes_held().saturating_add(body.len() as u64) > self.cfg.max_buffered_bytes {
-            self.stats.pushes_refused_busy.fetch_add(1, Ordering::Relaxed);
+            self.metrics.backpressure.inc();
             return Err(werr(ErrorCode::Busy, "buffer is over its watermark"));
         }
         let a = self.assignment(&push.shuffle, push.partition.0, push.epoch.0).await?;
@@ -375,7 +401,7 @@ impl Inner {
             .await
             .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?
             .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?;
-        self.stats.bytes_pushed.fetch_add(len, Ordering::Relaxed);
+        self.metrics.bytes_pushed.inc_by(len);
         Ok(PushAck { seq: push.seq })
     }
 
@@ -413,7 +439,7 @@ impl Inner {
                 Err(e) => return out.error(werr(ErrorCode::Internal, e)).await,
             }
         }
-        self.stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.bytes_read.inc_by(bytes);
         out.send(&Message::EndOfStream(EndOfStream { records, bytes }), &[]).await
     }
 
@@ -512,8 +538,8 @@ impl Inner {
             Err(e) => return Err(e.into()),
         }
         self.buffer.delete_partition(shuffle, partition)?;
-        self.stats.bytes_spilled.fetch_add(spilled, Ordering::Relaxed);
-        self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
+        self.metrics.bytes_spilled.inc_by(spilled);
+        self.metrics.segments.inc();
         debug!(%shuffle, partition, bytes = spilled, %key, "partition spilled");
         Ok(())
     }
@@ -555,7 +581,12 @@ impl Handler for Server {
     ) -> Result<(), ProtoError> {
         match req {
             Message::PushBatch(p) => {
+                let t0 = std::time::Instant::now();
                 let r = self.0.push(p, body).await;
+                match &r {
+                    Ok(_) => self.0.metrics.push_latency.observe(t0.elapsed().as_secs_f64()),
+                    Err(e) => self.0.metrics.error(e.code()),
+                }
                 out.reply(r).await
             }
             Message::OpenPartition(o) => self.0.read(o, out).await,

@@ -178,7 +178,7 @@ async fn decommission_drains_to_the_object_store() {
     tokio::time::timeout(Duration::from_secs(20), w.decommissioned()).await.expect("drain finished");
     println!("drained {held} bytes in {:?}", t0.elapsed());
     assert_eq!(w.bytes_held(), 0);
-    assert!(w.stats().segments_written.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(w.metrics().segments.get() > 0);
     let st = c.status().await.unwrap();
     assert_eq!(st.workers.iter().find(|x| x.id == target).unwrap().state, WorkerState::Decommissioned);
     // Pushes to a draining worker would be refused; reads go to the segments.
@@ -196,7 +196,9 @@ async fn a_full_buffer_pushes_back_without_losing_data() {
     let mut c = Cluster::start(0).await.unwrap();
     let mut cfg = c.worker_config("small").unwrap();
     cfg.max_buffered_bytes = 20_000;
+    cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
     let w = shuffle_worker::node::WorkerNode::start(cfg).await.unwrap();
+    let http = w.http_addr().unwrap();
     c.workers.insert("small".into(), w);
     let k = key("app-c", 1);
     let a = c.register("app-c", 1, 1, 1).await.unwrap();
@@ -218,5 +220,23 @@ async fn a_full_buffer_pushes_back_without_losing_data() {
     assert!(accepted > 0 && busy > 0, "accepted {accepted}, busy {busy}");
     let held = c.workers["small"].bytes_held();
     assert!(held <= 20_000, "buffer bounded: {held}");
+
+    // The metrics endpoint tells the same story.
+    let (code, text) = http_get(http, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+    };
+    assert_eq!(value("shoal_worker_backpressure_events_total"), busy as f64);
+    assert_eq!(value("shoal_worker_buffered_bytes"), held as f64);
+    assert!(value("shoal_worker_pushed_bytes_total") > 0.0);
+    assert_eq!(value("shoal_worker_errors_total{kind=\"Busy\"}"), busy as f64);
+    assert_eq!(value("shoal_worker_push_latency_seconds_count"), accepted as f64);
+    assert_eq!(http_get(http, "/readyz").await.unwrap().0, 200);
+    assert_eq!(http_get(http, "/nope").await.unwrap().0, 404);
     c.shutdown().await;
 }

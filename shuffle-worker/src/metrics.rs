@@ -1,0 +1,71 @@
+//! The worker's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+/// Every metric a worker exports. Counters are cheap to bump from the data path.
+pub struct Metrics {
+    pub registry: Registry,
+    pub bytes_pushed: Counter,
+    pub bytes_read: Counter,
+    pub bytes_spilled: Counter,
+    pub bytes_buffered: Gauge,
+    pub partitions: Gauge,
+    pub push_latency: Histogram,
+    pub backpressure: Counter,
+    pub segments: Counter,
+    pub errors: Family<ErrorLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("shoal_worker");
+        let m = Metrics {
+            bytes_pushed: Counter::default(),
+            bytes_read: Counter::default(),
+            bytes_spilled: Counter::default(),
+            bytes_buffered: Gauge::default(),
+            partitions: Gauge::default(),
+            // 50 µs .. ~1.6 s
+            push_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            backpressure: Counter::default(),
+            segments: Counter::default(),
+            errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("pushed_bytes", "Batch bytes accepted from map tasks", m.bytes_pushed.clone());
+        registry.register("read_bytes", "Bytes streamed to readers", m.bytes_read.clone());
+        registry.register("spilled_bytes", "Record bytes written to the object store", m.bytes_spilled.clone());
+        registry.register("buffered_bytes", "Bytes held in the local buffer", m.bytes_buffered.clone());
+        registry.register("partitions", "Partitions with local data", m.partitions.clone());
+        registry.register("push_latency_seconds", "From receiving a push to its ack", m.push_latency.clone());
+        registry.register("backpressure_events", "Pushes refused with Busy", m.backpressure.clone());
+        registry.register("segments_written", "Segments uploaded", m.segments.clone());
+        registry.register("errors", "Requests that ended in an error, by kind", m.errors.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn error(&self, kind: impl std::fmt::Display) {
+        self.errors.get_or_create(&ErrorLabels { kind: kind.to_string() }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

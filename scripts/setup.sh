@@ -19,3 +19,9 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 fi
 mkdir -p "$SHOAL_BIN_DIR"
+
+# A real S3-protocol server for the object-store tests, built once into the cache.
+if [ ! -x "$SHOAL_BIN_DIR/s3s-fs" ]; then
+  echo "installing s3s-fs (S3-protocol test server)"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$SHOAL_CACHE" --quiet
+fi

@@ -40,9 +40,18 @@ impl Cluster {
     }
 
     pub async fn start_with(masters: usize, workers: usize) -> anyhow::Result<Cluster> {
+        Self::start_with_store(masters, workers, None).await
+    }
+
+    /// `object_store`: a URL, or the default local directory under the cluster's temp dir.
+    pub async fn start_with_store(
+        masters: usize,
+        workers: usize,
+        object_store: Option<String>,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let tls = generate_cluster_tls(&dir.path().join("tls"))?;
-        let object_store = format!("file://{}", dir.path().join("objects").display());
+        let object_store = object_store.unwrap_or_else(|| format!("file://{}", dir.path().join("objects").display()));
         let peers: BTreeMap<u64, String> = free_ports(masters)
             .into_iter()
             .enumerate()
@@ -323,4 +332,57 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// An S3-protocol server (`s3s-fs`, installed by scripts/setup.sh) on a loopback port, with one
+/// bucket. Killed on drop.
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub async fn start(bucket: &str) -> anyhow::Result<S3Server> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("root").join(bucket))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bin = std::env::var("SHOAL_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/shoal"))
+            .join("bin/s3s-fs");
+        anyhow::ensure!(bin.exists(), "{} is missing: run scripts/setup.sh", bin.display());
+        let out = std::fs::File::create(dir.path().join("s3s.log"))?;
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                "shoal",
+                "--secret-key",
+                "shoal-secret",
+            ])
+            .arg(dir.path().join("root"))
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(10), "s3s-fs listening", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await?;
+        Ok(S3Server { endpoint, bucket: bucket.to_string(), _proc: Proc { child, name: "s3s-fs".into() }, _dir: dir })
+    }
+
+    /// Points the `AWS_*` variables at this server. Call before any store is opened, from a
+    /// test binary with a single test (the environment is process-wide).
+    pub fn export_env(&self) {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "shoal");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "shoal-secret");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ENDPOINT_URL", &self.endpoint);
+    }
 }

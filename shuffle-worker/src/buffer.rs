@@ -216,7 +216,28 @@ impl Buffer {
         &self,
         range: &ScanRange,
         chunk_bytes: usize,
+        flush: impl FnMut(&mut Vec<u8>, u32) -> bool,
+    ) -> Result<ScanStats, BufferError> {
+        self.scan_inner(range, chunk_bytes, flush, None)
+    }
+
+    /// Like [`Buffer::scan_partition`], also recording every key returned.
+    pub fn scan_partition_keys(
+        &self,
+        range: &ScanRange,
+        chunk_bytes: usize,
+        flush: impl FnMut(&mut Vec<u8>, u32) -> bool,
+        keys: &mut ScannedKeys,
+    ) -> Result<ScanStats, BufferError> {
+        self.scan_inner(range, chunk_bytes, flush, Some(keys))
+    }
+
+    fn scan_inner(
+        &self,
+        range: &ScanRange,
+        chunk_bytes: usize,
         mut flush: impl FnMut(&mut Vec<u8>, u32) -> bool,
+        mut keys: Option<&mut ScannedKeys>,
     ) -> Result<ScanStats, BufferError> {
         let ScanRange { shuffle, partition, start_map, end_map, filter } = range;
         let (start_map, end_map) = (*start_map, *end_map);
@@ -254,6 +275,10 @@ impl Buffer {
             }
             let Some(v) = it.value() else { break };
             StreamRecord::encode(bk.map, bk.attempt, bk.seq, v, &mut chunk);
+            if let Some(k) = keys.as_deref_mut() {
+                k.keys.push(it.key().map(<[u8]>::to_vec).unwrap_or_default());
+                k.bytes += v.len() as u64;
+            }
             in_chunk += 1;
             stats.records += 1;
             stats.bytes += v.len() as u64;
@@ -283,6 +308,23 @@ impl Buffer {
         Ok(())
     }
 
+    /// Drops exactly the keys an earlier scan returned.
+    pub fn delete_keys(&self, shuffle: &ShuffleKey, partition: u32, scanned: &ScannedKeys) -> Result<(), BufferError> {
+        let mut b = WriteBatch::default();
+        for k in &scanned.keys {
+            b.delete(k);
+        }
+        self.db.write(b)?;
+        let mut held = self.held();
+        if let Some(e) = held.get_mut(&(shuffle.clone(), partition)) {
+            *e = e.saturating_sub(scanned.bytes);
+            if *e == 0 {
+                held.remove(&(shuffle.clone(), partition));
+            }
+        }
+        Ok(())
+    }
+
     /// Drops every partition of a shuffle.
     pub fn delete_shuffle(&self, shuffle: &ShuffleKey) -> Result<(), BufferError> {
         let prefix = shuffle_prefix(shuffle);
@@ -302,6 +344,14 @@ fn unreachable_filter() -> Vec<u8> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanStats {
     pub records: u64,
+    pub bytes: u64,
+}
+
+/// The exact keys a scan returned, so an early spill deletes what it uploaded and nothing
+/// pushed meanwhile.
+#[derive(Clone, Debug, Default)]
+pub struct ScannedKeys {
+    pub keys: Vec<Vec<u8>>,
     pub bytes: u64,
 }
 
@@ -401,6 +451,15 @@ mod tests {
         buf.delete_partition(&key(), 1).unwrap();
         assert_eq!(buf.bytes_held(), 3);
         assert!(collect(&buf, 1, 0, 10, &AttemptFilter::All, 1 << 20).is_empty());
+        // An early spill deletes exactly what it scanned, not what was pushed after.
+        buf.put(&bk(3, 0, 1, 0), b"aaaa").unwrap();
+        let range = ScanRange { shuffle: key(), partition: 3, start_map: 0, end_map: 10, filter: AttemptFilter::All };
+        let mut scanned = ScannedKeys::default();
+        buf.scan_partition_keys(&range, 1 << 20, |_, _| true, &mut scanned).unwrap();
+        buf.put(&bk(3, 0, 1, 1), b"bb").unwrap();
+        buf.delete_keys(&key(), 3, &scanned).unwrap();
+        assert_eq!(buf.partition_bytes(&key(), 3), 2);
+        assert_eq!(collect(&buf, 3, 0, 10, &AttemptFilter::All, 1 << 20).len(), 1);
         buf.delete_shuffle(&key()).unwrap();
         assert_eq!(buf.bytes_held(), 0);
         assert!(buf.shuffles().is_empty());

@@ -173,6 +173,8 @@ impl WorkerSettings {
             Some(h) => Some(h.parse().map_err(|_| bad("http_listen", format!("{h:?} is not IP:PORT")))?),
         };
         Ok(WorkerConfig {
+            spill_high_bytes: max_buffered_bytes / 10 * 8,
+            spill_low_bytes: max_buffered_bytes / 10 * 6,
             http_listen,
             id,
             listen,

@@ -7,3 +7,4 @@ pub mod buffer;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod spill;

@@ -33,8 +33,9 @@ use shuffle_proto::{ErrorCode, PartitionId, ProtoError, ShuffleKey, WireError, W
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::buffer::{AttemptFilter, BatchKey, Buffer, ScanRange};
+use crate::buffer::{AttemptFilter, BatchKey, Buffer, ScanRange, ScannedKeys};
 use crate::metrics::Metrics;
+use crate::spill::plan_pressure_spill;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -48,6 +49,10 @@ pub struct WorkerConfig {
     pub tls: TlsSource,
     /// Pushes are refused with `Busy` once this many bytes are buffered.
     pub max_buffered_bytes: u64,
+    /// Above this many buffered bytes the largest partitions are spilled early...
+    pub spill_high_bytes: u64,
+    /// ...until the buffer is under this many.
+    pub spill_low_bytes: u64,
     /// fsync the WAL before acknowledging (survives machine crashes, not just process crashes).
     pub sync_writes: bool,
     pub read_chunk_bytes: usize,
@@ -75,6 +80,8 @@ impl WorkerConfig {
             object_store,
             tls,
             max_buffered_bytes: 64 << 30,
+            spill_high_bytes: 48 << 30,
+            spill_low_bytes: 32 << 30,
             sync_writes: false,
             read_chunk_bytes: 1 << 20,
             upload_part_bytes: 8 << 20,
@@ -105,6 +112,7 @@ struct Inner {
     fetch_lock: tokio::sync::Mutex<()>,
     draining: AtomicBool,
     spilling: Mutex<HashSet<ShuffleKey>>,
+    early: Mutex<HashSet<(ShuffleKey, u32)>>,
     nonce: AtomicU64,
     metrics: Metrics,
     done: watch::Sender<bool>,
@@ -149,6 +157,7 @@ impl WorkerNode {
             fetch_lock: Default::default(),
             draining: AtomicBool::new(false),
             spilling: Default::default(),
+            early: Default::default(),
             nonce: AtomicU64::new(nonce),
             metrics: Metrics::default(),
             done: done_tx,
@@ -158,6 +167,7 @@ impl WorkerNode {
         let mut tasks = vec![
             tokio::spawn(serve(endpoint.clone(), server, ServerOptions::default())),
             tokio::spawn(inner.clone().heartbeat_loop()),
+            tokio::spawn(inner.clone().pressure_loop()),
         ];
         let http_addr = match inner.cfg.http_listen {
             Some(a) => {
@@ -280,6 +290,30 @@ impl Inner {
                     }
                 }
                 Err(e) => warn!("heartbeat failed: {e}"),
+            }
+        }
+    }
+
+    /// Spills the largest partitions early while the buffer is over its high watermark.
+    async fn pressure_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let parts = self.buffer.partitions();
+            let sizes: Vec<u64> = parts.iter().map(|(_, _, b)| *b).collect();
+            let held = self.buffer.bytes_held();
+            let plan = plan_pressure_spill(&sizes, held, self.cfg.spill_high_bytes, self.cfg.spill_low_bytes);
+            for i in plan {
+                let (shuffle, p, bytes) = parts[i].clone();
+                if !self.early.lock().unwrap_or_else(|e| e.into_inner()).insert((shuffle.clone(), p)) {
+                    continue;
+                }
+                debug!(%shuffle, partition = p, bytes, "buffer over its watermark: spilling early");
+                if let Err(e) = self.spill_partition(&shuffle, p, true).await {
+                    warn!(%shuffle, partition = p, "early spill failed: {e}");
+                }
+                self.early.lock().unwrap_or_else(|e| e.into_inner()).remove(&(shuffle, p));
             }
         }
     }
@@ -419,6 +453,31 @@ impl Inner {
         rx
     }
 
+    /// A scan that also returns the keys it read, once it is done.
+    #[allow(clippy::type_complexity)]
+    fn scan_keys(
+        &self,
+        range: ScanRange,
+    ) -> (mpsc::Receiver<Result<(Vec<u8>, u32), String>>, tokio::task::JoinHandle<ScannedKeys>) {
+        let (tx, rx) = mpsc::channel(4);
+        let buffer = self.buffer.clone();
+        let chunk = self.cfg.read_chunk_bytes;
+        let task = tokio::task::spawn_blocking(move || {
+            let mut keys = ScannedKeys::default();
+            let res = buffer.scan_partition_keys(
+                &range,
+                chunk,
+                |c, n| tx.blocking_send(Ok((std::mem::take(c), n))).is_ok(),
+                &mut keys,
+            );
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(e.to_string()));
+            }
+            keys
+        });
+        (rx, task)
+    }
+
     async fn read(&self, req: OpenPartition, out: &mut Responder) -> Result<(), ProtoError> {
         let attempts: BTreeMap<u32, u64> = req.attempts.iter().map(|a| (a.map.0, a.attempt.0)).collect();
         let mut rx = self.scan(ScanRange {
@@ -453,7 +512,7 @@ impl Inner {
         for p in parts {
             let mut delay = Duration::from_millis(100);
             loop {
-                match self.spill_partition(&shuffle, p).await {
+                match self.spill_partition(&shuffle, p, false).await {
                     Ok(()) => break,
                     Err(e) if e.retryable() => {
                         warn!(%shuffle, partition = p, "spill failed, retrying in {delay:?}: {e}");
@@ -470,7 +529,10 @@ impl Inner {
         self.spilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
     }
 
-    async fn spill_partition(&self, shuffle: &ShuffleKey, partition: u32) -> Result<(), SpillError> {
+    /// Spills one partition. `early`: under pressure, while the partition may still take
+    /// pushes: everything scanned goes (every attempt), exactly those keys are deleted, and
+    /// the worker stays a read source for what arrives next.
+    async fn spill_partition(&self, shuffle: &ShuffleKey, partition: u32, early: bool) -> Result<(), SpillError> {
         let plan: Result<ReadPlan, SpillError> = self
             .master
             .call_typed(GetReadPlan {
@@ -506,7 +568,7 @@ impl Inner {
         }
         // A sealed shuffle keeps only committed attempts; a writing one (drain) keeps all,
         // since its maps may still commit.
-        let filter = if plan.state == ShuffleState::Writing {
+        let filter = if early || plan.state == ShuffleState::Writing {
             AttemptFilter::All
         } else {
             AttemptFilter::Only(pp.expected.iter().map(|m| (m.map.0, m.attempt.0)).collect())
@@ -514,12 +576,13 @@ impl Inner {
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         let key = segment_key(shuffle, partition, &self.cfg.id, nonce);
         let mut upload = SegmentUpload::new(self.store.clone(), key.clone(), self.cfg.upload_part_bytes);
-        let mut rx =
-            self.scan(ScanRange { shuffle: shuffle.clone(), partition, start_map: 0, end_map: u32::MAX, filter });
+        let range = ScanRange { shuffle: shuffle.clone(), partition, start_map: 0, end_map: u32::MAX, filter };
+        let (mut rx, keys) = self.scan_keys(range);
         while let Some(item) = rx.recv().await {
             let (chunk, _) = item.map_err(SpillError::Scan)?;
             upload.write_chunk(&chunk).await?;
         }
+        let scanned = keys.await.map_err(|e| SpillError::Scan(e.to_string()))?;
         let segment = upload.finish().await?;
         let spilled = segment.index_offset;
         let report = ReportSegment {
@@ -527,7 +590,7 @@ impl Inner {
             shuffle: shuffle.clone(),
             partition: PartitionId(partition),
             segment,
-            last: true,
+            last: !early,
         };
         match self.master.call_typed::<Ack>(report).await {
             Ok(_) => {}
@@ -537,7 +600,11 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         }
-        self.buffer.delete_partition(shuffle, partition)?;
+        if early {
+            self.buffer.delete_keys(shuffle, partition, &scanned)?;
+        } else {
+            self.buffer.delete_partition(shuffle, partition)?;
+        }
         self.metrics.bytes_spilled.inc_by(spilled);
         self.metrics.segments.inc();
         debug!(%shuffle, partition, bytes = spilled, %key, "partition spilled");

@@ -386,3 +386,16 @@ impl S3Server {
         std::env::set_var("AWS_ENDPOINT_URL", &self.endpoint);
     }
 }
+
+/// Bytes lz4 cannot shrink (xorshift), so sizes on the wire are what a test asks for.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}

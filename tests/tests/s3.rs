@@ -10,19 +10,6 @@ use shuffle_proto::messages::*;
 use shuffle_proto::objstore::{open_store, read_segment, SegmentUpload};
 use shuffle_proto::*;
 
-/// Bytes lz4 cannot shrink, so sizes on the wire are what we ask for.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_and_a_cluster_on_s3() {
     let s3 = S3Server::start("shoal-test").await.unwrap();

@@ -294,7 +294,7 @@ async fn a_small_buffer_spills_early_and_a_writer_never_sees_an_error() {
     // 8 MiB through a 2 MiB buffer: pushes meet Busy, retry, and get through as early spills
     // make room. The writer itself never fails.
     let mut w = sc.map_writer(&a, MapId(0), AttemptId(1));
-    let mut want = vec![Vec::new(), Vec::new()];
+    let mut want = [Vec::new(), Vec::new()];
     for i in 0..64u64 {
         let p = (i % 2) as u32;
         let data = noise(128 << 10, i + 1);

@@ -12,7 +12,7 @@
 //! The master records `index_offset` (= bytes of records) and `total_len`, so a reader
 //! fetches the index with one ranged read and then exactly the runs of the maps it needs.
 //!
-//! Object keys: `{app}/{shuffle_id}.{generation}/{partition}/{worker}-{nonce}.seg` under the
+//! Object keys: `{app}/{shuffle_id}.{generation}/{partition}/{worker}@{nonce}.seg` under the
 //! store's prefix. A whole shuffle is one key prefix, so deleting it is one listing.
 //!
 //! Invariants: a segment is complete or absent (single put, or a multipart upload that is only
@@ -42,7 +42,13 @@ pub fn shuffle_dir(shuffle: &ShuffleKey) -> String {
 
 /// The key of a new segment. `nonce` makes keys of repeated spills unique.
 pub fn segment_key(shuffle: &ShuffleKey, partition: u32, worker: &WorkerId, nonce: u64) -> String {
-    format!("{}/{partition:08}/{worker}-{nonce:016x}.seg", shuffle_dir(shuffle))
+    format!("{}{nonce:016x}.seg", segment_prefix(shuffle, partition, worker))
+}
+
+/// The common prefix of every segment one worker writes for one partition.
+pub fn segment_prefix(shuffle: &ShuffleKey, partition: u32, worker: &WorkerId) -> String {
+    // '@' never occurs in a worker id, so one worker's prefix never covers another's.
+    format!("{}/{partition:08}/{worker}@", shuffle_dir(shuffle))
 }
 
 /// Builds the index while records stream through.
@@ -175,7 +181,9 @@ mod tests {
     fn keys_group_by_shuffle() {
         let s = ShuffleKey::new(crate::AppId::new("app-1").unwrap(), 4, 2);
         let k = segment_key(&s, 17, &WorkerId::new("w-0").unwrap(), 255);
-        assert_eq!(k, "app-1/4.2/00000017/w-0-00000000000000ff.seg");
+        assert_eq!(k, "app-1/4.2/00000017/w-0@00000000000000ff.seg");
+        let other = segment_key(&s, 17, &WorkerId::new("w-0-x").unwrap(), 1);
+        assert!(!other.starts_with(&segment_prefix(&s, 17, &WorkerId::new("w-0").unwrap())));
         assert!(k.starts_with(&shuffle_dir(&s)));
     }
 }

@@ -24,7 +24,7 @@ use shuffle_proto::batch::{BatchView, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::http::{serve_http, Page};
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::{delete_prefix, open_store, SegmentUpload};
-use shuffle_proto::segment::{segment_key, shuffle_dir};
+use shuffle_proto::segment::{segment_key, segment_prefix, shuffle_dir};
 use shuffle_proto::transport::{
     serve, server_endpoint, Client, ClientOptions, Handler, MasterClient, Responder, ServerOptions, Tls, TlsSource,
     TransportError,
@@ -112,7 +112,8 @@ struct Inner {
     fetch_lock: tokio::sync::Mutex<()>,
     draining: AtomicBool,
     spilling: Mutex<HashSet<ShuffleKey>>,
-    early: Mutex<HashSet<(ShuffleKey, u32)>>,
+    /// Partitions being spilled now: one spill per partition at a time.
+    in_spill: Arc<Mutex<HashSet<(ShuffleKey, u32)>>>,
     nonce: AtomicU64,
     metrics: Metrics,
     done: watch::Sender<bool>,
@@ -157,7 +158,7 @@ impl WorkerNode {
             fetch_lock: Default::default(),
             draining: AtomicBool::new(false),
             spilling: Default::default(),
-            early: Default::default(),
+            in_spill: Default::default(),
             nonce: AtomicU64::new(nonce),
             metrics: Metrics::default(),
             done: done_tx,
@@ -306,14 +307,11 @@ impl Inner {
             let plan = plan_pressure_spill(&sizes, held, self.cfg.spill_high_bytes, self.cfg.spill_low_bytes);
             for i in plan {
                 let (shuffle, p, bytes) = parts[i].clone();
-                if !self.early.lock().unwrap_or_else(|e| e.into_inner()).insert((shuffle.clone(), p)) {
-                    continue;
-                }
                 debug!(%shuffle, partition = p, bytes, "buffer over its watermark: spilling early");
-                if let Err(e) = self.spill_partition(&shuffle, p, true).await {
-                    warn!(%shuffle, partition = p, "early spill failed: {e}");
+                match self.spill_partition(&shuffle, p, true).await {
+                    Ok(()) | Err(SpillError::InProgress) => {}
+                    Err(e) => warn!(%shuffle, partition = p, "early spill failed: {e}"),
                 }
-                self.early.lock().unwrap_or_else(|e| e.into_inner()).remove(&(shuffle, p));
             }
         }
     }
@@ -453,6 +451,25 @@ impl Inner {
         rx
     }
 
+    /// Deletes this worker's objects for the partition that the master never recorded: left by
+    /// a crash between upload and report. Safe because this worker spills a partition once at
+    /// a time, so none of them is an upload in flight.
+    async fn collect_garbage(&self, shuffle: &ShuffleKey, partition: u32, recorded: &[SegmentRef]) {
+        use futures::TryStreamExt;
+        let prefix = segment_prefix(shuffle, partition, &self.cfg.id);
+        let dir = object_store::path::Path::from(shuffle_dir(shuffle));
+        let listed: Result<Vec<object_store::ObjectMeta>, _> = self.store.list(Some(&dir)).try_collect().await;
+        let Ok(objects) = listed else { return };
+        for o in objects {
+            let key = o.location.to_string();
+            if key.starts_with(&prefix) && !recorded.iter().any(|s| s.object_key == key) {
+                info!(%key, "deleting an unrecorded segment");
+                let _ = self.store.delete(&o.location).await;
+                self.metrics.error("garbage_segment");
+            }
+        }
+    }
+
     /// A scan that also returns the keys it read, once it is done.
     #[allow(clippy::type_complexity)]
     fn scan_keys(
@@ -533,6 +550,7 @@ impl Inner {
     /// pushes: everything scanned goes (every attempt), exactly those keys are deleted, and
     /// the worker stays a read source for what arrives next.
     async fn spill_partition(&self, shuffle: &ShuffleKey, partition: u32, early: bool) -> Result<(), SpillError> {
+        let _guard = SpillGuard::take(&self.in_spill, shuffle, partition).ok_or(SpillError::InProgress)?;
         let plan: Result<ReadPlan, SpillError> = self
             .master
             .call_typed(GetReadPlan {
@@ -573,6 +591,7 @@ impl Inner {
         } else {
             AttemptFilter::Only(pp.expected.iter().map(|m| (m.map.0, m.attempt.0)).collect())
         };
+        self.collect_garbage(shuffle, partition, &pp.segments).await;
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         let key = segment_key(shuffle, partition, &self.cfg.id, nonce);
         let mut upload = SegmentUpload::new(self.store.clone(), key.clone(), self.cfg.upload_part_bytes);
@@ -612,8 +631,29 @@ impl Inner {
     }
 }
 
+/// Marks a partition as being spilled until dropped.
+struct SpillGuard {
+    set: Arc<Mutex<HashSet<(ShuffleKey, u32)>>>,
+    key: (ShuffleKey, u32),
+}
+
+impl SpillGuard {
+    fn take(set: &Arc<Mutex<HashSet<(ShuffleKey, u32)>>>, shuffle: &ShuffleKey, partition: u32) -> Option<SpillGuard> {
+        let key = (shuffle.clone(), partition);
+        set.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()).then(|| SpillGuard { set: set.clone(), key })
+    }
+}
+
+impl Drop for SpillGuard {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum SpillError {
+    #[error("another spill of the partition is running")]
+    InProgress,
     #[error("shuffle is gone")]
     Gone,
     #[error("scan: {0}")]
@@ -629,6 +669,7 @@ enum SpillError {
 impl SpillError {
     fn retryable(&self) -> bool {
         match self {
+            SpillError::InProgress => true,
             SpillError::Transport(e) => e.retryable(),
             SpillError::Store(e) => e.retryable(),
             _ => false,

@@ -51,6 +51,16 @@ async fn push_read_spill_and_restart() {
 
     // Maps 0..3 push two batches to every partition; map 1 also has a losing attempt.
     let mut want: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
+    // Garbage a crashed spill could have left: this worker's unrecorded object goes at the
+    // next spill of the partition; another worker's object is not touched.
+    let store = open_store(&c.object_store).unwrap();
+    let loc0 = a.locations[0].clone();
+    let garbage = shuffle_proto::segment::segment_key(&k, 0, &loc0.primary.id, 0xdead);
+    let foreign =
+        shuffle_proto::segment::segment_key(&k, 0, &WorkerId::new(format!("{}-x", loc0.primary.id)).unwrap(), 1);
+    for key in [&garbage, &foreign] {
+        store.put(&object_store::path::Path::from(key.as_str()), b"junk".to_vec().into()).await.unwrap();
+    }
     for map in 0..3u32 {
         let mut stats = Vec::new();
         for loc in &a.locations {
@@ -113,7 +123,13 @@ async fn push_read_spill_and_restart() {
     })
     .await
     .unwrap();
-    let store = open_store(&c.object_store).unwrap();
+    let exists = |key: &str| {
+        let store = store.clone();
+        let path = object_store::path::Path::from(key);
+        async move { store.head(&path).await.is_ok() }
+    };
+    assert!(!exists(&garbage).await, "unrecorded segment collected");
+    assert!(exists(&foreign).await, "another worker's object untouched");
     for pp in &plan.partitions {
         let mut seg_bytes = Vec::new();
         for seg in &pp.segments {

@@ -29,6 +29,11 @@ use crate::messages::{Message, MessageType, ReplyError};
 /// The TLS name every node certificate carries; clients verify it against the cluster CA.
 pub const CLUSTER_SERVER_NAME: &str = "shoal";
 const ALPN: &[u8] = b"shoal/1";
+/// In-flight bytes a client may push on one connection to a server: a map writer's window of
+/// 16 × 256 KiB batches fits several times over.
+const SERVER_CONN_WINDOW: u32 = 16 << 20;
+/// In-flight bytes a server may stream to a client on one connection (reads).
+const CLIENT_CONN_WINDOW: u32 = 64 << 20;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +183,7 @@ impl Tls {
         crypto.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicServerConfig::try_from(crypto).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        cfg.transport_config(Arc::new(transport_config(max_streams)));
+        cfg.transport_config(Arc::new(transport_config(max_streams, SERVER_CONN_WINDOW)));
         Ok(cfg)
     }
 
@@ -203,12 +208,14 @@ impl Tls {
         crypto.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicClientConfig::try_from(crypto).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        cfg.transport_config(Arc::new(transport_config(1024)));
+        cfg.transport_config(Arc::new(transport_config(1024, CLIENT_CONN_WINDOW)));
         Ok(cfg)
     }
 }
 
-fn transport_config(max_streams: u32) -> quinn::TransportConfig {
+/// `window`: bytes a peer may have in flight towards us on one connection. It bounds a
+/// server's memory per connection (times the connection limit), and a client's per reply.
+fn transport_config(max_streams: u32, window: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
@@ -216,9 +223,8 @@ fn transport_config(max_streams: u32) -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
-    // Windows sized for bulk transfer on fast links.
-    t.stream_receive_window((8u32 << 20).into());
-    t.receive_window((64u32 << 20).into());
+    t.stream_receive_window((window / 4).into());
+    t.receive_window(window.into());
     t.send_window(64 << 20);
     t
 }

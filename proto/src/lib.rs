@@ -16,10 +16,13 @@ pub mod frame;
 #[cfg(feature = "transport")]
 pub mod http;
 pub mod ids;
+pub mod keys;
 pub mod messages;
 #[cfg(feature = "objstore")]
 pub mod objstore;
 pub mod segment;
+#[cfg(feature = "transport")]
+pub mod settings;
 #[cfg(feature = "transport")]
 pub mod transport;
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shuffle_proto::transport::TlsSource;
+pub use shuffle_proto::settings::SettingError;
+use shuffle_proto::settings::{bad, duration, parse_toml, tls};
 
 use crate::node::MasterConfig;
 
@@ -53,7 +54,7 @@ pub struct MasterSettings {
     pub snapshot_every: Option<u64>,
 }
 
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     "id",
     "listen",
     "peers",
@@ -68,30 +69,9 @@ const KEYS: &[&str] = &[
     "snapshot_every",
 ];
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("setting `{key}`: {reason}")]
-pub struct SettingError {
-    pub key: &'static str,
-    pub reason: String,
-}
-
-fn bad(key: &'static str, reason: impl Into<String>) -> SettingError {
-    SettingError { key, reason: reason.into() }
-}
-
 /// Parses a TOML file's text; returns the settings and the unknown keys found.
 pub fn parse_file(text: &str) -> Result<(MasterSettings, Vec<String>), SettingError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
-    let unknown = table.keys().filter(|k| !KEYS.contains(&k.as_str())).cloned().collect();
-    let s = MasterSettings::deserialize(toml::Value::Table(table)).map_err(|e| bad("config", e.to_string()))?;
-    Ok((s, unknown))
-}
-
-fn duration(key: &'static str, v: Option<&str>, default: Duration) -> Result<Duration, SettingError> {
-    match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s).map_err(|e| bad(key, format!("{s:?} is not a duration: {e}"))),
-    }
+    parse_toml(text, KEYS)
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -149,14 +129,7 @@ impl MasterSettings {
             return Err(bad("peers", format!("does not list this master's id {id}")));
         }
         let data_dir = self.data_dir.ok_or_else(|| bad("data_dir", "missing"))?;
-        let tls = match (self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure.unwrap_or(false)) {
-            (Some(cert), Some(key), Some(ca), false) => TlsSource::Files { cert, key, ca },
-            (None, None, None, true) => TlsSource::Insecure,
-            (_, _, _, true) => return Err(bad("tls_insecure", "set together with certificate files")),
-            (None, _, _, false) => return Err(bad("tls_cert", "missing (or set tls_insecure for a local cluster)")),
-            (_, None, _, false) => return Err(bad("tls_key", "missing")),
-            (_, _, None, false) => return Err(bad("tls_ca", "missing")),
-        };
+        let tls = tls(self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure)?;
         let heartbeat_interval =
             duration("heartbeat_interval", self.heartbeat_interval.as_deref(), Duration::from_secs(2))?;
         let worker_timeout = duration("worker_timeout", self.worker_timeout.as_deref(), Duration::from_secs(30))?;

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
-use shuffle_master::config::{parse_file, MasterSettings};
+use shuffle_master::config::{MasterSettings, KEYS};
 use shuffle_master::node::MasterNode;
-use tracing::{info, warn};
+use tracing::info;
 
 #[derive(Parser, Debug)]
 #[command(name = "shuffle-master", version, about = "Shoal master: Raft-replicated shuffle metadata")]
@@ -26,17 +25,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let (s, unknown) = parse_file(&text).with_context(|| format!("in {}", path.display()))?;
-            for k in unknown {
-                warn!("{}: unknown setting `{k}` ignored", path.display());
-            }
-            s
-        }
-        None => MasterSettings::default(),
-    };
+    let file: MasterSettings =
+        shuffle_proto::settings::read_toml_file(args.config.as_ref(), KEYS).map_err(anyhow::Error::msg)?;
     let cfg = args.settings.over(file).resolve()?;
     let node = MasterNode::start(cfg).await?;
 

@@ -116,18 +116,6 @@ mod keys {
         v
     }
 
-    /// The smallest key greater than every key starting with `prefix`.
-    pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-        let mut end = prefix.to_vec();
-        while let Some(last) = end.pop() {
-            if last < 0xff {
-                end.push(last + 1);
-                return end;
-            }
-        }
-        vec![0xff; prefix.len() + 1]
-    }
-
     /// The index at the end of a partition or map key.
     pub fn index_of(key: &[u8]) -> Option<u32> {
         let tail: [u8; 4] = key.get(key.len().checked_sub(4)?..)?.try_into().ok()?;
@@ -186,7 +174,7 @@ fn write_changes(
                 batch.delete_cf(&sm, keys::shuffle(keys::SHUFFLE, &key));
                 for tag in [keys::PARTITION, keys::MAP] {
                     let prefix = keys::shuffle(tag, &key);
-                    batch.delete_range_cf(&sm, prefix.clone(), keys::prefix_end(&prefix));
+                    batch.delete_range_cf(&sm, prefix.clone(), shuffle_proto::keys::prefix_end(&prefix));
                 }
             }
             Change::Counters => batch.put_cf(&sm, keys::COUNTERS, enc(&state.counters)?),

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 use shuffle_proto::batch::StreamRecord;
+use shuffle_proto::keys::prefix_end;
 use shuffle_proto::{AppId, ShuffleKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,17 +63,6 @@ pub fn batch_key(k: &ShuffleKey, partition: u32, map: u32, attempt: u64, seq: u3
     let mut v = map_key(&partition_prefix(k, partition), map, attempt);
     v.extend_from_slice(&seq.to_be_bytes());
     v
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0xff; prefix.len() + 1]
 }
 
 /// A parsed buffer key.

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shuffle_proto::transport::TlsSource;
+pub use shuffle_proto::settings::SettingError;
+use shuffle_proto::settings::{bad, duration, parse_toml, size, tls};
 use shuffle_proto::WorkerId;
 
 use crate::node::WorkerConfig;
@@ -59,7 +60,7 @@ pub struct WorkerSettings {
     pub http_listen: Option<String>,
 }
 
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     "id",
     "listen",
     "advertise",
@@ -77,29 +78,8 @@ const KEYS: &[&str] = &[
     "http_listen",
 ];
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("setting `{key}`: {reason}")]
-pub struct SettingError {
-    pub key: &'static str,
-    pub reason: String,
-}
-
-fn bad(key: &'static str, reason: impl Into<String>) -> SettingError {
-    SettingError { key, reason: reason.into() }
-}
-
 pub fn parse_file(text: &str) -> Result<(WorkerSettings, Vec<String>), SettingError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
-    let unknown = table.keys().filter(|k| !KEYS.contains(&k.as_str())).cloned().collect();
-    let s = WorkerSettings::deserialize(toml::Value::Table(table)).map_err(|e| bad("config", e.to_string()))?;
-    Ok((s, unknown))
-}
-
-fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, SettingError> {
-    match v {
-        None => Ok(default),
-        Some(s) => s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| bad(key, format!("{s:?}: {e}"))),
-    }
+    parse_toml(text, KEYS)
 }
 
 impl WorkerSettings {
@@ -151,23 +131,14 @@ impl WorkerSettings {
         if !["file:///", "s3://", "memory://"].iter().any(|p| object_store.starts_with(p)) {
             return Err(bad("object_store", "must be file:///dir or s3://bucket/prefix"));
         }
-        let tls = match (self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure.unwrap_or(false)) {
-            (Some(cert), Some(key), Some(ca), false) => TlsSource::Files { cert, key, ca },
-            (None, None, None, true) => TlsSource::Insecure,
-            (_, _, _, true) => return Err(bad("tls_insecure", "set together with certificate files")),
-            (None, _, _, false) => return Err(bad("tls_cert", "missing (or set tls_insecure for a local cluster)")),
-            (_, None, _, false) => return Err(bad("tls_key", "missing")),
-            (_, _, None, false) => return Err(bad("tls_ca", "missing")),
-        };
+        let tls = tls(self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure)?;
         let max_buffered_bytes = size("max_buffered", self.max_buffered.as_deref(), 64 << 30)?;
         let upload_part_bytes = size("upload_part_size", self.upload_part_size.as_deref(), 8 << 20)?;
         if upload_part_bytes < 5 << 20 {
             return Err(bad("upload_part_size", "S3 needs parts of at least 5MiB"));
         }
-        let heartbeat_interval = match self.heartbeat_interval {
-            None => Duration::from_secs(2),
-            Some(s) => humantime::parse_duration(&s).map_err(|e| bad("heartbeat_interval", format!("{s:?}: {e}")))?,
-        };
+        let heartbeat_interval =
+            duration("heartbeat_interval", self.heartbeat_interval.as_deref(), Duration::from_secs(2))?;
         let http_listen = match self.http_listen {
             None => None,
             Some(h) => Some(h.parse().map_err(|_| bad("http_listen", format!("{h:?} is not IP:PORT")))?),

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
-use shuffle_worker::config::{parse_file, WorkerSettings};
+use shuffle_worker::config::{WorkerSettings, KEYS};
 use shuffle_worker::node::WorkerNode;
-use tracing::{info, warn};
+use tracing::info;
 
 #[derive(Parser, Debug)]
 #[command(name = "shuffle-worker", version, about = "Shoal worker: shuffle data ingest, spill and reads")]
@@ -24,17 +23,8 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let (s, unknown) = parse_file(&text).with_context(|| format!("in {}", path.display()))?;
-            for k in unknown {
-                warn!("{}: unknown setting `{k}` ignored", path.display());
-            }
-            s
-        }
-        None => WorkerSettings::default(),
-    };
+    let file: WorkerSettings =
+        shuffle_proto::settings::read_toml_file(args.config.as_ref(), KEYS).map_err(anyhow::Error::msg)?;
     let cfg = args.settings.over(file).resolve()?;
     let mut node = WorkerNode::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -399,3 +399,14 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Asserts two byte streams hold the same fixed-size units, in any order (batches of one map
+/// may come back in any order).
+pub fn assert_same_units(got: &[u8], want: &[u8], unit: usize, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut g: Vec<&[u8]> = got.chunks(unit).collect();
+    let mut w: Vec<&[u8]> = want.chunks(unit).collect();
+    g.sort_unstable();
+    w.sort_unstable();
+    assert!(g == w, "{what}: contents differ");
+}

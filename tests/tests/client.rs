@@ -84,14 +84,8 @@ async fn many_maps_many_partitions_round_trip_exactly() {
     assert_eq!(sizes.len(), 12);
     for p in 0..24 {
         let got = read_all(&sc, &k, p, 0, 12).await.unwrap();
-        let mut want = expected(0..12, p, 200, 5);
         // Maps arrive in map order from one source; from segments plus live, order may differ.
-        let mut g: Vec<&[u8]> = got.chunks(100).collect();
-        let mut w: Vec<&[u8]> = want.chunks(100).collect();
-        g.sort();
-        w.sort();
-        assert_eq!(g, w, "partition {p}");
-        want.clear();
+        assert_same_units(&got, &expected(0..12, p, 200, 5), 100, &format!("partition {p}"));
     }
     // A map range reads only those maps (AQE skew splits).
     let got = read_all(&sc, &k, 3, 4, 6).await.unwrap();
@@ -206,12 +200,7 @@ async fn leader_master_killed_mid_shuffle_the_shuffle_completes() {
     assert_ne!(st.leader, Some(old));
     for p in 0..8 {
         let got = read_all(&sc, &k, p, 0, 6).await.unwrap();
-        let mut g: Vec<&[u8]> = got.chunks(100).collect();
-        let want = expected(0..6, p, 200, 2);
-        let mut w: Vec<&[u8]> = want.chunks(100).collect();
-        g.sort();
-        w.sort();
-        assert_eq!(g, w, "partition {p}");
+        assert_same_units(&got, &expected(0..6, p, 200, 2), 100, &format!("partition {p}"));
     }
     c.shutdown().await;
 }
@@ -269,11 +258,7 @@ async fn pushes_to_a_dead_worker_move_on_and_an_attempt_whose_data_was_lost_fail
         let mut want = rows(0, p, 400, 9);
         want.extend(rows(1, p, 400, 9));
         let got = read_all(&sc, &k, p, 0, 2).await.unwrap();
-        let mut g: Vec<&[u8]> = got.chunks(100).collect();
-        let mut w: Vec<&[u8]> = want.chunks(100).collect();
-        g.sort();
-        w.sort();
-        assert_eq!(g, w, "partition {p}");
+        assert_same_units(&got, &want, 100, &format!("partition {p}"));
     }
     c.shutdown().await;
 }
@@ -307,14 +292,9 @@ async fn a_small_buffer_spills_early_and_a_writer_never_sees_an_error() {
     assert!(worker.metrics().segments.get() >= 2, "early spills happened");
     for p in 0..2u32 {
         let got = read_all(&sc, &k, p, 0, 1).await.unwrap();
-        assert_eq!(got.len(), want[p as usize].len(), "partition {p}");
         // Each write became one batch; batches spilled at different times come back in
         // segment order, so compare them as a set (a batch is a self-contained unit).
-        let mut g: Vec<&[u8]> = got.chunks(128 << 10).collect();
-        let mut w: Vec<&[u8]> = want[p as usize].chunks(128 << 10).collect();
-        g.sort();
-        w.sort();
-        assert!(g == w, "partition {p} batches differ");
+        assert_same_units(&got, &want[p as usize], 128 << 10, &format!("partition {p}"));
     }
     c.shutdown().await;
 }

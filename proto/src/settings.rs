@@ -1,0 +1,96 @@
+//! Settings helpers shared by the binaries: TOML files with unknown keys reported, human
+//! durations and sizes, TLS file settings, and errors that name the key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::transport::TlsSource;
+
+/// A setting that is missing or wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting `{key}`: {reason}")]
+pub struct SettingError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+pub fn bad(key: &'static str, reason: impl Into<String>) -> SettingError {
+    SettingError { key, reason: reason.into() }
+}
+
+/// Parses a TOML file's text into `T`; returns the keys not in `known` (to be warned about,
+/// not refused, so a newer config can roll out before the binaries).
+pub fn parse_toml<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<(T, Vec<String>), SettingError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
+    let unknown = table.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect();
+    let t = T::deserialize(toml::Value::Table(table)).map_err(|e| bad("config", e.to_string()))?;
+    Ok((t, unknown))
+}
+
+/// Reads and parses a config file, logging unknown keys.
+pub fn read_toml_file<T: DeserializeOwned + Default>(path: Option<&PathBuf>, known: &[&str]) -> Result<T, String> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let (t, unknown) = parse_toml(&text, known).map_err(|e| format!("in {}: {e}", path.display()))?;
+    for k in unknown {
+        tracing::warn!("{}: unknown setting `{k}` ignored", path.display());
+    }
+    Ok(t)
+}
+
+pub fn duration(key: &'static str, v: Option<&str>, default: Duration) -> Result<Duration, SettingError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| bad(key, format!("{s:?} is not a duration: {e}"))),
+    }
+}
+
+pub fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, SettingError> {
+    match v {
+        None => Ok(default),
+        Some(s) => s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| bad(key, format!("{s:?}: {e}"))),
+    }
+}
+
+/// TLS from the `tls_cert`, `tls_key`, `tls_ca` and `tls_insecure` settings.
+pub fn tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    insecure: Option<bool>,
+) -> Result<TlsSource, SettingError> {
+    match (cert, key, ca, insecure.unwrap_or(false)) {
+        (Some(cert), Some(key), Some(ca), false) => Ok(TlsSource::Files { cert, key, ca }),
+        (None, None, None, true) => Ok(TlsSource::Insecure),
+        (_, _, _, true) => Err(bad("tls_insecure", "set together with certificate files")),
+        (None, _, _, false) => Err(bad("tls_cert", "missing (or set tls_insecure for a local cluster)")),
+        (_, None, _, false) => Err(bad("tls_key", "missing")),
+        (_, _, None, false) => Err(bad("tls_ca", "missing")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_name_the_key() {
+        assert_eq!(duration("d", Some("ten"), Duration::ZERO).unwrap_err().key, "d");
+        assert_eq!(duration("d", Some("250ms"), Duration::ZERO).unwrap(), Duration::from_millis(250));
+        assert_eq!(size("s", Some("2GiB"), 0).unwrap(), 2 << 30);
+        assert_eq!(size("s", Some("lots"), 0).unwrap_err().key, "s");
+        assert_eq!(tls(None, None, None, None).unwrap_err().key, "tls_cert");
+        assert_eq!(tls(Some("c".into()), None, Some("a".into()), None).unwrap_err().key, "tls_key");
+        assert!(matches!(tls(None, None, None, Some(true)), Ok(TlsSource::Insecure)));
+        #[derive(serde::Deserialize, Default)]
+        struct S {
+            #[allow(dead_code)]
+            a: Option<u32>,
+        }
+        let (_, unknown) = parse_toml::<S>("a = 1\nb = 2\n", &["a"]).unwrap();
+        assert_eq!(unknown, vec!["b".to_string()]);
+        assert!(parse_toml::<S>("a = \"x\"", &["a"]).is_err());
+    }
+}

@@ -51,6 +51,21 @@ pub fn segment_prefix(shuffle: &ShuffleKey, partition: u32, worker: &WorkerId) -
     format!("{}/{partition:08}/{worker}@", shuffle_dir(shuffle))
 }
 
+/// The shuffle, partition and writing worker a segment key names; `None` for any other key.
+pub fn parse_segment_key(key: &str) -> Option<(ShuffleKey, u32, WorkerId)> {
+    let mut parts = key.rsplitn(4, '/');
+    let file = parts.next()?;
+    let partition: u32 = parts.next()?.parse().ok()?;
+    let (sid, generation) = parts.next()?.split_once('.')?;
+    let app = parts.next()?;
+    let (worker, nonce) = file.strip_suffix(".seg")?.split_once('@')?;
+    if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let shuffle = ShuffleKey::new(crate::AppId::new(app).ok()?, sid.parse().ok()?, generation.parse().ok()?);
+    Some((shuffle, partition, WorkerId::new(worker).ok()?))
+}
+
 /// Builds the index while records stream through.
 #[derive(Debug, Default)]
 pub struct IndexBuilder {
@@ -184,6 +199,11 @@ mod tests {
         assert_eq!(k, "app-1/4.2/00000017/w-0@00000000000000ff.seg");
         let other = segment_key(&s, 17, &WorkerId::new("w-0-x").unwrap(), 1);
         assert!(!other.starts_with(&segment_prefix(&s, 17, &WorkerId::new("w-0").unwrap())));
+        assert_eq!(parse_segment_key(&k), Some((s.clone(), 17, WorkerId::new("w-0").unwrap())));
+        for bad in ["x", "a/b/c/d", "app-1/4.2/00000017/w-0.seg", "app-1/x.2/00000017/w@1.seg", "app-1/4.2/17/w@zz.seg"]
+        {
+            assert_eq!(parse_segment_key(bad), None, "{bad}");
+        }
         assert!(k.starts_with(&shuffle_dir(&s)));
     }
 }

@@ -58,6 +58,12 @@ pub struct WorkerSettings {
     /// HTTP address for /metrics, /healthz and /readyz (IP:PORT); off when unset.
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// How often to sweep the object store for garbage, e.g. "1h"; "0s" turns it off.
+    #[arg(long, env = "SHOAL_SWEEP_INTERVAL")]
+    pub sweep_interval: Option<String>,
+    /// Objects younger than this are never swept, e.g. "15m".
+    #[arg(long, env = "SHOAL_SWEEP_GRACE")]
+    pub sweep_grace: Option<String>,
 }
 
 pub const KEYS: &[&str] = &[
@@ -76,6 +82,8 @@ pub const KEYS: &[&str] = &[
     "heartbeat_interval",
     "upload_part_size",
     "http_listen",
+    "sweep_interval",
+    "sweep_grace",
 ];
 
 pub fn parse_file(text: &str) -> Result<(WorkerSettings, Vec<String>), SettingError> {
@@ -103,7 +111,9 @@ impl WorkerSettings {
             sync_writes,
             heartbeat_interval,
             upload_part_size,
-            http_listen
+            http_listen,
+            sweep_interval,
+            sweep_grace
         )
     }
 
@@ -143,7 +153,11 @@ impl WorkerSettings {
             None => None,
             Some(h) => Some(h.parse().map_err(|_| bad("http_listen", format!("{h:?} is not IP:PORT")))?),
         };
+        let sweep_interval = duration("sweep_interval", self.sweep_interval.as_deref(), Duration::from_secs(3600))?;
+        let sweep_grace = duration("sweep_grace", self.sweep_grace.as_deref(), Duration::from_secs(900))?;
         Ok(WorkerConfig {
+            sweep_interval: (!sweep_interval.is_zero()).then_some(sweep_interval),
+            sweep_grace,
             spill_high_bytes: max_buffered_bytes / 10 * 8,
             spill_low_bytes: max_buffered_bytes / 10 * 6,
             http_listen,

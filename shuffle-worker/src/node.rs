@@ -24,7 +24,7 @@ use shuffle_proto::batch::{BatchView, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::http::{serve_http, Page};
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::{delete_prefix, open_store, SegmentUpload};
-use shuffle_proto::segment::{segment_key, segment_prefix, shuffle_dir};
+use shuffle_proto::segment::{parse_segment_key, segment_key, segment_prefix, shuffle_dir};
 use shuffle_proto::transport::{
     serve, server_endpoint, Client, ClientOptions, Handler, MasterClient, Responder, ServerOptions, Tls, TlsSource,
     TransportError,
@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::buffer::{AttemptFilter, BatchKey, Buffer, ScanRange, ScannedKeys};
 use crate::metrics::Metrics;
-use crate::spill::plan_pressure_spill;
+use crate::spill::{is_garbage, plan_pressure_spill, SweepFacts};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -60,6 +60,10 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// How often to sweep the object store for garbage (None: never).
+    pub sweep_interval: Option<Duration>,
+    /// Objects younger than this are never swept.
+    pub sweep_grace: Duration,
 }
 
 impl WorkerConfig {
@@ -87,6 +91,8 @@ impl WorkerConfig {
             upload_part_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(1),
             http_listen: None,
+            sweep_interval: Some(Duration::from_secs(3600)),
+            sweep_grace: Duration::from_secs(900),
         })
     }
 }
@@ -170,6 +176,9 @@ impl WorkerNode {
             tokio::spawn(inner.clone().heartbeat_loop()),
             tokio::spawn(inner.clone().pressure_loop()),
         ];
+        if let Some(every) = inner.cfg.sweep_interval {
+            tasks.push(tokio::spawn(inner.clone().sweep_loop(every)));
+        }
         let http_addr = match inner.cfg.http_listen {
             Some(a) => {
                 let weak = Arc::downgrade(&inner);
@@ -208,6 +217,11 @@ impl WorkerNode {
 
     pub fn bytes_held(&self) -> u64 {
         self.inner.buffer.bytes_held()
+    }
+
+    /// Sweeps the object store once, now; returns how many objects were deleted.
+    pub async fn sweep_now(&self) -> Result<usize, String> {
+        self.inner.sweep().await.map_err(|e| e.to_string())
     }
 
     /// Resolves once a decommission has completed.
@@ -314,6 +328,84 @@ impl Inner {
                 }
             }
         }
+    }
+
+    async fn sweep_loop(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => info!(objects = n, "object-store sweep deleted garbage"),
+                Err(e) => warn!("object-store sweep failed: {e}"),
+            }
+        }
+    }
+
+    /// Deletes objects of removed shuffles, and unrecorded objects of workers that are gone.
+    /// Every worker may sweep; deletes are idempotent.
+    pub(crate) async fn sweep(&self) -> Result<usize, SpillError> {
+        use futures::TryStreamExt;
+        let objects: Vec<object_store::ObjectMeta> =
+            self.store.list(None).try_collect().await.map_err(shuffle_proto::objstore::StoreError::from)?;
+        if objects.is_empty() {
+            return Ok(0);
+        }
+        let known: HashSet<ShuffleKey> = self
+            .master
+            .call_typed::<ShuffleList>(ListShuffles {})
+            .await?
+            .shuffles
+            .into_iter()
+            .map(|s| s.shuffle)
+            .collect();
+        let status: ClusterStatus = self.master.call_typed(GetStatus {}).await?;
+        let alive: HashSet<WorkerId> = status
+            .workers
+            .into_iter()
+            .filter(|w| matches!(w.state, WorkerState::Active | WorkerState::Decommissioning))
+            .map(|w| w.id)
+            .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut recorded: HashMap<ShuffleKey, HashSet<String>> = HashMap::new();
+        let mut deleted = 0;
+        for o in objects {
+            let key = o.location.to_string();
+            let Some((shuffle, _, writer)) = parse_segment_key(&key) else { continue };
+            let shuffle_known = known.contains(&shuffle);
+            if shuffle_known && !recorded.contains_key(&shuffle) {
+                let plan: ReadPlan = self
+                    .master
+                    .call_typed(GetReadPlan {
+                        shuffle: shuffle.clone(),
+                        start_partition: PartitionId(0),
+                        end_partition: PartitionId(u32::MAX),
+                        start_map: shuffle_proto::MapId(0),
+                        end_map: shuffle_proto::MapId(u32::MAX),
+                    })
+                    .await?;
+                let keys = plan.partitions.into_iter().flat_map(|p| p.segments).map(|s| s.object_key).collect();
+                recorded.insert(shuffle.clone(), keys);
+            }
+            let facts = SweepFacts {
+                shuffle_known,
+                recorded: recorded.get(&shuffle).is_some_and(|k| k.contains(&key)),
+                writer_alive: alive.contains(&writer),
+                old_enough: now_ms - o.last_modified.timestamp_millis() >= self.cfg.sweep_grace.as_millis() as i64,
+            };
+            if is_garbage(facts) {
+                match self.store.delete(&o.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => warn!(%key, "could not delete garbage: {e}"),
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     fn command(self: Arc<Self>, cmd: WorkerCommand) {

@@ -24,6 +24,25 @@ pub fn plan_pressure_spill(partitions: &[u64], held: u64, high: u64, low: u64) -
     out
 }
 
+/// What the sweep knows about one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepFacts {
+    /// The master still knows the object's shuffle.
+    pub shuffle_known: bool,
+    /// The master recorded this object as a segment.
+    pub recorded: bool,
+    /// The worker that wrote it is active or draining (it collects its own garbage).
+    pub writer_alive: bool,
+    /// The object is older than the grace period (no upload or report can be in flight).
+    pub old_enough: bool,
+}
+
+/// Whether a spilled object is garbage: never while young; always once its shuffle is gone;
+/// otherwise when the master never recorded it and its writer is gone for good.
+pub fn is_garbage(f: SweepFacts) -> bool {
+    f.old_enough && (!f.shuffle_known || (!f.recorded && !f.writer_alive))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +56,18 @@ mod tests {
         assert_eq!(plan_pressure_spill(&sizes, 150, 140, 0), vec![1, 4, 2, 0, 3]);
         assert!(plan_pressure_spill(&[], 150, 140, 0).is_empty());
         assert_eq!(plan_pressure_spill(&[7, 7], 14, 10, 0), vec![0, 1]);
+    }
+
+    #[test]
+    fn garbage_rules() {
+        let f = |shuffle_known, recorded, writer_alive, old_enough| {
+            is_garbage(SweepFacts { shuffle_known, recorded, writer_alive, old_enough })
+        };
+        assert!(f(false, false, true, true), "removed shuffle");
+        assert!(f(false, true, true, true), "removed shuffle, even if it was recorded");
+        assert!(f(true, false, false, true), "unrecorded, writer gone");
+        assert!(!f(true, false, true, true), "unrecorded, writer alive: it cleans up itself");
+        assert!(!f(true, true, false, true), "recorded data is never garbage");
+        assert!(!f(false, false, false, false), "young objects wait");
     }
 }

@@ -256,3 +256,52 @@ async fn a_full_buffer_pushes_back_without_losing_data() {
     assert_eq!(http_get(http, "/nope").await.unwrap().0, 404);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_garbage_and_keeps_live_data() {
+    let mut c = Cluster::start(0).await.unwrap();
+    let mut cfg = c.worker_config("w0").unwrap();
+    cfg.sweep_interval = None;
+    cfg.sweep_grace = Duration::ZERO;
+    c.workers.insert("w0".into(), shuffle_worker::node::WorkerNode::start(cfg).await.unwrap());
+    let k = key("app-gc", 1);
+    let a = c.register("app-gc", 1, 1, 1).await.unwrap();
+    let loc = a.locations[0].clone();
+    let raw = rows(0, 0, 100, 1);
+    c.push(&k, &loc, 0, 1, 0, &raw).await.unwrap();
+    commit(&c, &k, 0, 1, vec![stat(&loc, &[&raw])]).await;
+    let plan = eventually(Duration::from_secs(10), "spilled", || async {
+        let p = c.plan(&k, 0, 1).await.ok()?;
+        (p.partitions[0].sources.is_empty() && !p.partitions[0].segments.is_empty()).then_some(p)
+    })
+    .await
+    .unwrap();
+    let recorded = plan.partitions[0].segments[0].object_key.clone();
+    let store = open_store(&c.object_store).unwrap();
+    let w0 = WorkerId::new("w0").unwrap();
+    let ghost = WorkerId::new("ghost").unwrap();
+    let removed = key("app-gc", 99);
+    let put = |key: String| {
+        let store = store.clone();
+        async move {
+            store.put(&object_store::path::Path::from(key.as_str()), b"junk".to_vec().into()).await.unwrap();
+            key
+        }
+    };
+    let of_removed = put(shuffle_proto::segment::segment_key(&removed, 0, &w0, 1)).await;
+    let of_ghost = put(shuffle_proto::segment::segment_key(&k, 0, &ghost, 2)).await;
+    let of_live_writer = put(shuffle_proto::segment::segment_key(&k, 0, &w0, 3)).await;
+    let not_ours = put("elsewhere/notes.txt".into()).await;
+    let deleted = c.workers["w0"].sweep_now().await.unwrap();
+    assert_eq!(deleted, 2);
+    let exists = |key: String| {
+        let store = store.clone();
+        async move { store.head(&object_store::path::Path::from(key.as_str())).await.is_ok() }
+    };
+    assert!(!exists(of_removed).await, "object of a removed shuffle");
+    assert!(!exists(of_ghost).await, "unrecorded object of a worker that is gone");
+    assert!(exists(of_live_writer).await, "a live writer cleans up its own");
+    assert!(exists(not_ours).await, "keys outside the layout are left alone");
+    assert!(exists(recorded).await, "recorded segments stay");
+    c.shutdown().await;
+}

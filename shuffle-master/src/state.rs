@@ -737,7 +737,8 @@ impl MasterState {
     pub fn commands_for(&self, worker: &WorkerId, held: &[ShuffleKey]) -> Vec<WorkerCommand> {
         let mut out = Vec::new();
         match self.workers.get(worker).map(|w| &w.state) {
-            Some(WorkerState::Decommissioning) => out.push(WorkerCommand::Decommission),
+            // A decommissioned worker hears it too: it may have held nothing, and stops now.
+            Some(WorkerState::Decommissioning | WorkerState::Decommissioned) => out.push(WorkerCommand::Decommission),
             Some(WorkerState::Lost) | None => {
                 // Its data was written off; it must re-register before it may serve again.
             }

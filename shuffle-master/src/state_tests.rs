@@ -246,6 +246,7 @@ fn decommission_moves_writes_then_finishes_after_spill() {
         last: true,
     });
     assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioned);
+    assert_eq!(st.commands_for(&w("w1"), &[]), vec![WorkerCommand::Decommission], "so its process stops");
     assert_eq!(st.spilled_bytes_of(&w("w1")), 8);
     let plan = st.read_plan(&key(1), p, p + 1, 0, 2).unwrap();
     assert_eq!(plan.partitions[0].segments, vec![seg]);

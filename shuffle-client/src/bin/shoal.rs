@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use shuffle_client::cli::{self, local::LocalUp, status};
-use shuffle_proto::messages::{ClusterStatus, GetStatus};
+use shuffle_client::cli::{self, admin, local::LocalUp, status};
+use shuffle_proto::messages::{
+    Ack, AppList, ClusterStatus, GetStatus, ListApps, ListShuffles, RecommissionWorker, ShuffleList,
+};
 use shuffle_proto::transport::{Client, ClientOptions, MasterClient, Tls};
+use shuffle_proto::WorkerId;
 
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "Operate a Shoal remote shuffle cluster")]
@@ -42,10 +45,63 @@ struct Conn {
 enum Cmd {
     /// Masters and their roles, workers with state, bytes and partitions.
     Status(Conn),
+    /// Workers: list them.
+    Workers {
+        #[command(subcommand)]
+        cmd: WorkersCmd,
+    },
+    /// One worker: decommission or recommission it.
+    Worker {
+        #[command(subcommand)]
+        cmd: WorkerCmd,
+    },
+    /// Shuffles: list them.
+    Shuffles {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Applications: list them.
+    Apps {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
     /// A local cluster as child processes.
     Local {
         #[command(subcommand)]
         cmd: LocalCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkersCmd {
+    List(Conn),
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCmd {
+    List(Conn),
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkerCmd {
+    /// Drain a worker to the object store; with --wait, until it is decommissioned.
+    Decommission {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit code 4), e.g. "30m".
+        #[arg(long, default_value = "1h")]
+        timeout: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Return a draining or decommissioned worker to service.
+    Recommission {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
@@ -78,18 +134,69 @@ fn print_out(text: &str) -> anyhow::Result<()> {
     }
 }
 
+fn connect(conn: &Conn) -> anyhow::Result<MasterClient> {
+    let tls = cli::tls_source(conn.tls_ca.clone(), conn.tls_insecure).map_err(anyhow::Error::msg)?;
+    let client = Client::new(&Tls::load(&tls)?, ClientOptions::default())?;
+    Ok(MasterClient::new(client, conn.masters.clone(), Duration::from_secs(10))?)
+}
+
+fn emit<T: serde::Serialize>(output: Output, json: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_out(&(serde_json::to_string_pretty(json)? + "\n")),
+        Output::Table => print_out(&table()),
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
-        Cmd::Status(conn) => {
-            let tls = cli::tls_source(conn.tls_ca, conn.tls_insecure).map_err(anyhow::Error::msg)?;
-            let client = Client::new(&Tls::load(&tls)?, ClientOptions::default())?;
-            let mc = MasterClient::new(client, conn.masters, Duration::from_secs(10))?;
-            let st: ClusterStatus = mc.call_typed(GetStatus {}).await?;
-            let text = match conn.output {
-                Output::Json => serde_json::to_string_pretty(&status::to_json(&st))? + "\n",
-                Output::Table => status::to_table(&st),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "shoal", &mut std::io::stdout());
+        }
+        Cmd::Workers { cmd: WorkersCmd::List(conn) } => {
+            let st: ClusterStatus = connect(&conn)?.call_typed(GetStatus {}).await?;
+            emit(conn.output, &status::to_json(&st).workers, || admin::workers_table(&st))?;
+        }
+        Cmd::Shuffles { cmd: ListCmd::List(conn) } => {
+            let l: ShuffleList = connect(&conn)?.call_typed(ListShuffles {}).await?;
+            emit(conn.output, &admin::shuffles_json(&l), || admin::shuffles_table(&l))?;
+        }
+        Cmd::Apps { cmd: ListCmd::List(conn) } => {
+            let l: AppList = connect(&conn)?.call_typed(ListApps {}).await?;
+            emit(conn.output, &admin::apps_json(&l), || admin::apps_table(&l))?;
+        }
+        Cmd::Worker { cmd: WorkerCmd::Recommission { id, conn } } => {
+            let _: Ack = connect(&conn)?.call_typed(RecommissionWorker { worker: WorkerId::new(id)? }).await?;
+        }
+        Cmd::Worker { cmd: WorkerCmd::Decommission { id, wait, timeout, conn } } => {
+            let mc = connect(&conn)?;
+            let limit = humantime::parse_duration(&timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            let bar = match (wait, conn.output) {
+                (true, Output::Table) => indicatif::ProgressBar::new(0),
+                _ => indicatif::ProgressBar::hidden(),
             };
-            print_out(&text)?;
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("draining [{bar:40}] {bytes}/{total_bytes} spilled, {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let worker = WorkerId::new(id)?;
+            let report = admin::decommission(&mc, &worker, wait.then_some(limit), |left, start| {
+                bar.set_length(start.max(left));
+                bar.set_position(start.saturating_sub(left));
+            })
+            .await;
+            bar.finish_and_clear();
+            let report = report?;
+            emit(conn.output, &report, || {
+                format!(
+                    "{}: {} ({} bytes drained in {:.1} s)\n",
+                    report.worker, report.state, report.bytes_at_start, report.seconds
+                )
+            })?;
+        }
+        Cmd::Status(conn) => {
+            let st: ClusterStatus = connect(&conn)?.call_typed(GetStatus {}).await?;
+            emit(conn.output, &status::to_json(&st), || status::to_table(&st))?;
         }
         Cmd::Local { cmd: LocalCmd::Up { masters, workers, data_dir, object_store, base_port } } => {
             let exe = std::env::current_exe()?;

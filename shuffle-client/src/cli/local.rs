@@ -197,7 +197,9 @@ impl Running {
     /// SIGTERM every child, then SIGKILL whatever is left after 10 s.
     pub fn stop(&mut self) {
         for (_, c) in &mut self.children {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         for (name, c) in &mut self.children {
@@ -214,6 +216,11 @@ impl Running {
                 }
             }
         }
+    }
+
+    /// The exit status of a child that has exited (`name`: `master-1`, `shoal-worker-0`, ...).
+    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.children.iter_mut().find(|(n, _)| n == name).and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
     pub fn summary(&self) -> String {

@@ -2,8 +2,9 @@
 //! cluster on this machine as child processes.
 //!
 //! Exit codes: 0 success; 1 bad usage, settings or a local failure; 2 the cluster could not be
-//! reached; 3 the cluster refused the request.
+//! reached; 3 the cluster refused the request; 4 a `--wait` timed out (or the worker was lost).
 
+pub mod admin;
 pub mod local;
 pub mod status;
 
@@ -21,6 +22,12 @@ pub fn tls_source(ca: Option<std::path::PathBuf>, insecure: bool) -> Result<TlsS
 
 /// The documented exit code for an error.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<admin::WaitError>().is_some_and(|w| !matches!(w, admin::WaitError::Unknown(_))) {
+        return 4;
+    }
+    if e.downcast_ref::<admin::WaitError>().is_some() {
+        return 3;
+    }
     if let Some(t) = e.downcast_ref::<TransportError>() {
         return if matches!(t, TransportError::Remote(w) if !w.retryable()) { 3 } else { 2 };
     }

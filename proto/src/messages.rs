@@ -265,6 +265,10 @@ wire! {
     }
     pub struct HeartbeatReply { pub commands: Vec<WorkerCommand> }
 
+    /// A draining worker holds no data any more: what the master still lists on it had none
+    /// (or was lost).
+    pub struct DrainComplete { pub worker: WorkerId }
+
     pub struct ReportSegment {
         pub worker: WorkerId,
         pub shuffle: ShuffleKey,
@@ -417,6 +421,7 @@ validate_fields!(RegisterWorker => |s| {
     check_addr(&s.addr)?;
     s.held.iter().try_for_each(Validate::validate)
 });
+validate_fields!(DrainComplete => |s| s.worker.validate());
 validate_fields!(WorkerHeartbeat => |s| {
     s.worker.validate()?;
     s.shuffles.iter().try_for_each(ShuffleKey::validate)
@@ -540,6 +545,7 @@ messages! {
     32 => WorkerHeartbeat,
     33 => HeartbeatReply,
     34 => ReportSegment,
+    35 => DrainComplete,
     50 => PushBatch,
     51 => PushAck,
     52 => OpenPartition,

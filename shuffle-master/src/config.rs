@@ -52,6 +52,9 @@ pub struct MasterSettings {
     /// Raft entries between snapshots.
     #[arg(long, env = "SHOAL_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// HTTP address (IP:PORT) for the status page, /status.json, /metrics and /healthz.
+    #[arg(long, env = "SHOAL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
 }
 
 pub const KEYS: &[&str] = &[
@@ -67,6 +70,7 @@ pub const KEYS: &[&str] = &[
     "worker_timeout",
     "election_timeout",
     "snapshot_every",
+    "http_listen",
 ];
 
 /// Parses a TOML file's text; returns the settings and the unknown keys found.
@@ -112,6 +116,7 @@ impl MasterSettings {
             worker_timeout: self.worker_timeout.or(lower.worker_timeout),
             election_timeout: self.election_timeout.or(lower.election_timeout),
             snapshot_every: self.snapshot_every.or(lower.snapshot_every),
+            http_listen: self.http_listen.or(lower.http_listen),
         }
     }
 
@@ -145,7 +150,12 @@ impl MasterSettings {
         if snapshot_every == 0 {
             return Err(bad("snapshot_every", "must be positive"));
         }
+        let http_listen = match self.http_listen {
+            None => None,
+            Some(h) => Some(h.parse().map_err(|_| bad("http_listen", format!("{h:?} is not IP:PORT")))?),
+        };
         Ok(MasterConfig {
+            http_listen,
             id,
             listen,
             peers,

@@ -15,6 +15,7 @@ pub mod raft;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod web;
 
 #[cfg(test)]
 mod state_tests;

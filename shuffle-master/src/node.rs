@@ -29,6 +29,8 @@ pub struct MasterConfig {
     pub election_timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// Where to serve the status page, `/status.json`, `/metrics` and `/healthz`.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl MasterConfig {
@@ -44,6 +46,7 @@ impl MasterConfig {
             worker_timeout: Duration::from_secs(10),
             election_timeout: Duration::from_millis(500),
             snapshot_every: 10_000,
+            http_listen: None,
         }
     }
 }
@@ -64,6 +67,8 @@ pub enum StartError {
 pub struct MasterNode {
     pub id: NodeId,
     pub addr: SocketAddr,
+    /// Where the HTTP pages are served, if enabled.
+    pub http_addr: Option<SocketAddr>,
     pub service: Arc<MasterService>,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -110,6 +115,17 @@ impl MasterNode {
         let addr = endpoint.local_addr().map_err(|e| StartError::Config(e.to_string()))?;
         let mut tasks = vec![tokio::spawn(serve(endpoint.clone(), service.clone(), ServerOptions::default()))];
         tasks.push(tokio::spawn(service.clone().run_housekeeping(cfg.heartbeat_interval / 2)));
+        let http_addr = match cfg.http_listen {
+            Some(a) => {
+                let weak = Arc::downgrade(&service);
+                let (bound, task) = shuffle_proto::http::serve_http(a, move |path| crate::web::page(&weak, path))
+                    .await
+                    .map_err(|e| StartError::Config(format!("http_listen {a}: {e}")))?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
 
         // The lowest id bootstraps a new group; the others learn the membership from it.
         let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
@@ -121,7 +137,7 @@ impl MasterNode {
             raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
         }
         info!(id = cfg.id, %addr, "master serving");
-        Ok(MasterNode { id: cfg.id, addr, service, endpoint, tasks })
+        Ok(MasterNode { id: cfg.id, addr, http_addr, service, endpoint, tasks })
     }
 
     pub fn raft(&self) -> &Raft {

@@ -86,6 +86,14 @@ impl MasterService {
         &self.raft
     }
 
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn is_leader_now(&self) -> bool {
+        self.is_leader()
+    }
+
     fn addr_of(&self, node: NodeId) -> Option<String> {
         let m = self.raft.metrics().borrow().membership_config.clone();
         m.membership().get_node(&node).map(|n| n.addr.clone())
@@ -259,6 +267,10 @@ impl MasterService {
                     last: m.last,
                 };
                 self.write(cmd).await?;
+                Ack {}.into()
+            }
+            Message::DrainComplete(m) => {
+                self.write(Command::DrainComplete { worker: m.worker }).await?;
                 Ack {}.into()
             }
             Message::GetStatus(_) => {

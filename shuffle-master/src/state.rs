@@ -37,18 +37,62 @@ pub const MAX_TOMBSTONES: usize = 10_000;
 /// A change to the replicated state, as written in the Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    RegisterApp { app: AppId, lease_ms: u64 },
-    UnregisterApp { app: AppId },
-    RegisterShuffle { shuffle: ShuffleKey, num_maps: u32, num_partitions: u32, replication: u8 },
-    UnregisterShuffle { shuffle: ShuffleKey },
-    Relocate { shuffle: ShuffleKey, partition: PartitionId, failed_epoch: Epoch, failed_worker: WorkerId },
-    CommitMap { shuffle: ShuffleKey, map: MapId, attempt: AttemptId, partitions: Vec<PartitionStat> },
-    RegisterWorker { worker: WorkerId, addr: String, capacity_bytes: u64 },
-    WorkerLost { worker: WorkerId },
-    Decommission { worker: WorkerId },
-    Recommission { worker: WorkerId },
-    RemoveWorker { worker: WorkerId },
-    ReportSegment { worker: WorkerId, shuffle: ShuffleKey, partition: PartitionId, segment: SegmentRef, last: bool },
+    RegisterApp {
+        app: AppId,
+        lease_ms: u64,
+    },
+    UnregisterApp {
+        app: AppId,
+    },
+    RegisterShuffle {
+        shuffle: ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+        replication: u8,
+    },
+    UnregisterShuffle {
+        shuffle: ShuffleKey,
+    },
+    Relocate {
+        shuffle: ShuffleKey,
+        partition: PartitionId,
+        failed_epoch: Epoch,
+        failed_worker: WorkerId,
+    },
+    CommitMap {
+        shuffle: ShuffleKey,
+        map: MapId,
+        attempt: AttemptId,
+        partitions: Vec<PartitionStat>,
+    },
+    RegisterWorker {
+        worker: WorkerId,
+        addr: String,
+        capacity_bytes: u64,
+    },
+    WorkerLost {
+        worker: WorkerId,
+    },
+    Decommission {
+        worker: WorkerId,
+    },
+    Recommission {
+        worker: WorkerId,
+    },
+    RemoveWorker {
+        worker: WorkerId,
+    },
+    ReportSegment {
+        worker: WorkerId,
+        shuffle: ShuffleKey,
+        partition: PartitionId,
+        segment: SegmentRef,
+        last: bool,
+    },
+    /// A draining worker reports an empty buffer.
+    DrainComplete {
+        worker: WorkerId,
+    },
 }
 
 /// What applying a command gave; errors are part of the replicated outcome.
@@ -243,7 +287,48 @@ impl MasterState {
             Command::ReportSegment { worker, shuffle, partition, segment, last } => {
                 self.report_segment(&worker, &shuffle, partition, segment, last)
             }
+            Command::DrainComplete { worker } => self.drain_complete(&worker),
         }
+    }
+
+    /// The draining worker holds nothing: its remaining live entries carried no committed
+    /// bytes (nothing to read) or lost them (the worker no longer has them).
+    fn drain_complete(&mut self, worker: &WorkerId) -> CommandResult {
+        match self.workers.get(worker).map(|w| w.state.clone()) {
+            Some(WorkerState::Decommissioning) => {}
+            Some(WorkerState::Decommissioned) => return CommandResult::Ack,
+            Some(s) => return err(ErrorCode::BadRequest, format!("worker {worker} is {s:?}, not draining")),
+            None => return err(ErrorCode::UnknownWorker, format!("worker {worker} is not registered")),
+        }
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for (key, rec) in self.shuffles.iter_mut() {
+            for (pi, p) in rec.partitions.iter_mut().enumerate() {
+                let mut touched = false;
+                for e in p.epochs.iter_mut().filter(|e| e.state == EpochState::Live) {
+                    if &e.primary == worker {
+                        off.push(e.clone());
+                        e.state = if e.bytes == 0 { EpochState::Spilled } else { EpochState::Lost };
+                        touched = true;
+                    } else if e.replica.as_ref() == Some(worker) {
+                        off.push(e.clone());
+                        e.replica = None;
+                        on.push(e.clone());
+                        touched = true;
+                    }
+                }
+                if touched {
+                    self.changes.insert(Change::Partition(key.clone(), pi as u32));
+                }
+            }
+        }
+        for e in &off {
+            self.entry_load(e, -1);
+        }
+        for e in &on {
+            self.entry_load(e, 1);
+        }
+        self.finish_drain_if_empty(worker);
+        CommandResult::Ack
     }
 
     fn next_epoch(&mut self) -> Epoch {

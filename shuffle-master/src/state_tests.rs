@@ -259,6 +259,27 @@ fn decommission_moves_writes_then_finishes_after_spill() {
 }
 
 #[test]
+fn a_drained_worker_with_empty_partitions_finishes() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 4, 1);
+    let with_data = a.locations.iter().find(|l| l.primary.id == w("w1")).unwrap().clone();
+    commit(&mut st, 1, 0, 1, vec![stat(with_data.partition.0, 10, with_data.epoch)]);
+    st.apply(Command::Decommission { worker: w("w1") });
+    assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioning);
+    // It reports an empty buffer although one partition had committed data: that data is lost;
+    // the empty ones simply stop being read from it.
+    assert_eq!(st.apply(Command::DrainComplete { worker: w("w1") }), CommandResult::Ack);
+    assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioned);
+    let plan = st.read_plan(&key(1), 0, 4, 0, 2).unwrap();
+    for pp in &plan.partitions {
+        assert!(pp.sources.iter().all(|s| s.primary.id != w("w1")));
+        assert_eq!(pp.lost, pp.partition == with_data.partition);
+    }
+    assert_eq!(error_code(&st.apply(Command::DrainComplete { worker: w("w2") })), Some(ErrorCode::BadRequest));
+    st.check_invariants().unwrap();
+}
+
+#[test]
 fn sealed_shuffles_ask_owners_to_spill_and_removed_ones_to_delete() {
     let mut st = cluster(&["w1"]);
     register(&mut st, 1, 1, 2, 1);
@@ -332,6 +353,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         wid.clone().prop_map(|worker| Command::Decommission { worker }),
         wid.clone().prop_map(|worker| Command::Recommission { worker }),
         wid.clone().prop_map(|worker| Command::RemoveWorker { worker }),
+        wid.clone().prop_map(|worker| Command::DrainComplete { worker }),
         (wid, shuffle.clone(), 0u32..6, any::<bool>()).prop_map(|(worker, shuffle, p, last)| Command::ReportSegment {
             worker,
             shuffle,

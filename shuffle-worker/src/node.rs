@@ -443,7 +443,14 @@ impl Inner {
     }
 
     async fn check_drained(&self) {
-        if self.buffer.bytes_held() > 0 {
+        let spilling = !self.spilling.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            || !self.in_spill.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        if self.buffer.bytes_held() > 0 || spilling {
+            return;
+        }
+        // Nothing left here: partitions the master still lists on this worker had no data.
+        if let Err(e) = self.master.call_typed::<Ack>(DrainComplete { worker: self.cfg.id.clone() }).await {
+            warn!("could not report the drain complete: {e}");
             return;
         }
         if let Ok(st) = self.master.call_typed::<ClusterStatus>(GetStatus {}).await {

@@ -65,6 +65,7 @@ impl Cluster {
             cfg.heartbeat_interval = Duration::from_millis(200);
             cfg.worker_timeout = Duration::from_secs(3);
             cfg.election_timeout = Duration::from_millis(300);
+            cfg.http_listen = Some("127.0.0.1:0".parse()?);
             nodes.insert(*id, MasterNode::start(cfg).await?);
         }
         let master_addrs: Vec<String> = peers.values().cloned().collect();

@@ -20,11 +20,12 @@ pub fn bad(key: &'static str, reason: impl Into<String>) -> SettingError {
     SettingError { key, reason: reason.into() }
 }
 
-/// Parses a TOML file's text into `T`; returns the keys not in `known` (to be warned about,
-/// not refused, so a newer config can roll out before the binaries).
+/// Parses a TOML file's text into `T`; returns the keys not in `known` or [`TLS_KEYS`] (to be
+/// warned about, not refused, so a newer config can roll out before the binaries).
 pub fn parse_toml<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<(T, Vec<String>), SettingError> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
-    let unknown = table.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect();
+    let unknown =
+        table.keys().filter(|k| !known.contains(&k.as_str()) && !TLS_KEYS.contains(&k.as_str())).cloned().collect();
     let t = T::deserialize(toml::Value::Table(table)).map_err(|e| bad("config", e.to_string()))?;
     Ok((t, unknown))
 }
@@ -51,6 +52,46 @@ pub fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, Set
     match v {
         None => Ok(default),
         Some(s) => s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| bad(key, format!("{s:?}: {e}"))),
+    }
+}
+
+/// The TLS settings every binary takes.
+#[derive(Clone, Debug, Default, serde::Deserialize, clap::Args)]
+pub struct TlsSettings {
+    /// PEM certificate chain of this node (signed by the cluster CA).
+    #[arg(long, env = "SHOAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of this node.
+    #[arg(long, env = "SHOAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM cluster CA certificate.
+    #[arg(long, env = "SHOAL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any peer certificate (throwaway local clusters only).
+    #[arg(long, env = "SHOAL_TLS_INSECURE")]
+    pub tls_insecure: Option<bool>,
+}
+
+/// The file keys of [`TlsSettings`].
+pub const TLS_KEYS: &[&str] = &["tls_cert", "tls_key", "tls_ca", "tls_insecure"];
+
+impl TlsSettings {
+    /// `self` wins over `lower` key by key.
+    pub fn over(self, lower: TlsSettings) -> TlsSettings {
+        TlsSettings {
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_ca: self.tls_ca.or(lower.tls_ca),
+            tls_insecure: self.tls_insecure.or(lower.tls_insecure),
+        }
+    }
+
+    pub fn insecure() -> TlsSettings {
+        TlsSettings { tls_insecure: Some(true), ..Default::default() }
+    }
+
+    pub fn resolve(self) -> Result<TlsSource, SettingError> {
+        tls(self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use shuffle_proto::settings::SettingError;
-use shuffle_proto::settings::{bad, duration, parse_toml, tls};
+use shuffle_proto::settings::{bad, duration, parse_toml, TlsSettings};
 
 use crate::node::MasterConfig;
 
@@ -28,18 +28,9 @@ pub struct MasterSettings {
     /// Where the Raft log and state live.
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// PEM certificate chain of this node (signed by the cluster CA).
-    #[arg(long, env = "SHOAL_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of this node.
-    #[arg(long, env = "SHOAL_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// PEM cluster CA certificate.
-    #[arg(long, env = "SHOAL_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// Accept any peer certificate (throwaway local clusters only).
-    #[arg(long, env = "SHOAL_TLS_INSECURE")]
-    pub tls_insecure: Option<bool>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsSettings,
     /// How often workers heartbeat, e.g. "2s".
     #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
@@ -62,10 +53,6 @@ pub const KEYS: &[&str] = &[
     "listen",
     "peers",
     "data_dir",
-    "tls_cert",
-    "tls_key",
-    "tls_ca",
-    "tls_insecure",
     "heartbeat_interval",
     "worker_timeout",
     "election_timeout",
@@ -108,10 +95,7 @@ impl MasterSettings {
             listen: self.listen.or(lower.listen),
             peers: self.peers.or(lower.peers),
             data_dir: self.data_dir.or(lower.data_dir),
-            tls_cert: self.tls_cert.or(lower.tls_cert),
-            tls_key: self.tls_key.or(lower.tls_key),
-            tls_ca: self.tls_ca.or(lower.tls_ca),
-            tls_insecure: self.tls_insecure.or(lower.tls_insecure),
+            tls: self.tls.over(lower.tls),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             worker_timeout: self.worker_timeout.or(lower.worker_timeout),
             election_timeout: self.election_timeout.or(lower.election_timeout),
@@ -134,7 +118,7 @@ impl MasterSettings {
             return Err(bad("peers", format!("does not list this master's id {id}")));
         }
         let data_dir = self.data_dir.ok_or_else(|| bad("data_dir", "missing"))?;
-        let tls = tls(self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure)?;
+        let tls = self.tls.resolve()?;
         let heartbeat_interval =
             duration("heartbeat_interval", self.heartbeat_interval.as_deref(), Duration::from_secs(2))?;
         let worker_timeout = duration("worker_timeout", self.worker_timeout.as_deref(), Duration::from_secs(30))?;
@@ -178,7 +162,7 @@ mod tests {
             id: Some(1),
             listen: Some("127.0.0.1:9100".into()),
             data_dir: Some("/tmp/x".into()),
-            tls_insecure: Some(true),
+            tls: TlsSettings::insecure(),
             ..Default::default()
         }
     }
@@ -193,7 +177,7 @@ mod tests {
         assert_eq!(e.key, "peers");
         let e = MasterSettings { worker_timeout: Some("ten".into()), ..base() }.resolve().unwrap_err();
         assert_eq!(e.key, "worker_timeout");
-        let e = MasterSettings { tls_insecure: None, ..base() }.resolve().unwrap_err();
+        let e = MasterSettings { tls: TlsSettings::default(), ..base() }.resolve().unwrap_err();
         assert_eq!(e.key, "tls_cert");
         assert!(e.to_string().contains("tls_cert"));
     }

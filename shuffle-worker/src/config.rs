@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use shuffle_proto::settings::SettingError;
-use shuffle_proto::settings::{bad, duration, parse_toml, size, tls};
+use shuffle_proto::settings::{bad, duration, parse_toml, size, TlsSettings};
 use shuffle_proto::WorkerId;
 
 use crate::node::WorkerConfig;
@@ -34,15 +34,9 @@ pub struct WorkerSettings {
     /// file:///dir or s3://bucket/prefix.
     #[arg(long, env = "SHOAL_OBJECT_STORE")]
     pub object_store: Option<String>,
-    #[arg(long, env = "SHOAL_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long, env = "SHOAL_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    #[arg(long, env = "SHOAL_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// Accept any peer certificate (throwaway local clusters only).
-    #[arg(long, env = "SHOAL_TLS_INSECURE")]
-    pub tls_insecure: Option<bool>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsSettings,
     /// Refuse pushes (retryable `Busy`) above this many buffered bytes, e.g. "200GiB".
     #[arg(long, env = "SHOAL_MAX_BUFFERED")]
     pub max_buffered: Option<String>,
@@ -73,10 +67,6 @@ pub const KEYS: &[&str] = &[
     "masters",
     "data_dir",
     "object_store",
-    "tls_cert",
-    "tls_key",
-    "tls_ca",
-    "tls_insecure",
     "max_buffered",
     "sync_writes",
     "heartbeat_interval",
@@ -94,7 +84,7 @@ impl WorkerSettings {
     /// `self` wins over `lower` key by key.
     pub fn over(self, lower: WorkerSettings) -> WorkerSettings {
         macro_rules! pick {
-            ($($f:ident),*) => { WorkerSettings { $($f: self.$f.or(lower.$f)),* } };
+            ($($f:ident),*) => { WorkerSettings { tls: self.tls.over(lower.tls), $($f: self.$f.or(lower.$f)),* } };
         }
         pick!(
             id,
@@ -103,10 +93,6 @@ impl WorkerSettings {
             masters,
             data_dir,
             object_store,
-            tls_cert,
-            tls_key,
-            tls_ca,
-            tls_insecure,
             max_buffered,
             sync_writes,
             heartbeat_interval,
@@ -141,7 +127,7 @@ impl WorkerSettings {
         if !["file:///", "s3://", "memory://"].iter().any(|p| object_store.starts_with(p)) {
             return Err(bad("object_store", "must be file:///dir or s3://bucket/prefix"));
         }
-        let tls = tls(self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure)?;
+        let tls = self.tls.resolve()?;
         let max_buffered_bytes = size("max_buffered", self.max_buffered.as_deref(), 64 << 30)?;
         let upload_part_bytes = size("upload_part_size", self.upload_part_size.as_deref(), 8 << 20)?;
         if upload_part_bytes < 5 << 20 {
@@ -188,7 +174,7 @@ mod tests {
             masters: Some("127.0.0.1:9100".into()),
             data_dir: Some("/tmp/w".into()),
             object_store: Some("file:///tmp/objects".into()),
-            tls_insecure: Some(true),
+            tls: TlsSettings::insecure(),
             ..Default::default()
         }
     }
@@ -202,7 +188,7 @@ mod tests {
         assert_eq!(key(WorkerSettings { object_store: Some("ftp://x".into()), ..base() }), "object_store");
         assert_eq!(key(WorkerSettings { max_buffered: Some("lots".into()), ..base() }), "max_buffered");
         assert_eq!(key(WorkerSettings { upload_part_size: Some("1MiB".into()), ..base() }), "upload_part_size");
-        assert_eq!(key(WorkerSettings { tls_insecure: None, ..base() }), "tls_cert");
+        assert_eq!(key(WorkerSettings { tls: TlsSettings::default(), ..base() }), "tls_cert");
     }
 
     #[test]

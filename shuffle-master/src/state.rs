@@ -300,25 +300,50 @@ impl MasterState {
             Some(s) => return err(ErrorCode::BadRequest, format!("worker {worker} is {s:?}, not draining")),
             None => return err(ErrorCode::UnknownWorker, format!("worker {worker} is not registered")),
         }
+        let keys: Vec<ShuffleKey> = self.shuffles.keys().cloned().collect();
+        for key in keys {
+            self.release_entries(
+                worker,
+                &key,
+                None,
+                |e| if e.bytes == 0 { EpochState::Spilled } else { EpochState::Lost },
+            );
+        }
+        self.finish_drain_if_empty(worker);
+        CommandResult::Ack
+    }
+
+    /// Takes `worker` out of the live entries of one shuffle (one partition, or all): where it
+    /// is the primary the entry becomes `as_primary(entry)`; where it is the replica the
+    /// replica is dropped. Load and the change log follow.
+    fn release_entries(
+        &mut self,
+        worker: &WorkerId,
+        key: &ShuffleKey,
+        partition: Option<u32>,
+        as_primary: impl Fn(&EpochEntry) -> EpochState,
+    ) {
         let (mut off, mut on) = (Vec::new(), Vec::new());
-        for (key, rec) in self.shuffles.iter_mut() {
-            for (pi, p) in rec.partitions.iter_mut().enumerate() {
-                let mut touched = false;
-                for e in p.epochs.iter_mut().filter(|e| e.state == EpochState::Live) {
-                    if &e.primary == worker {
-                        off.push(e.clone());
-                        e.state = if e.bytes == 0 { EpochState::Spilled } else { EpochState::Lost };
-                        touched = true;
-                    } else if e.replica.as_ref() == Some(worker) {
-                        off.push(e.clone());
-                        e.replica = None;
-                        on.push(e.clone());
-                        touched = true;
-                    }
+        let Some(rec) = self.shuffles.get_mut(key) else { return };
+        for (pi, p) in rec.partitions.iter_mut().enumerate() {
+            if partition.is_some_and(|want| want as usize != pi) {
+                continue;
+            }
+            let mut touched = false;
+            for e in p.epochs.iter_mut().filter(|e| e.state == EpochState::Live) {
+                if &e.primary == worker {
+                    off.push(e.clone());
+                    e.state = as_primary(e);
+                    touched = true;
+                } else if e.replica.as_ref() == Some(worker) {
+                    off.push(e.clone());
+                    e.replica = None;
+                    on.push(e.clone());
+                    touched = true;
                 }
-                if touched {
-                    self.changes.insert(Change::Partition(key.clone(), pi as u32));
-                }
+            }
+            if touched {
+                self.changes.insert(Change::Partition(key.clone(), pi as u32));
             }
         }
         for e in &off {
@@ -327,8 +352,6 @@ impl MasterState {
         for e in &on {
             self.entry_load(e, 1);
         }
-        self.finish_drain_if_empty(worker);
-        CommandResult::Ack
     }
 
     fn next_epoch(&mut self) -> Epoch {
@@ -714,27 +737,9 @@ impl MasterState {
         if !p.segments.iter().any(|s| s.object_key == segment.object_key) {
             p.segments.push(segment);
         }
-        let mut off_load = Vec::new();
-        if last {
-            for e in p.epochs.iter_mut().filter(|e| e.state == EpochState::Live) {
-                if &e.primary == worker {
-                    off_load.push(e.clone());
-                    e.state = EpochState::Spilled;
-                } else if e.replica.as_ref() == Some(worker) {
-                    off_load.push(e.clone());
-                    e.replica = None;
-                }
-            }
-        }
         self.changes.insert(Change::Partition(key.clone(), partition.0));
-        for e in &off_load {
-            self.entry_load(e, -1);
-            if e.primary != *worker && e.replica.as_ref() == Some(worker) {
-                // Only the replica copy went away: the primary keeps its load.
-                let mut kept = e.clone();
-                kept.replica = None;
-                self.entry_load(&kept, 1);
-            }
+        if last {
+            self.release_entries(worker, key, Some(partition.0), |_| EpochState::Spilled);
         }
         self.finish_drain_if_empty(worker);
         CommandResult::Ack

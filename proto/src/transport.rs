@@ -107,7 +107,7 @@ impl From<ReplyError> for TransportError {
 // TLS material.
 
 /// Where a node's TLS material comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TlsSource {
     /// PEM files: this node's certificate chain and key, and the cluster CA.
     Files { cert: PathBuf, key: PathBuf, ca: PathBuf },

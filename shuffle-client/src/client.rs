@@ -144,6 +144,15 @@ impl ShuffleClient {
         start_map: u32,
         end_map: u32,
     ) -> PartitionStream {
-        PartitionStream::open(self.clone(), shuffle.clone(), partition, start_map, end_map)
+        PartitionStream::open(self.clone(), shuffle.clone(), partition, start_map, end_map, None)
+    }
+
+    /// Streams one partition's records from exactly the maps named, each of which must have
+    /// committed data to it (else `DataLost`): what a Spark reducer expects, by map index.
+    pub fn read_partition_maps(&self, shuffle: &ShuffleKey, partition: u32, maps: &[u32]) -> PartitionStream {
+        let start = maps.iter().copied().min().unwrap_or(0);
+        let end = maps.iter().copied().max().map_or(0, |m| m.saturating_add(1));
+        let only = maps.iter().copied().collect();
+        PartitionStream::open(self.clone(), shuffle.clone(), partition, start, end, Some(only))
     }
 }

@@ -38,6 +38,8 @@ pub enum ClientError {
     AttemptFailed(String),
     #[error("config: {0}")]
     Config(String),
+    #[error("handle {0} is closed or of another kind")]
+    BadHandle(i64),
 }
 
 impl ClientError {
@@ -46,6 +48,7 @@ impl ClientError {
             ClientError::DataLost { .. } => ErrorKind::DataLost,
             ClientError::Corrupt { .. } => ErrorKind::Corrupt,
             ClientError::Config(_) => ErrorKind::Config,
+            ClientError::BadHandle(_) => ErrorKind::Internal,
             ClientError::AttemptFailed(_) => ErrorKind::Unavailable,
             ClientError::Transport(t) => kind_of_code(t.code(), t.retryable()),
             ClientError::Store(s) if s.retryable() => ErrorKind::Unavailable,

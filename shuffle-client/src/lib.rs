@@ -4,11 +4,16 @@
 //! - [`MapWriter`]: one map attempt's output, batched, compressed, checksummed and pushed.
 //! - [`PartitionStream`]: one partition's committed records, verified.
 //! - [`policy`]: the pure batching and retry decisions.
+//! - [`bridge`]: the process-wide handles behind the JNI entry points of the Spark plugin
+//!   (`jni` feature).
 //! - [`ClientError`] with its [`ErrorKind`] (DataLost and Corrupt map to Spark's FetchFailed).
 
+pub mod bridge;
 pub mod cli;
 pub mod client;
 pub mod error;
+#[cfg(feature = "jni")]
+mod jni;
 pub mod policy;
 pub mod reader;
 pub mod writer;

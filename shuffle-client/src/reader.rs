@@ -47,6 +47,7 @@ impl PartitionStream {
         partition: u32,
         start_map: u32,
         end_map: u32,
+        only: Option<HashSet<u32>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(8);
         let task = tokio::spawn(async move {
@@ -56,6 +57,7 @@ impl PartitionStream {
                 partition,
                 start_map,
                 end_map,
+                only,
                 tx,
                 seen: HashSet::new(),
                 got: HashMap::new(),
@@ -104,6 +106,8 @@ struct Reader {
     partition: u32,
     start_map: u32,
     end_map: u32,
+    /// Exactly these maps, each of which must have committed data to the partition.
+    only: Option<HashSet<u32>>,
     tx: mpsc::Sender<Result<Vec<u8>, ClientError>>,
     seen: HashSet<(u32, u64, u32)>,
     got: HashMap<u32, (u64, u32, u32)>,
@@ -142,6 +146,16 @@ impl Reader {
                 return Err(self.lost("its worker was lost before the data was spilled".into()));
             }
             expected = pp.expected.clone();
+            if let Some(only) = &self.only {
+                expected.retain(|m| only.contains(&m.map.0));
+                if expected.len() != only.len() {
+                    let mut missing: Vec<u32> =
+                        only.iter().copied().filter(|m| !expected.iter().any(|e| e.map.0 == *m)).collect();
+                    missing.sort_unstable();
+                    missing.truncate(8);
+                    return Err(self.lost(format!("maps {missing:?} have no committed data for it")));
+                }
+            }
             if expected.is_empty() {
                 return Ok(());
             }

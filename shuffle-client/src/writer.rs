@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use shuffle_proto::batch::{encode_batch, Codec};
+use shuffle_proto::batch::{encode_batch, Codec, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::messages::*;
 use shuffle_proto::transport::TransportError;
 use shuffle_proto::{AttemptId, Epoch, MapId, PartitionId, ShuffleKey};
@@ -95,9 +95,32 @@ impl MapWriter {
             )));
         }
         if let Some(batch) = self.bufs.append(partition, records) {
-            self.send(partition, batch).await?;
+            self.send(partition, &batch).await?;
         }
         Ok(())
+    }
+
+    /// Pushes `records` as one batch of its own, bypassing the staging buffers, straight from
+    /// the caller's memory. For callers that cut self-contained chunks themselves and bound
+    /// their own memory (the Spark plugin): each chunk is read back as one unit.
+    pub async fn push(&mut self, partition: u32, records: &[u8]) -> Result<(), ClientError> {
+        if partition >= self.bufs.partitions() {
+            return Err(ClientError::Config(format!(
+                "partition {partition} out of range 0..{}",
+                self.bufs.partitions()
+            )));
+        }
+        if records.len() as u64 > u64::from(DEFAULT_MAX_BATCH_RAW) {
+            return Err(ClientError::Config(format!(
+                "a chunk of {} bytes exceeds the batch limit of {} bytes",
+                records.len(),
+                DEFAULT_MAX_BATCH_RAW
+            )));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.send(partition, records).await
     }
 
     /// Waits until every batch sent so far is acknowledged (staged bytes stay staged).
@@ -113,12 +136,12 @@ impl MapWriter {
         self.bufs.held_bytes()
     }
 
-    async fn send(&mut self, partition: u32, raw: Vec<u8>) -> Result<(), ClientError> {
+    async fn send(&mut self, partition: u32, raw: &[u8]) -> Result<(), ClientError> {
         while self.inflight.len() >= self.client.config().max_in_flight.max(1) {
             self.reap_one().await?;
         }
         let mut batch = Vec::with_capacity(raw.len() / 2 + 64);
-        let crc = encode_batch(&raw, Codec::Lz4, &mut batch)?;
+        let crc = encode_batch(raw, Codec::Lz4, &mut batch)?;
         self.wire_bytes += batch.len() as u64;
         let st = &mut self.stats[partition as usize];
         let seq = st.next_seq;
@@ -172,7 +195,7 @@ impl MapWriter {
     /// Pushes what is staged, waits for every ack and commits the attempt.
     pub async fn commit(mut self) -> Result<CommitOutcome, ClientError> {
         for (p, raw) in self.bufs.drain() {
-            self.send(p, raw).await?;
+            self.send(p, &raw).await?;
         }
         self.wait_acked().await?;
         let partitions: Vec<PartitionStat> = self

@@ -233,10 +233,19 @@ impl MasterState {
                 self.register_shuffle(shuffle, num_maps, num_partitions, replication)
             }
             Command::UnregisterShuffle { shuffle } => {
-                if !self.shuffles.contains_key(&shuffle) {
+                // Spark unregisters a shuffle id once; every generation (stage re-run) of it goes.
+                let keys: Vec<ShuffleKey> = self
+                    .shuffles
+                    .keys()
+                    .filter(|k| k.app == shuffle.app && k.shuffle_id == shuffle.shuffle_id)
+                    .cloned()
+                    .collect();
+                if keys.is_empty() {
                     return err(ErrorCode::UnknownShuffle, format!("shuffle {shuffle} is not registered"));
                 }
-                self.remove_shuffle(&shuffle);
+                for k in keys {
+                    self.remove_shuffle(&k);
+                }
                 CommandResult::Ack
             }
             Command::Relocate { shuffle, partition, failed_epoch, failed_worker } => {

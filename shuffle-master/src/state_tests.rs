@@ -401,3 +401,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn unregistering_a_shuffle_removes_every_generation_and_nothing_else() {
+    let mut st = cluster(&["w1", "w2"]);
+    let gen = |s: u32, g: u32| ShuffleKey::new(AppId::new("app-1").unwrap(), s, g);
+    for (s, g) in [(1, 0), (1, 1), (1, 3), (2, 0)] {
+        let r =
+            st.apply(Command::RegisterShuffle { shuffle: gen(s, g), num_maps: 2, num_partitions: 2, replication: 1 });
+        assert!(matches!(r, CommandResult::Assignment(_)), "{r:?}");
+    }
+    // Any generation names the Spark shuffle id.
+    assert_eq!(st.apply(Command::UnregisterShuffle { shuffle: gen(1, 1) }), CommandResult::Ack);
+    let left: Vec<ShuffleKey> = st.shuffles.keys().cloned().collect();
+    assert_eq!(left, vec![gen(2, 0)]);
+    assert_eq!(
+        error_code(&st.apply(Command::UnregisterShuffle { shuffle: gen(1, 0) })),
+        Some(ErrorCode::UnknownShuffle)
+    );
+    st.check_invariants().unwrap();
+}

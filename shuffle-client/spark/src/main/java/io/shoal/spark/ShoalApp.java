@@ -1,0 +1,106 @@
+package io.shoal.spark;
+
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import org.apache.spark.SparkConf;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Per-JVM state: the native client, and on the driver the application's registration in Shoal
+ * with a heartbeat that keeps its lease. When the driver dies, the lease runs out and Shoal drops
+ * the application's shuffles.
+ */
+final class ShoalApp {
+  private static final Logger LOG = LoggerFactory.getLogger(ShoalApp.class);
+  private static final Object LOCK = new Object();
+  private static long client;
+  private static ShoalConf conf;
+  private static String registeredApp;
+  private static ScheduledExecutorService heartbeat;
+
+  private ShoalApp() {}
+
+  /** The process's client, opened on first use. */
+  static long client(ShoalConf c) throws ShoalException {
+    synchronized (LOCK) {
+      if (client == 0) {
+        client = ShoalNative.clientOpen(c.nativeSettings());
+        conf = c;
+      }
+      return client;
+    }
+  }
+
+  /** Registers the application (once) and starts its heartbeat. Driver only. */
+  static void register(SparkConf sparkConf, ShoalConf c) throws ShoalException {
+    String app = sparkConf.getAppId();
+    synchronized (LOCK) {
+      if (app.equals(registeredApp)) {
+        return;
+      }
+      long h = client(c);
+      ShoalNative.registerApp(h, app, c.appLeaseMs);
+      registeredApp = app;
+      heartbeat =
+          Executors.newSingleThreadScheduledExecutor(
+              r -> {
+                Thread t = new Thread(r, "shoal-app-heartbeat");
+                t.setDaemon(true);
+                return t;
+              });
+      long every = Math.max(1000, c.appLeaseMs / 4);
+      heartbeat.scheduleWithFixedDelay(() -> beat(h, app), every, every, TimeUnit.MILLISECONDS);
+      LOG.info("Registered application {} with Shoal at {}", app, c.endpoints);
+    }
+  }
+
+  private static void beat(long h, String app) {
+    try {
+      ShoalNative.appHeartbeat(h, app);
+    } catch (ShoalException e) {
+      // The next beat retries; the lease allows several misses.
+      LOG.warn("Shoal heartbeat for {} failed: {}", app, e.getMessage());
+    }
+  }
+
+  /** The application id registered by this driver, or null. */
+  static String registeredApp() {
+    synchronized (LOCK) {
+      return registeredApp;
+    }
+  }
+
+  /** Unregisters the application; Shoal deletes its shuffle data. Idempotent. */
+  static void unregister() {
+    synchronized (LOCK) {
+      if (registeredApp == null) {
+        return;
+      }
+      heartbeat.shutdownNow();
+      try {
+        ShoalNative.unregisterApp(client, registeredApp);
+        LOG.info("Unregistered application {} from Shoal", registeredApp);
+      } catch (ShoalException e) {
+        LOG.warn("Could not unregister {} from Shoal; its lease will expire: {}", registeredApp, e.getMessage());
+      }
+      registeredApp = null;
+      heartbeat = null;
+    }
+  }
+
+  /** Unregisters every generation of a shuffle. */
+  static void removeShuffle(int shuffleId) {
+    synchronized (LOCK) {
+      if (registeredApp == null) {
+        return;
+      }
+      try {
+        ShoalNative.unregisterShuffle(client, registeredApp, shuffleId);
+      } catch (ShoalException e) {
+        LOG.warn("Could not unregister shuffle {} from Shoal: {}", shuffleId, e.getMessage());
+      }
+    }
+  }
+}

@@ -1,0 +1,93 @@
+package io.shoal.spark;
+
+import org.apache.spark.SparkConf;
+
+/**
+ * The {@code spark.shoal.*} settings, read once and checked. Every key and default is listed in
+ * docs/spark.md.
+ */
+final class ShoalConf implements java.io.Serializable {
+  static final String ENDPOINTS = "spark.shoal.master.endpoints";
+  static final String TLS_CA = "spark.shoal.tls.ca";
+  static final String TLS_INSECURE = "spark.shoal.tls.insecure";
+  static final String OBJECT_STORE = "spark.shoal.objectStore.url";
+  static final String REPLICATION = "spark.shoal.replication";
+  static final String CHUNK_SIZE = "spark.shoal.push.chunkSize";
+  static final String BUFFER_LIMIT = "spark.shoal.writer.bufferLimit";
+  static final String MAX_IN_FLIGHT = "spark.shoal.push.maxInFlight";
+  static final String NETWORK_TIMEOUT = "spark.shoal.network.timeout";
+  static final String MASTER_DEADLINE = "spark.shoal.master.deadline";
+  static final String CLIENT_THREADS = "spark.shoal.client.threads";
+  static final String APP_LEASE = "spark.shoal.app.lease";
+  static final String LOG_LEVEL = "spark.shoal.log.level";
+
+  /** The largest chunk the native client accepts (its batch limit). */
+  static final long MAX_CHUNK = 64L << 20;
+
+  final String endpoints;
+  final String tlsCa;
+  final boolean tlsInsecure;
+  final String objectStore;
+  final int replication;
+  final int chunkSize;
+  final long bufferLimit;
+  final int maxInFlight;
+  final long networkTimeoutMs;
+  final long masterDeadlineMs;
+  final int clientThreads;
+  final long appLeaseMs;
+  final String logLevel;
+
+  ShoalConf(SparkConf conf) {
+    endpoints = conf.get(ENDPOINTS, "").trim();
+    if (endpoints.isEmpty()) {
+      throw new IllegalArgumentException(ENDPOINTS + " must name the Shoal masters (HOST:PORT[,HOST:PORT])");
+    }
+    tlsCa = conf.get(TLS_CA, "").trim();
+    tlsInsecure = conf.getBoolean(TLS_INSECURE, false);
+    objectStore = conf.get(OBJECT_STORE, "").trim();
+    replication = conf.getInt(REPLICATION, 1);
+    if (replication != 1) {
+      throw new IllegalArgumentException(REPLICATION + "=" + replication + ": only 1 is supported");
+    }
+    long chunk = conf.getSizeAsBytes(CHUNK_SIZE, "256k");
+    if (chunk < 1024 || chunk > MAX_CHUNK) {
+      throw new IllegalArgumentException(CHUNK_SIZE + " must be between 1k and 64m, not " + chunk);
+    }
+    chunkSize = (int) chunk;
+    bufferLimit = conf.getSizeAsBytes(BUFFER_LIMIT, "64m");
+    if (bufferLimit < chunkSize) {
+      throw new IllegalArgumentException(BUFFER_LIMIT + " must be at least " + CHUNK_SIZE);
+    }
+    maxInFlight = conf.getInt(MAX_IN_FLIGHT, 16);
+    networkTimeoutMs = conf.getTimeAsMs(NETWORK_TIMEOUT, "30s");
+    masterDeadlineMs = conf.getTimeAsMs(MASTER_DEADLINE, "60s");
+    clientThreads = conf.getInt(CLIENT_THREADS, 2);
+    appLeaseMs = conf.getTimeAsMs(APP_LEASE, "120s");
+    if (appLeaseMs < 4000) {
+      throw new IllegalArgumentException(APP_LEASE + " must be at least 4s");
+    }
+    logLevel = conf.get(LOG_LEVEL, "warn");
+  }
+
+  /** The settings lines the native client parses (and checks again). */
+  String nativeSettings() {
+    StringBuilder s = new StringBuilder();
+    s.append("masters=").append(endpoints).append('\n');
+    if (!tlsCa.isEmpty()) {
+      s.append("tls.ca=").append(tlsCa).append('\n');
+    }
+    if (tlsInsecure) {
+      s.append("tls.insecure=true\n");
+    }
+    if (!objectStore.isEmpty()) {
+      s.append("object_store=").append(objectStore).append('\n');
+    }
+    s.append("max_in_flight=").append(maxInFlight).append('\n');
+    s.append("call_timeout_ms=").append(networkTimeoutMs).append('\n');
+    s.append("master_deadline_ms=").append(masterDeadlineMs).append('\n');
+    s.append("runtime_threads=").append(clientThreads).append('\n');
+    s.append("log=").append(logLevel).append('\n');
+    return s.toString();
+  }
+}

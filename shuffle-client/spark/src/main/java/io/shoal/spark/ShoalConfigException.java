@@ -1,0 +1,8 @@
+package io.shoal.spark;
+
+/** The Shoal client settings are wrong. Thrown by the native client. */
+public class ShoalConfigException extends ShoalException {
+  public ShoalConfigException(String message) {
+    super(message);
+  }
+}

@@ -1,0 +1,8 @@
+package io.shoal.spark;
+
+/** Committed shuffle data can no longer be read; the map stage must run again. Thrown by the native client. */
+public class ShoalDataLostException extends ShoalException {
+  public ShoalDataLostException(String message) {
+    super(message);
+  }
+}

@@ -1,0 +1,8 @@
+package io.shoal.spark;
+
+/** The Shoal cluster refused the request. Thrown by the native client. */
+public class ShoalRejectedException extends ShoalException {
+  public ShoalRejectedException(String message) {
+    super(message);
+  }
+}

@@ -1,0 +1,513 @@
+//! The process-wide state behind the JVM entry points, free of JNI types so it is tested
+//! without a JVM.
+//!
+//! Invariants:
+//! - One async runtime per process, made by the first client opened; every entry point runs its
+//!   work on it with `block_on` from the calling (JVM) thread, never from a runtime thread.
+//! - Handles are opaque, positive ids from one counter, never reused: a closed, unknown or
+//!   wrong-kind handle is a typed error (`BadHandle`), never a dangling pointer. Closing removes
+//!   the object, so a handle is closed exactly once; a second close is the same error.
+//! - Clients are shared by configuration: every task of an executor with the same settings uses
+//!   one QUIC endpoint and one connection per worker.
+//! - A writer's or reader's own mutex serialises the calls made on it; the registry lock is
+//!   held only to look a handle up, never across I/O.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use shuffle_proto::messages::ShuffleAssignment;
+use shuffle_proto::transport::TlsSource;
+use shuffle_proto::{AppId, AttemptId, ErrorCode, MapId, ShuffleKey};
+
+use crate::client::{ClientConfig, ShuffleClient};
+use crate::error::ClientError;
+use crate::reader::PartitionStream;
+use crate::writer::MapWriter;
+
+/// Bound on the configuration text handed over by the JVM.
+pub const MAX_CONFIG_BYTES: usize = 64 << 10;
+/// A read buffer asked for is never smaller than this, so the JVM grows its buffer rarely.
+pub const MIN_READ_BUFFER: usize = 64 << 10;
+/// Bound on the maps named in one read.
+pub const MAX_READ_MAPS: usize = 1 << 22;
+
+/// Client settings as `key=value` lines (what the Spark plugin sends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    pub masters: Vec<String>,
+    pub tls: TlsSource,
+    pub object_store: Option<String>,
+    pub max_in_flight: usize,
+    pub call_timeout: Duration,
+    pub master_deadline: Duration,
+    pub runtime_threads: usize,
+    pub log: String,
+}
+
+impl BridgeConfig {
+    /// Parses `key=value` lines; unknown keys and bad values are refused, so a typo in a
+    /// Spark setting is an error at start-up rather than a silently ignored option.
+    pub fn parse(text: &str) -> Result<BridgeConfig, ClientError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ClientError::Config(format!("configuration of {} bytes is too large", text.len())));
+        }
+        let bad = |k: &str, v: &str, why: &str| ClientError::Config(format!("{k}={v}: {why}"));
+        let mut masters = Vec::new();
+        let mut ca = None;
+        let mut insecure = false;
+        let mut cfg = BridgeConfig {
+            masters: Vec::new(),
+            tls: TlsSource::Insecure,
+            object_store: None,
+            max_in_flight: 16,
+            call_timeout: Duration::from_secs(30),
+            master_deadline: Duration::from_secs(60),
+            runtime_threads: 2,
+            log: "warn".into(),
+        };
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (k, v) =
+                line.split_once('=').ok_or_else(|| ClientError::Config(format!("`{line}` is not key=value")))?;
+            let (k, v) = (k.trim(), v.trim());
+            match k {
+                "masters" => {
+                    masters = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                }
+                "tls.ca" => ca = (!v.is_empty()).then(|| v.into()),
+                "tls.insecure" => insecure = v.parse().map_err(|_| bad(k, v, "expected true or false"))?,
+                "object_store" => cfg.object_store = (!v.is_empty()).then(|| v.to_string()),
+                "max_in_flight" => {
+                    cfg.max_in_flight = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1024).contains(n))
+                        .ok_or_else(|| bad(k, v, "expected 1..=1024"))?;
+                }
+                "call_timeout_ms" => cfg.call_timeout = millis(k, v)?,
+                "master_deadline_ms" => cfg.master_deadline = millis(k, v)?,
+                "runtime_threads" => {
+                    cfg.runtime_threads =
+                        v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| bad(k, v, "expected 1..=64"))?;
+                }
+                "log" => cfg.log = v.to_string(),
+                _ => return Err(ClientError::Config(format!("unknown setting `{k}`"))),
+            }
+        }
+        if masters.is_empty() {
+            return Err(ClientError::Config("no master endpoints (spark.shoal.master.endpoints)".into()));
+        }
+        cfg.masters = masters;
+        cfg.tls = match (ca, insecure) {
+            (Some(ca), false) => TlsSource::CaOnly { ca },
+            (None, true) => TlsSource::Insecure,
+            (Some(_), true) => return Err(ClientError::Config("tls.ca and tls.insecure exclude each other".into())),
+            (None, false) => {
+                return Err(ClientError::Config(
+                    "no TLS trust: set spark.shoal.tls.ca (or spark.shoal.tls.insecure=true for experiments)".into(),
+                ))
+            }
+        };
+        Ok(cfg)
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(self.masters.clone(), self.tls.clone());
+        c.object_store = self.object_store.clone();
+        c.max_in_flight = self.max_in_flight;
+        c.call_timeout = self.call_timeout;
+        c.master_deadline = self.master_deadline;
+        c
+    }
+}
+
+fn millis(k: &str, v: &str) -> Result<Duration, ClientError> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=86_400_000).contains(n))
+        .map(Duration::from_millis)
+        .ok_or_else(|| ClientError::Config(format!("{k}={v}: expected milliseconds in 1..=86400000")))
+}
+
+/// What one read call gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadNext {
+    /// This many bytes (one whole batch) were copied into the buffer.
+    Copied(usize),
+    /// The next batch needs a buffer of at least this many bytes; nothing was consumed.
+    NeedCapacity(usize),
+    /// The partition ended, verified.
+    End,
+}
+
+/// What a commit gave, flattened for the JVM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub accepted: bool,
+    pub wire_bytes: u64,
+    pub partition_bytes: Vec<u64>,
+}
+
+struct ReaderSlot {
+    stream: PartitionStream,
+    pending: Option<Vec<u8>>,
+}
+
+enum Object {
+    Client { client: ShuffleClient },
+    Writer { client: i64, writer: Arc<Mutex<Option<MapWriter>>> },
+    Reader(Arc<Mutex<ReaderSlot>>),
+}
+
+/// The registry of live objects and the runtime they run on.
+pub struct Bridge {
+    rt: tokio::runtime::Runtime,
+    next: AtomicI64,
+    objects: Mutex<HashMap<i64, Object>>,
+    by_config: Mutex<HashMap<BridgeConfig, i64>>,
+    assignments: Mutex<HashMap<(i64, ShuffleKey), ShuffleAssignment>>,
+}
+
+static BRIDGE: OnceLock<Bridge> = OnceLock::new();
+
+impl std::hash::Hash for BridgeConfig {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.masters.hash(h);
+        self.tls.hash(h);
+        self.object_store.hash(h);
+        self.max_in_flight.hash(h);
+        self.call_timeout.hash(h);
+        self.master_deadline.hash(h);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is caught at the entry point; the data stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bad_handle(h: i64) -> ClientError {
+    ClientError::BadHandle(h)
+}
+
+fn is_code(e: &ClientError, code: ErrorCode) -> bool {
+    match e {
+        ClientError::Transport(t) => t.code() == code,
+        ClientError::Proto(p) => p.code() == code,
+        _ => false,
+    }
+}
+
+impl Bridge {
+    /// The process's bridge, made on first use with `threads` runtime threads.
+    pub fn global(threads: usize) -> Result<&'static Bridge, ClientError> {
+        if let Some(b) = BRIDGE.get() {
+            return Ok(b);
+        }
+        let b = Bridge::new(threads)?;
+        Ok(BRIDGE.get_or_init(|| b))
+    }
+
+    /// The process's bridge, if a client was ever opened.
+    pub fn existing() -> Result<&'static Bridge, ClientError> {
+        BRIDGE.get().ok_or_else(|| ClientError::Config("no Shoal client was opened in this process".into()))
+    }
+
+    pub fn new(threads: usize) -> Result<Bridge, ClientError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("shoal-client")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot start the client runtime: {e}")))?;
+        Ok(Bridge {
+            rt,
+            next: AtomicI64::new(1),
+            objects: Mutex::new(HashMap::new()),
+            by_config: Mutex::new(HashMap::new()),
+            assignments: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn insert(&self, o: Object) -> i64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.objects).insert(id, o);
+        id
+    }
+
+    fn client(&self, h: i64) -> Result<ShuffleClient, ClientError> {
+        match lock(&self.objects).get(&h) {
+            Some(Object::Client { client }) => Ok(client.clone()),
+            _ => Err(bad_handle(h)),
+        }
+    }
+
+    /// A client for these settings, shared with every earlier caller that gave the same ones.
+    pub fn open_client(&self, cfg: &BridgeConfig) -> Result<i64, ClientError> {
+        let mut by = lock(&self.by_config);
+        if let Some(h) = by.get(cfg) {
+            return Ok(*h);
+        }
+        // Quinn binds its endpoint to the current runtime.
+        let _guard = self.rt.enter();
+        let client = ShuffleClient::new(cfg.client_config())?;
+        let h = self.insert(Object::Client { client });
+        by.insert(cfg.clone(), h);
+        Ok(h)
+    }
+
+    pub fn register_app(&self, client: i64, app: &str, lease: Duration) -> Result<(), ClientError> {
+        let c = self.client(client)?;
+        let app = AppId::new(app)?;
+        self.rt.block_on(c.register_app(&app, lease))
+    }
+
+    pub fn app_heartbeat(&self, client: i64, app: &str) -> Result<(), ClientError> {
+        let c = self.client(client)?;
+        let app = AppId::new(app)?;
+        self.rt.block_on(c.app_heartbeat(&app))
+    }
+
+    pub fn unregister_app(&self, client: i64, app: &str) -> Result<(), ClientError> {
+        let c = self.client(client)?;
+        let app = AppId::new(app)?;
+        self.rt.block_on(c.unregister_app(&app))
+    }
+
+    /// Registers a shuffle generation (idempotent) and caches its assignment.
+    pub fn register_shuffle(
+        &self,
+        client: i64,
+        key: &ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+        replication: u8,
+    ) -> Result<(), ClientError> {
+        let c = self.client(client)?;
+        let a = self.rt.block_on(c.register_shuffle(key, num_maps, num_partitions, replication))?;
+        lock(&self.assignments).insert((client, key.clone()), a);
+        Ok(())
+    }
+
+    /// Unregisters every generation of the key's Spark shuffle id.
+    pub fn unregister_shuffle(&self, client: i64, key: &ShuffleKey) -> Result<(), ClientError> {
+        let c = self.client(client)?;
+        lock(&self.assignments)
+            .retain(|(h, k), _| !(*h == client && k.app == key.app && k.shuffle_id == key.shuffle_id));
+        match self.rt.block_on(c.unregister_shuffle(key)) {
+            // Nothing was ever written to it: nothing to remove.
+            Err(e) if is_code(&e, ErrorCode::UnknownShuffle) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// The assignment of a generation: cached, else fetched, else registered (a map task of a
+    /// re-run stage is the first to use its generation).
+    fn assignment(
+        &self,
+        client: i64,
+        c: &ShuffleClient,
+        key: &ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+        replication: u8,
+    ) -> Result<ShuffleAssignment, ClientError> {
+        if let Some(a) = lock(&self.assignments).get(&(client, key.clone())) {
+            return Ok(a.clone());
+        }
+        let a = match self.rt.block_on(c.assignment(key)) {
+            Err(e) if is_code(&e, ErrorCode::UnknownShuffle) => {
+                self.rt.block_on(c.register_shuffle(key, num_maps, num_partitions, replication))?
+            }
+            r => r?,
+        };
+        if a.num_partitions != num_partitions {
+            return Err(ClientError::Config(format!(
+                "shuffle {key} has {} partitions in Shoal, {num_partitions} in Spark",
+                a.num_partitions
+            )));
+        }
+        lock(&self.assignments).insert((client, key.clone()), a.clone());
+        Ok(a)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_writer(
+        &self,
+        client: i64,
+        key: &ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+        replication: u8,
+        map: u32,
+        attempt: u64,
+    ) -> Result<i64, ClientError> {
+        let c = self.client(client)?;
+        if map >= num_maps {
+            return Err(ClientError::Config(format!("map {map} out of range 0..{num_maps}")));
+        }
+        let a = self.assignment(client, &c, key, num_maps, num_partitions, replication)?;
+        let w = c.map_writer(&a, MapId(map), AttemptId(attempt));
+        Ok(self.insert(Object::Writer { client, writer: Arc::new(Mutex::new(Some(w))) }))
+    }
+
+    fn writer(&self, h: i64) -> Result<Arc<Mutex<Option<MapWriter>>>, ClientError> {
+        match lock(&self.objects).get(&h) {
+            Some(Object::Writer { writer, .. }) => Ok(writer.clone()),
+            _ => Err(bad_handle(h)),
+        }
+    }
+
+    /// Pushes one self-contained chunk of serialized records to a partition.
+    pub fn write(&self, h: i64, partition: u32, chunk: &[u8]) -> Result<(), ClientError> {
+        let w = self.writer(h)?;
+        let mut g = lock(&w);
+        let w = g.as_mut().ok_or_else(|| bad_handle(h))?;
+        self.rt.block_on(w.push(partition, chunk))
+    }
+
+    /// Commits the attempt and closes the handle, whatever the outcome.
+    pub fn commit(&self, h: i64) -> Result<Committed, ClientError> {
+        let w = self.take_writer(h)?;
+        let out = self.rt.block_on(w.commit())?;
+        Ok(Committed { accepted: out.accepted, wire_bytes: out.wire_bytes, partition_bytes: out.partition_bytes })
+    }
+
+    /// Abandons the attempt and closes the handle.
+    pub fn abort(&self, h: i64) -> Result<(), ClientError> {
+        let w = self.take_writer(h)?;
+        let _guard = self.rt.enter();
+        w.abort();
+        Ok(())
+    }
+
+    fn take_writer(&self, h: i64) -> Result<MapWriter, ClientError> {
+        let obj = {
+            let mut objects = lock(&self.objects);
+            match objects.get(&h) {
+                Some(Object::Writer { .. }) => objects.remove(&h),
+                _ => None,
+            }
+        };
+        let Some(Object::Writer { client, writer }) = obj else { return Err(bad_handle(h)) };
+        let taken = lock(&writer).take();
+        let _ = client;
+        taken.ok_or_else(|| bad_handle(h))
+    }
+
+    /// A reader of one partition over exactly `maps` (each must have committed data to it).
+    pub fn open_reader(&self, client: i64, key: &ShuffleKey, partition: u32, maps: &[u32]) -> Result<i64, ClientError> {
+        let c = self.client(client)?;
+        if maps.len() > MAX_READ_MAPS {
+            return Err(ClientError::Config(format!("{} maps in one read, at most {MAX_READ_MAPS}", maps.len())));
+        }
+        let _guard = self.rt.enter();
+        let stream = c.read_partition_maps(key, partition, maps);
+        Ok(self.insert(Object::Reader(Arc::new(Mutex::new(ReaderSlot { stream, pending: None })))))
+    }
+
+    /// Copies the next whole batch into `dst`, or says how large `dst` must be.
+    pub fn read(&self, h: i64, dst: &mut [u8]) -> Result<ReadNext, ClientError> {
+        let r = match lock(&self.objects).get(&h) {
+            Some(Object::Reader(r)) => r.clone(),
+            _ => return Err(bad_handle(h)),
+        };
+        let mut slot = lock(&r);
+        let batch = match slot.pending.take() {
+            Some(b) => b,
+            None => match self.rt.block_on(slot.stream.next())? {
+                Some(b) => b,
+                None => return Ok(ReadNext::End),
+            },
+        };
+        if batch.len() > dst.len() {
+            let need = batch.len().max(MIN_READ_BUFFER);
+            slot.pending = Some(batch);
+            return Ok(ReadNext::NeedCapacity(need));
+        }
+        dst[..batch.len()].copy_from_slice(&batch);
+        Ok(ReadNext::Copied(batch.len()))
+    }
+
+    pub fn close_reader(&self, h: i64) -> Result<(), ClientError> {
+        let mut objects = lock(&self.objects);
+        match objects.get(&h) {
+            Some(Object::Reader(_)) => {
+                let obj = objects.remove(&h);
+                drop(objects);
+                // Dropping the stream aborts its task, which needs the runtime's context.
+                let _guard = self.rt.enter();
+                drop(obj);
+                Ok(())
+            }
+            _ => Err(bad_handle(h)),
+        }
+    }
+
+    /// Open writers and readers (for leak checks).
+    pub fn open_streams(&self) -> usize {
+        lock(&self.objects).values().filter(|o| !matches!(o, Object::Client { .. })).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> String {
+        format!("masters=127.0.0.1:1\ntls.insecure=true\n{extra}")
+    }
+
+    #[test]
+    fn settings_parse_with_defaults_and_refuse_mistakes() {
+        let c = BridgeConfig::parse(&conf("max_in_flight=4\ncall_timeout_ms=500\nobject_store=file:///tmp/x")).unwrap();
+        assert_eq!(c.masters, vec!["127.0.0.1:1"]);
+        assert_eq!(c.tls, TlsSource::Insecure);
+        assert_eq!(c.max_in_flight, 4);
+        assert_eq!(c.call_timeout, Duration::from_millis(500));
+        assert_eq!(c.object_store.as_deref(), Some("file:///tmp/x"));
+        let with_ca = BridgeConfig::parse("masters=a:1, b:2\ntls.ca=/etc/ca.pem").unwrap();
+        assert_eq!(with_ca.masters, vec!["a:1", "b:2"]);
+        assert_eq!(with_ca.tls, TlsSource::CaOnly { ca: "/etc/ca.pem".into() });
+        for bad in [
+            conf("max_in_flight=0"),
+            conf("max_in_flight=x"),
+            conf("call_timeout_ms=-1"),
+            conf("colour=blue"),
+            conf("no equals sign"),
+            "tls.insecure=true".to_string(),
+            "masters=a:1".to_string(),
+            "masters=a:1\ntls.insecure=true\ntls.ca=/x".to_string(),
+            "x".repeat(MAX_CONFIG_BYTES + 1),
+        ] {
+            let e = BridgeConfig::parse(&bad).unwrap_err();
+            assert!(matches!(e, ClientError::Config(_)), "{bad:.40}: {e}");
+        }
+    }
+
+    #[test]
+    fn handles_are_typed_and_closed_exactly_once() {
+        let b = Bridge::new(1).unwrap();
+        let cfg = BridgeConfig::parse(&conf("")).unwrap();
+        let c = b.open_client(&cfg).unwrap();
+        assert_eq!(b.open_client(&cfg).unwrap(), c, "same settings share a client");
+        let other = BridgeConfig::parse(&conf("max_in_flight=3")).unwrap();
+        assert_ne!(b.open_client(&other).unwrap(), c);
+
+        let key = ShuffleKey::new(AppId::new("app").unwrap(), 1, 0);
+        let r = b.open_reader(c, &key, 0, &[0, 3]).unwrap();
+        assert_eq!(b.open_streams(), 1);
+        // A client handle is not a writer, nor a reader handle a client.
+        assert!(matches!(b.write(c, 0, b"x"), Err(ClientError::BadHandle(h)) if h == c));
+        assert!(matches!(b.commit(r), Err(ClientError::BadHandle(_))));
+        assert!(matches!(b.register_app(r, "app", Duration::from_secs(1)), Err(ClientError::BadHandle(_))));
+        b.close_reader(r).unwrap();
+        assert!(matches!(b.close_reader(r), Err(ClientError::BadHandle(_))), "second close");
+        assert!(matches!(b.read(r, &mut [0u8; 4]), Err(ClientError::BadHandle(_))), "use after close");
+        assert!(matches!(b.abort(12345), Err(ClientError::BadHandle(12345))));
+        assert_eq!(b.open_streams(), 0);
+        let too_many = vec![0u32; MAX_READ_MAPS + 1];
+        assert!(matches!(b.open_reader(c, &key, 0, &too_many), Err(ClientError::Config(_))));
+    }
+}

@@ -7,14 +7,17 @@ source "$(dirname "$0")/common.sh"
 cd "$SHOAL_ROOT"
 
 venv="$SHOAL_CACHE/venv-chart"
-# Pinned: helm-python-sdk bundles Helm's Go SDK (render, lint, values schema) as a library.
-pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
-stamp="$venv/.pins"
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]; then
+requirements="$SHOAL_ROOT/tests/chart/requirements.txt"
+stamp="$venv/.requirements"
+# Reinstall only when the pinned requirements change.
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
   step "chart venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
-  echo "${pins[*]}" > "$stamp"
+  # tomllib (reading the rendered TOML) is in the standard library from 3.11 on.
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "chart-check: needs Python 3.11 or newer as python3" >&2; exit 1; }
+  python3 -m venv "$venv" || { echo "chart-check: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$stamp"
   step_done "chart venv"
 fi
 

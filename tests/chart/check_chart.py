@@ -61,6 +61,7 @@ R = Report()
 
 
 def rust(path: str) -> str:
+    """A source file of the repository (Rust, or the plugin's Java)."""
     return (ROOT / path).read_text()
 
 
@@ -72,6 +73,7 @@ def const_keys(path: str, name: str) -> set[str]:
 
 
 TLS_KEYS = const_keys("proto/src/settings.rs", "TLS_KEYS")
+PLUGIN_CONF = rust("shuffle-client/spark/src/main/java/io/shoal/spark/ShoalConf.java")
 MASTER_KEYS = const_keys("shuffle-master/src/config.rs", "KEYS") | TLS_KEYS
 WORKER_KEYS = const_keys("shuffle-worker/src/config.rs", "KEYS") | TLS_KEYS
 
@@ -363,8 +365,13 @@ def check_release(label: str, values: dict, docs: list[dict], notes: str, merged
                  f"spark.jars={merged['spark']['jars']}",
                  "spark.dynamicAllocation.shuffleTracking.enabled=false"]:
         c(line in notes.splitlines(), f"NOTES prints {line}")
-    if not merged["tls"]["insecure"]:
-        c(f"spark.shoal.tls.ca={merged['spark']['caMountPath']}/ca.crt" in notes.splitlines(), "NOTES prints the CA")
+    tls_line = ("spark.shoal.tls.insecure=true" if merged["tls"]["insecure"]
+                else f"spark.shoal.tls.ca={merged['spark']['caMountPath']}/ca.crt")
+    c(tls_line in notes.splitlines(), f"NOTES prints {tls_line}")
+    # The keys printed for Spark must be ones the plugin reads.
+    plugin_keys = set(re.findall(r'"(spark\.shoal\.[A-Za-z.]+)"', PLUGIN_CONF))
+    for key in re.findall(r"^(spark\.shoal\.[A-Za-z.]+)=", notes, re.M):
+        c(key in plugin_keys, f"NOTES key {key} is read by the Spark plugin")
 
 
 def run_stubbed(container: dict, env: dict[str, str], program: str, stub_exit: int = 0) -> str:
@@ -491,6 +498,10 @@ def check_spark_defaults() -> None:
     for k, v in want.items():
         R.check(conf.get(k) == v, f"spark-defaults.conf sets {k}={v}")
     R.check("spark.shoal.master.endpoints" in conf, "spark-defaults.conf names the masters")
+    plugin_keys = set(re.findall(r'"(spark\.shoal\.[A-Za-z.]+)"', PLUGIN_CONF))
+    R.check(len(plugin_keys) >= 4, "the Spark plugin's settings are found in ShoalConf.java")
+    for key in (k for k in conf if k.startswith("spark.shoal.")):
+        R.check(key in plugin_keys, f"spark-defaults.conf key {key} is read by the plugin")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -378,6 +378,11 @@ impl S3Server {
         Ok(S3Server { endpoint, bucket: bucket.to_string(), _proc: Proc { child, name: "s3s-fs".into() }, _dir: dir })
     }
 
+    /// Kills the server: the object store becomes unreachable.
+    pub fn stop(&mut self) {
+        self._proc.kill9();
+    }
+
     /// Points the `AWS_*` variables at this server. Call before any store is opened, from a
     /// test binary with a single test (the environment is process-wide).
     pub fn export_env(&self) {

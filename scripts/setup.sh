@@ -8,6 +8,8 @@ need_apt=()
 ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v javac >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq
@@ -24,4 +26,12 @@ mkdir -p "$SHOAL_BIN_DIR"
 if [ ! -x "$SHOAL_BIN_DIR/s3s-fs" ]; then
   echo "installing s3s-fs (S3-protocol test server)"
   cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$SHOAL_CACHE" --quiet
+fi
+
+# Spark for the plugin: the pyspark package carries Spark's jars, bin/ scripts and Python API.
+PYSPARK_VERSION=4.3.0
+if ! "$SHOAL_CACHE/venv/bin/python" -c "import pyspark, sys; sys.exit(pyspark.__version__ != '$PYSPARK_VERSION')" >/dev/null 2>&1; then
+  echo "installing pyspark $PYSPARK_VERSION into $SHOAL_CACHE/venv"
+  python3 -m venv "$SHOAL_CACHE/venv"
+  "$SHOAL_CACHE/venv/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION"
 fi

@@ -302,6 +302,17 @@ impl Bridge {
         }
     }
 
+    /// Drops the cached assignments of every generation of a Spark shuffle id (an executor
+    /// hears that Spark cleaned the shuffle up), so a long-lived executor's cache stays bounded.
+    pub fn forget_shuffle(&self, client: i64, shuffle_id: u32) {
+        lock(&self.assignments).retain(|(h, k), _| !(*h == client && k.shuffle_id == shuffle_id));
+    }
+
+    /// Assignments cached for a client.
+    pub fn cached_assignments(&self, client: i64) -> usize {
+        lock(&self.assignments).keys().filter(|(h, _)| *h == client).count()
+    }
+
     /// The assignment of a generation: cached, else fetched, else registered (a map task of a
     /// re-run stage is the first to use its generation).
     fn assignment(

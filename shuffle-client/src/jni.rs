@@ -231,6 +231,22 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_unregisterShuffle(
 }
 
 #[no_mangle]
+pub extern "system" fn Java_io_shoal_spark_ShoalNative_forgetShuffle(
+    mut env: JNIEnv,
+    _: JClass,
+    client: jlong,
+    shuffle_id: jint,
+) {
+    entry(&mut env, (), |_| {
+        let sid = non_negative("shuffle id", shuffle_id)?;
+        if let Ok(b) = Bridge::existing() {
+            b.forget_shuffle(client, sid);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub extern "system" fn Java_io_shoal_spark_ShoalNative_writerOpen(
     mut env: JNIEnv,

@@ -16,7 +16,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use shuffle_proto::messages::*;
 use shuffle_proto::transport::{Handler, Responder};
-use shuffle_proto::{ErrorCode, ProtoError, WireError, WorkerId};
+use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError, WorkerId};
 use tracing::{info, warn};
 
 use crate::liveness::Liveness;
@@ -63,12 +63,17 @@ struct Reported {
     partitions: u32,
 }
 
+/// Removed shuffles handed out for object deletion per heartbeat reply.
+const PURGES_PER_HEARTBEAT: usize = 32;
+
 pub struct MasterService {
     id: NodeId,
     raft: Raft,
     state: SharedState,
     live: Mutex<Liveness>,
     reported: Mutex<std::collections::HashMap<WorkerId, Reported>>,
+    /// Removed shuffles whose objects a worker was told to delete (leader-local).
+    purged: Mutex<std::collections::HashSet<ShuffleKey>>,
     clock: Arc<dyn Clock>,
     opts: ServiceOptions,
 }
@@ -79,7 +84,16 @@ fn internal(msg: impl Into<String>) -> WireError {
 
 impl MasterService {
     pub fn new(id: NodeId, raft: Raft, state: SharedState, clock: Arc<dyn Clock>, opts: ServiceOptions) -> Self {
-        Self { id, raft, state, live: Mutex::new(Liveness::default()), reported: Default::default(), clock, opts }
+        Self {
+            id,
+            raft,
+            state,
+            live: Mutex::new(Liveness::default()),
+            reported: Default::default(),
+            purged: Default::default(),
+            clock,
+            opts,
+        }
     }
 
     pub fn raft(&self) -> &Raft {
@@ -249,7 +263,13 @@ impl MasterService {
             Message::WorkerHeartbeat(m) => {
                 self.leader_only()?;
                 let commands = self.read_state(|s| match s.workers.get(&m.worker) {
-                    Some(w) if w.state != WorkerState::Lost => Ok(s.commands_for(&m.worker, &m.shuffles)),
+                    Some(w) if w.state != WorkerState::Lost => {
+                        let mut c = s.commands_for(&m.worker, &m.shuffles);
+                        if let Ok(mut sent) = self.purged.lock() {
+                            c.extend(s.purge_commands(&mut sent, PURGES_PER_HEARTBEAT));
+                        }
+                        Ok(c)
+                    }
                     _ => Err(WireError::new(ErrorCode::UnknownWorker, format!("worker {} must register", m.worker))),
                 })??;
                 self.with_live(|l| l.worker_seen(&m.worker, self.now()));

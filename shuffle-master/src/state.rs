@@ -862,6 +862,28 @@ impl MasterState {
         out
     }
 
+    /// Deletions of removed shuffles' objects not yet handed to any worker (`sent`: the ones
+    /// that were, kept by the leader), at most `max`. Spilled data has no owner once every
+    /// partition is in the store, so each removed shuffle goes to one worker, whichever
+    /// heartbeats first; deleting a prefix twice (after a leader change) is harmless.
+    pub fn purge_commands(&self, sent: &mut std::collections::HashSet<ShuffleKey>, max: usize) -> Vec<WorkerCommand> {
+        let tombstones = &self.counters.tombstones;
+        if sent.len() > 2 * MAX_TOMBSTONES {
+            let live: std::collections::HashSet<&ShuffleKey> = tombstones.iter().collect();
+            sent.retain(|k| live.contains(k));
+        }
+        let mut out = Vec::new();
+        for k in tombstones.iter().rev() {
+            if out.len() >= max {
+                break;
+            }
+            if !self.shuffles.contains_key(k) && sent.insert(k.clone()) {
+                out.push(WorkerCommand::DeleteShuffle { shuffle: k.clone() });
+            }
+        }
+        out
+    }
+
     pub fn load_of(&self, worker: &WorkerId) -> Load {
         self.load.get(worker).copied().unwrap_or_default()
     }

@@ -421,3 +421,28 @@ fn unregistering_a_shuffle_removes_every_generation_and_nothing_else() {
     );
     st.check_invariants().unwrap();
 }
+
+#[test]
+fn removed_shuffles_objects_are_handed_out_for_deletion_once() {
+    let mut st = cluster(&["w1"]);
+    for s in 1..=3 {
+        register(&mut st, s, 1, 1, 1);
+    }
+    let mut sent = std::collections::HashSet::new();
+    assert!(st.purge_commands(&mut sent, 10).is_empty(), "nothing removed yet");
+    st.apply(Command::UnregisterShuffle { shuffle: key(1) });
+    st.apply(Command::UnregisterShuffle { shuffle: key(2) });
+    let first = st.purge_commands(&mut sent, 1);
+    assert_eq!(first, vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }], "newest first, bounded");
+    let second = st.purge_commands(&mut sent, 10);
+    assert_eq!(second, vec![WorkerCommand::DeleteShuffle { shuffle: key(1) }]);
+    assert!(st.purge_commands(&mut sent, 10).is_empty(), "each once");
+    // A new leader starts with nothing sent and hands them out again (deletes are idempotent).
+    assert_eq!(st.purge_commands(&mut std::collections::HashSet::new(), 10).len(), 2);
+    // A shuffle registered again under a removed key is not deleted.
+    register(&mut st, 1, 1, 1, 1);
+    assert_eq!(
+        st.purge_commands(&mut std::collections::HashSet::new(), 10),
+        vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }]
+    );
+}

@@ -5,6 +5,7 @@
 //! the cluster and acts on the events the checks ask for: stopping the object store and killing
 //! the worker that holds a shuffle's unspilled data.
 
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,6 +14,9 @@ use shoal_tests::{Cluster, S3Server};
 use shuffle_proto::transport::TlsSource;
 use shuffle_proto::{AppId, ShuffleKey};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// One Spark application at a time: each starts several JVMs, and the machine may have 2 cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn cache() -> PathBuf {
     std::env::var("SHOAL_CACHE")
@@ -31,6 +35,16 @@ fn spark_home() -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!("{}: {e}; run scripts/setup.sh", py.display()))?;
     anyhow::ensure!(out.status.success(), "pyspark is not installed in {}: run scripts/setup.sh", py.display());
     Ok(String::from_utf8(out.stdout)?.trim().into())
+}
+
+/// The plugin jar and the checks' jar, as `shuffle-client/spark/build.sh` left them.
+fn jars() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = cache().join("spark");
+    let (plugin, checks) = (dir.join("shoal-spark.jar"), dir.join("shoal-spark-tests.jar"));
+    for j in [&plugin, &checks] {
+        anyhow::ensure!(j.exists(), "{} is missing: run shuffle-client/spark/build.sh", j.display());
+    }
+    Ok((plugin, checks))
 }
 
 const CHECKS: &[&str] = &[
@@ -52,11 +66,8 @@ const CHECKS: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> anyhow::Result<()> {
-    let jars = cache().join("spark");
-    let (plugin, checks) = (jars.join("shoal-spark.jar"), jars.join("shoal-spark-tests.jar"));
-    for j in [&plugin, &checks] {
-        anyhow::ensure!(j.exists(), "{} is missing: run shuffle-client/spark/build.sh", j.display());
-    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (plugin, checks) = jars()?;
     let spark = spark_home()?;
 
     let mut s3 = S3Server::start("shoal").await?;
@@ -127,6 +138,109 @@ async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> any
     }
     for want in CHECKS {
         anyhow::ensure!(passed.iter().any(|p| p == want), "check {want} did not pass; passed: {passed:?}");
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A Spark standalone cluster whose two workers bind to different loopback addresses, so Spark
+/// sees two hosts (it never runs a speculative copy on the host of the original attempt).
+struct Standalone {
+    url: String,
+    _procs: Vec<tokio::process::Child>,
+}
+
+impl Standalone {
+    async fn start(spark: &Path, dir: &Path) -> anyhow::Result<Standalone> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let class = spark.join("bin/spark-class");
+        let spawn = |args: Vec<String>, log: &str| -> anyhow::Result<tokio::process::Child> {
+            let out = std::fs::File::create(dir.join(log))?;
+            Ok(tokio::process::Command::new(&class)
+                .env("SPARK_HOME", spark)
+                .args(args)
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .kill_on_drop(true)
+                .spawn()?)
+        };
+        let mut procs = vec![spawn(
+            ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--webui-port", "0", "--port"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([port.to_string()])
+                .collect(),
+            "spark-master.log",
+        )?];
+        shoal_tests::eventually(Duration::from_secs(60), "the Spark master listening", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await?;
+        let url = format!("spark://127.0.0.1:{port}");
+        for (i, host) in ["127.0.0.2", "127.0.0.3"].iter().enumerate() {
+            let work = dir.join(format!("spark-worker-{i}"));
+            std::fs::create_dir_all(&work)?;
+            let args = [
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                host,
+                "--webui-port",
+                "0",
+                "--cores",
+                "1",
+                "--memory",
+                "1g",
+                "--work-dir",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([work.display().to_string(), url.clone()])
+            .collect();
+            procs.push(spawn(args, &format!("spark-worker-{i}.log"))?);
+        }
+        Ok(Standalone { url, _procs: procs })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (plugin, checks) = jars()?;
+    let spark = spark_home()?;
+    let cluster = Cluster::start(2).await?;
+    let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
+    let standalone = Standalone::start(&spark, cluster.dir.path()).await?;
+    let log = std::env::temp_dir().join("shoal-spark-speculation.log");
+    let child = tokio::process::Command::new(spark.join("bin/spark-submit"))
+        .env("SPARK_HOME", &spark)
+        .args(["--master", &standalone.url, "--class", "io.shoal.spark.it.SparkChecks"])
+        .args(["--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=2"])
+        .arg("--jars")
+        .arg(&plugin)
+        .arg(&checks)
+        .arg("--speculation")
+        .arg(format!("spark.shoal.master.endpoints={}", cluster.master_addrs.join(",")))
+        .arg(format!("spark.shoal.tls.ca={}", ca.display()))
+        .arg(format!("spark.shoal.objectStore.url={}", cluster.object_store))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("the speculation check did not finish in 5 minutes; see {}", log.display()))??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    anyhow::ensure!(
+        out.status.success() && stdout.contains("SHOAL-RESULT ok"),
+        "the speculation check failed ({}); see {} and the Spark logs under {}",
+        out.status,
+        log.display(),
+        cluster.dir.path().display()
+    );
+    for want in ["CHECK speculation ok", "CHECK speculative-copies ok"] {
+        anyhow::ensure!(stdout.contains(want), "missing `{want}`");
     }
     cluster.shutdown().await;
     Ok(())

@@ -90,6 +90,20 @@ final class ShoalApp {
     }
   }
 
+  /** Forgets what this process cached of a shuffle, if it ever opened a client. */
+  static void forgetShuffle(int shuffleId) {
+    synchronized (LOCK) {
+      if (client == 0) {
+        return;
+      }
+      try {
+        ShoalNative.forgetShuffle(client, shuffleId);
+      } catch (ShoalException e) {
+        LOG.warn("Could not forget shuffle {}: {}", shuffleId, e.getMessage());
+      }
+    }
+  }
+
   /** Unregisters every generation of a shuffle. */
   static void removeShuffle(int shuffleId) {
     synchronized (LOCK) {

@@ -62,6 +62,9 @@ final class ShoalNative {
   /** Unregisters every generation of a Spark shuffle id. */
   static native void unregisterShuffle(long client, String app, int shuffleId) throws ShoalException;
 
+  /** Drops this process's cached assignments of a shuffle (every generation). */
+  static native void forgetShuffle(long client, int shuffleId) throws ShoalException;
+
   static native long writerOpen(
       long client,
       String app,

@@ -79,7 +79,9 @@ public class ShoalShuffleManager implements BlockingShuffleManager {
 
   @Override
   public boolean unregisterShuffle(int shuffleId) {
-    // Shoal's copy goes with ShoalShuffleDataIO's removeShuffle, on the driver.
+    // Shoal's copy goes with ShoalShuffleDataIO's removeShuffle, on the driver; here only what
+    // this process cached of it.
+    ShoalApp.forgetShuffle(shuffleId);
     return true;
   }
 

@@ -195,9 +195,18 @@ public final class SparkChecks {
 
   public static void main(String[] args) throws Exception {
     Map<String, String> shoalConf = new LinkedHashMap<>();
+    boolean speculationOnly = false;
     for (String a : args) {
+      if (a.equals("--speculation")) {
+        speculationOnly = true;
+        continue;
+      }
       int eq = a.indexOf('=');
       shoalConf.put(a.substring(0, eq), a.substring(eq + 1));
+    }
+    if (speculationOnly) {
+      speculationMain(shoalConf);
+      return;
     }
     Map<String, Workload> work = workloads();
 
@@ -213,24 +222,14 @@ public final class SparkChecks {
     base.stop();
 
     SparkConf c =
-        new SparkConf()
-            .setAppName("shoal-checks")
-            .set("spark.shuffle.manager", "io.shoal.spark.ShoalShuffleManager")
-            .set("spark.shuffle.sort.io.plugin.class", "io.shoal.spark.ShoalShuffleDataIO")
+        shoalSession("shoal-checks", shoalConf)
             .set("spark.dynamicAllocation.enabled", "true")
             .set("spark.dynamicAllocation.shuffleTracking.enabled", "false")
             .set("spark.shuffle.service.enabled", "false")
             .set("spark.dynamicAllocation.minExecutors", "0")
             .set("spark.dynamicAllocation.initialExecutors", "2")
             .set("spark.dynamicAllocation.maxExecutors", "2")
-            .set("spark.dynamicAllocation.executorIdleTimeout", "4s")
-            .set("spark.speculation", "true")
-            .set("spark.speculation.quantile", "0.5")
-            .set("spark.speculation.multiplier", "2")
-            .set("spark.speculation.minTaskRuntime", "1s")
-            // Small chunks: many pushes per task, so a dying attempt leaves some behind.
-            .set("spark.shoal.push.chunkSize", "8k");
-    shoalConf.forEach(c::set);
+            .set("spark.dynamicAllocation.executorIdleTimeout", "4s");
     SparkSession spark = session(c);
     JavaSparkContext sc = new JavaSparkContext(spark.sparkContext());
     Tracker tracker = new Tracker();
@@ -316,6 +315,62 @@ public final class SparkChecks {
     System.out.println("CHECK dead-attempt-not-read ok (" + lost + " attempt(s) lost with their executor)");
   }
 
+  /**
+   * Speculation needs executors on two hosts (Spark never runs a copy on the host of the
+   * original attempt): run by the test against a standalone cluster whose workers bind to
+   * different loopback addresses.
+   */
+  static void speculationMain(Map<String, String> shoalConf) throws Exception {
+    SparkSession base = session(new SparkConf().setMaster("local[2]").setAppName("shoal-speculation-baseline"));
+    List<String> want = canonical(slowJob(new JavaSparkContext(base.sparkContext()), false));
+    base.stop();
+    SparkConf c = shoalSession("shoal-speculation", shoalConf);
+    SparkSession spark = session(c);
+    JavaSparkContext sc = new JavaSparkContext(spark.sparkContext());
+    Tracker t = new Tracker();
+    sc.sc().addSparkListener(t);
+    long deadline = System.currentTimeMillis() + 60_000;
+    while (sc.sc().getExecutorIds().size() < 2) {
+      if (System.currentTimeMillis() > deadline) {
+        throw new AssertionError("two executors did not register: " + sc.sc().getExecutorIds());
+      }
+      Thread.sleep(200);
+    }
+    List<String> got = canonical(slowJob(sc, true));
+    settle(sc);
+    if (t.speculativeWon.get() == 0) {
+      throw new AssertionError("no speculative copy finished first (" + t.speculative.get() + " launched)");
+    }
+    compare("speculation", want, got);
+    System.out.println(
+        "CHECK speculative-copies ok (" + t.speculative.get() + " launched, " + t.speculativeWon.get() + " won)");
+    spark.stop();
+    System.out.println("SHOAL-RESULT ok");
+  }
+
+  /** Map 0's first attempt stalls for 20 s after writing part of its output. */
+  static List<String> slowJob(JavaSparkContext sc, boolean slow) {
+    return render(
+        sc.parallelize(range(40_000), 4)
+            .mapToPair(
+                i -> {
+                  TaskContext ctx = TaskContext.get();
+                  if (slow && ctx.partitionId() == 0 && ctx.attemptNumber() == 0 && i == 5_000) {
+                    Thread.sleep(20_000);
+                  }
+                  return new Tuple2<>((long) (i % 1000), (long) i);
+                })
+            .groupByKey(6)
+            .mapToPair(
+                g -> {
+                  long sum = 0;
+                  for (long v : g._2()) {
+                    sum += v;
+                  }
+                  return new Tuple2<>(g._1(), sum);
+                }));
+  }
+
   /** Stops the object store, writes, has the test kill a worker holding data, reads. */
   static void lostData(JavaSparkContext sc, Tracker t, List<String> want) throws Exception {
     event("stop-object-store");
@@ -380,6 +435,7 @@ public final class SparkChecks {
     final Map<Integer, AtomicInteger> stageAttempts = new ConcurrentHashMap<>();
     final AtomicInteger speculative = new AtomicInteger();
     final AtomicInteger executorLost = new AtomicInteger();
+    final AtomicInteger speculativeWon = new AtomicInteger();
     final Map<Integer, Integer> shuffleStages = new ConcurrentHashMap<>();
     final Map<Integer, AtomicInteger> shuffleAttempts = new ConcurrentHashMap<>();
 
@@ -406,6 +462,9 @@ public final class SparkChecks {
       if (e.reason() instanceof org.apache.spark.ExecutorLostFailure) {
         executorLost.incrementAndGet();
       }
+      if (e.taskInfo().speculative() && e.taskInfo().successful()) {
+        speculativeWon.incrementAndGet();
+      }
     }
 
     @Override
@@ -430,6 +489,24 @@ public final class SparkChecks {
   }
 
   // ---------------------------------------------------------------------------------------------
+
+  /** Shoal's settings, speculation on, and small chunks: many pushes per task, so an attempt
+   * that dies or is killed leaves some behind. */
+  static SparkConf shoalSession(String name, Map<String, String> shoalConf) {
+    SparkConf c =
+        new SparkConf()
+            .setAppName(name)
+            .set("spark.shuffle.manager", "io.shoal.spark.ShoalShuffleManager")
+            .set("spark.shuffle.sort.io.plugin.class", "io.shoal.spark.ShoalShuffleDataIO")
+            .set("spark.speculation", "true")
+            .set("spark.speculation.interval", "100ms")
+            .set("spark.speculation.quantile", "0.5")
+            .set("spark.speculation.multiplier", "2")
+            .set("spark.speculation.minTaskRuntime", "500ms")
+            .set("spark.shoal.push.chunkSize", "8k");
+    shoalConf.forEach(c::set);
+    return c;
+  }
 
   static SparkSession session(SparkConf c) {
     c.set("spark.sql.adaptive.enabled", "true")

@@ -4,6 +4,8 @@
 # integration checks into a second jar. Prints the plugin jar's absolute path as its last line.
 #
 # SPARK_HOME, when set, names the Spark to compile against; else the pyspark of Shoal's venv.
+# SHOAL_PROFILE=release builds an optimised native library (default: the dev profile, which
+# shares its build with the tests).
 set -euo pipefail
 source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/common.sh"
 here="$SHOAL_ROOT/shuffle-client/spark"
@@ -15,8 +17,10 @@ if [ -z "${SPARK_HOME:-}" ]; then
 fi
 [ -d "$SPARK_HOME/jars" ] || { echo "$SPARK_HOME/jars does not exist" >&2; exit 1; }
 
-cargo rustc --quiet --locked -p shuffle-client --lib --features jni --crate-type cdylib >&2
-lib="$CARGO_TARGET_DIR/debug/libshuffle_client.so"
+profile="${SHOAL_PROFILE:-dev}"
+cargo rustc --quiet --locked --profile "$profile" -p shuffle-client --lib --features jni --crate-type cdylib >&2
+[ "$profile" = dev ] && dir=debug || dir="$profile"
+lib="$CARGO_TARGET_DIR/$dir/libshuffle_client.so"
 [ -f "$lib" ] || { echo "the native library was not built at $lib" >&2; exit 1; }
 
 rm -rf "$out/classes" "$out/test-classes"

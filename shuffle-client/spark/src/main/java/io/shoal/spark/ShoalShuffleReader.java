@@ -167,6 +167,7 @@ final class ShoalShuffleReader<K, C> implements ShuffleReader<K, C> {
     private scala.collection.Iterator<Tuple2<Object, Object>> chunk;
     private boolean closed;
     private boolean merged;
+    private long waitNanos;
 
     Records(List<Read> reads, SerializerInstance ser) {
       this.reads = reads;
@@ -217,7 +218,7 @@ final class ShoalShuffleReader<K, C> implements ShuffleReader<K, C> {
         }
         long start = System.nanoTime();
         int n = ShoalNative.readerNext(reader, buf);
-        metrics.incFetchWaitTime((System.nanoTime() - start) / 1_000_000);
+        waitNanos += System.nanoTime() - start;
         if (n < -1) {
           buf = ByteBuffer.allocateDirect(-n);
           continue;
@@ -256,6 +257,7 @@ final class ShoalShuffleReader<K, C> implements ShuffleReader<K, C> {
       close();
       if (!merged) {
         merged = true;
+        metrics.incFetchWaitTime(waitNanos / 1_000_000);
         context.taskMetrics().mergeShuffleReadMetrics();
       }
     }

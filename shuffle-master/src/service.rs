@@ -121,6 +121,18 @@ impl MasterService {
         }
     }
 
+    /// Ready to serve: a leader is known and this master applied every entry it holds, so a
+    /// rolling restart moves on only once the restarted master has rejoined the group.
+    pub fn readiness(&self) -> Result<(), String> {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(leader) = m.current_leader else { return Err("no leader known".into()) };
+        let applied = m.last_applied.map(|l| l.index);
+        if applied < m.last_log_index {
+            return Err(format!("applied {applied:?} of {:?} (leader {leader})", m.last_log_index));
+        }
+        Ok(())
+    }
+
     fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.current_leader == Some(self.id) && m.state == ServerState::Leader

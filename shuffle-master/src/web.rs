@@ -1,5 +1,6 @@
 //! The master's read-only HTTP pages: `/` (status page), `/status.json`, `/metrics`
-//! (Prometheus), `/healthz`. Any master serves them, from its own applied state; the page
+//! (Prometheus), `/healthz` (the process answers), `/readyz` (a leader is known and this
+//! master applied its whole log). Any master serves them, from its own applied state; the page
 //! says which master answered and who leads.
 
 use std::fmt::Write;
@@ -32,6 +33,10 @@ pub fn page(service: &Weak<MasterService>, path: &str) -> Page {
     let Some(svc) = service.upgrade() else { return Page::not_found() };
     match path {
         "/healthz" => Page::ok("text/plain", "ok\n".into()),
+        "/readyz" => match svc.readiness() {
+            Ok(()) => Page::ok("text/plain", "ready\n".into()),
+            Err(why) => Page { status: 503, content_type: "text/plain", body: format!("{why}\n") },
+        },
         "/status.json" => match svc.status() {
             Ok(st) => Page::ok("application/json", serde_json::to_string_pretty(&st).unwrap_or_default()),
             Err(e) => Page { status: 503, content_type: "text/plain", body: format!("{e}\n") },

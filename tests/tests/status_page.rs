@@ -49,6 +49,37 @@ async fn status_page_json_and_metrics() {
         assert!(metrics.lines().any(|l| l == line), "{line} missing in\n{metrics}");
     }
     assert_eq!(http_get(http, "/healthz").await.unwrap().0, 200);
+    assert_eq!(http_get(http, "/readyz").await.unwrap().0, 200);
     assert_eq!(http_get(http, "/missing").await.unwrap().0, 404);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_are_ready_with_a_leader_and_not_without_quorum() {
+    let mut c = Cluster::start_with(3, 0).await.unwrap();
+    let addrs: Vec<_> = c.masters.values().filter_map(|m| m.http_addr).collect();
+    assert_eq!(addrs.len(), 3);
+    for http in &addrs {
+        let http = *http;
+        eventually(Duration::from_secs(15), "every master ready", || async move {
+            (http_get(http, "/readyz").await.ok()?.0 == 200).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    // Two of three gone: the last one cannot know a leader.
+    c.kill_leader().await.unwrap();
+    let other = *c.masters.keys().next().unwrap();
+    if let Some(m) = c.masters.remove(&other) {
+        m.shutdown().await;
+    }
+    let last = c.masters.values().next().and_then(|m| m.http_addr).unwrap();
+    assert_eq!(http_get(last, "/healthz").await.unwrap().0, 200, "alive");
+    eventually(Duration::from_secs(15), "the lone master not ready", || async move {
+        let (code, body) = http_get(last, "/readyz").await.ok()?;
+        (code == 503 && body.contains("no leader")).then_some(())
+    })
+    .await
+    .unwrap();
     c.shutdown().await;
 }

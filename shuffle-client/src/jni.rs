@@ -122,8 +122,10 @@ fn direct<'b>(env: &mut JNIEnv, buf: &JByteBuffer, offset: jint, len: jint) -> R
     }
     let off = non_negative("offset", offset)? as usize;
     let len = non_negative("length", len)? as usize;
-    let addr = env.get_direct_buffer_address(buf)?;
-    let cap = env.get_direct_buffer_capacity(buf)?;
+    // A heap buffer has no direct address: the caller's mistake, not a JNI failure.
+    let not_direct = |_| config_err("the buffer is not a direct ByteBuffer".into());
+    let addr = env.get_direct_buffer_address(buf).map_err(not_direct)?;
+    let cap = env.get_direct_buffer_capacity(buf).map_err(not_direct)?;
     if addr.is_null() || off.checked_add(len).is_none_or(|end| end > cap) {
         return Err(config_err(format!("range {off}+{len} outside a direct buffer of {cap} bytes")));
     }
@@ -352,7 +354,12 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_readerNext(
     buf: JByteBuffer,
 ) -> jint {
     entry(&mut env, -1, |env| {
-        let cap = env.get_direct_buffer_capacity(&buf)?;
+        if buf.is_null() {
+            return Err(config_err("the buffer is null".into()));
+        }
+        let cap = env
+            .get_direct_buffer_capacity(&buf)
+            .map_err(|_| config_err("the buffer is not a direct ByteBuffer".into()))?;
         let dst = direct(env, &buf, 0, i32::try_from(cap).unwrap_or(i32::MAX))?;
         let as_int = |n: usize| i32::try_from(n).map_err(|_| config_err(format!("a batch of {n} bytes")));
         Ok(match Bridge::existing()?.read(reader, dst)? {

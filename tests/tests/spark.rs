@@ -245,3 +245,31 @@ async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_errors_keep_their_kind_across_jni() -> anyhow::Result<()> {
+    let (plugin, checks) = jars()?;
+    let spark = spark_home()?;
+    let cluster = Cluster::start(1).await?;
+    let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
+    let classpath = format!("{}:{}:{}/jars/*", plugin.display(), checks.display(), spark.display());
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("java")
+            .args(["-cp", &classpath, "io.shoal.spark.NativeChecks", &cluster.master_addrs.join(",")])
+            .arg(&ca)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    anyhow::ensure!(
+        out.status.success() && stdout.contains("NATIVE-CHECKS ok"),
+        "native checks failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -146,7 +146,11 @@ pub enum ReadNext {
 pub struct Committed {
     pub accepted: bool,
     pub wire_bytes: u64,
+    /// Uncompressed bytes per partition.
     pub partition_bytes: Vec<u64>,
+    /// Compressed bytes per partition: the sizes Spark's MapStatus carries, as its own shuffle
+    /// files would, so AQE settings tuned for the sort shuffle mean the same.
+    pub partition_wire_bytes: Vec<u64>,
 }
 
 struct ReaderSlot {
@@ -382,7 +386,12 @@ impl Bridge {
     pub fn commit(&self, h: i64) -> Result<Committed, ClientError> {
         let w = self.take_writer(h)?;
         let out = self.rt.block_on(w.commit())?;
-        Ok(Committed { accepted: out.accepted, wire_bytes: out.wire_bytes, partition_bytes: out.partition_bytes })
+        Ok(Committed {
+            accepted: out.accepted,
+            wire_bytes: out.wire_bytes,
+            partition_bytes: out.partition_bytes,
+            partition_wire_bytes: out.partition_wire_bytes,
+        })
     }
 
     /// Abandons the attempt and closes the handle.

@@ -291,7 +291,8 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_writerWrite(
     })
 }
 
-/// Returns `[accepted (0/1), wire bytes, bytes of partition 0, 1, ...]` and closes the writer.
+/// Returns `[accepted (0/1), wire bytes, compressed bytes of partition 0, 1, ...]` and closes
+/// the writer.
 #[no_mangle]
 pub extern "system" fn Java_io_shoal_spark_ShoalNative_writerCommit(
     mut env: JNIEnv,
@@ -300,10 +301,10 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_writerCommit(
 ) -> jlongArray {
     entry(&mut env, std::ptr::null_mut(), |env| {
         let c = Bridge::existing()?.commit(writer)?;
-        let mut out: Vec<i64> = Vec::with_capacity(c.partition_bytes.len() + 2);
+        let mut out: Vec<i64> = Vec::with_capacity(c.partition_wire_bytes.len() + 2);
         out.push(i64::from(c.accepted));
         out.push(i64::try_from(c.wire_bytes).unwrap_or(i64::MAX));
-        out.extend(c.partition_bytes.iter().map(|b| i64::try_from(*b).unwrap_or(i64::MAX)));
+        out.extend(c.partition_wire_bytes.iter().map(|b| i64::try_from(*b).unwrap_or(i64::MAX)));
         let len = i32::try_from(out.len()).map_err(|_| config_err("too many partitions".into()))?;
         let arr = env.new_long_array(len)?;
         env.set_long_array_region(&arr, 0, &out)?;

@@ -26,6 +26,7 @@ use crate::policy::{PartitionBuffers, PushAction};
 #[derive(Clone, Debug, Default)]
 struct PartStats {
     bytes: u64,
+    wire_bytes: u64,
     crc_sum: u32,
     batches: u32,
     next_seq: u32,
@@ -36,6 +37,7 @@ struct PushDone {
     partition: u32,
     latency: std::time::Duration,
     raw_len: u64,
+    wire_len: u64,
     crc: u32,
     location: PartitionLocation,
 }
@@ -48,6 +50,8 @@ pub struct CommitOutcome {
     pub winner: AttemptId,
     /// Uncompressed bytes per partition (all partitions, zeros included), for Spark's MapStatus.
     pub partition_bytes: Vec<u64>,
+    /// Compressed bytes per partition as pushed (what Spark's own shuffle files would hold).
+    pub partition_wire_bytes: Vec<u64>,
     pub sealed: bool,
     /// Microseconds from send to ack of every push (retries included).
     pub push_latencies_us: Vec<u32>,
@@ -178,6 +182,7 @@ impl MapWriter {
                 self.latencies.push(done.latency.as_micros().min(u32::MAX as u128) as u32);
                 let st = &mut self.stats[done.partition as usize];
                 st.bytes += done.raw_len;
+                st.wire_bytes += done.wire_len;
                 st.crc_sum = st.crc_sum.wrapping_add(done.crc);
                 st.batches += 1;
                 if !st.epochs.contains(&done.location.epoch) {
@@ -226,6 +231,7 @@ impl MapWriter {
             accepted: r.accepted,
             winner: r.winner,
             partition_bytes: self.stats.iter().map(|s| s.bytes).collect(),
+            partition_wire_bytes: self.stats.iter().map(|s| s.wire_bytes).collect(),
             sealed: r.sealed,
             push_latencies_us: self.latencies,
             wire_bytes: self.wire_bytes,
@@ -265,6 +271,7 @@ impl Push {
                             partition: self.header.partition.0,
                             latency: started.elapsed(),
                             raw_len: self.raw_len,
+                            wire_len: self.batch.len() as u64,
                             crc: self.crc,
                             location: self.location,
                         })

@@ -55,7 +55,9 @@ fn bridge_writes_and_reads_chunks_by_generation_and_exact_maps() -> anyhow::Resu
         let done = b.commit(w)?;
         assert!(done.accepted);
         let want: u64 = (0..3).map(|i| chunk(0, m, 0, i).len() as u64).sum();
-        assert_eq!(done.partition_bytes[0], want, "sizes for Spark's MapStatus");
+        assert_eq!(done.partition_bytes[0], want, "uncompressed sizes");
+        assert!(done.partition_wire_bytes[0] > 0 && done.partition_wire_bytes[0] < want, "repetitive chunks compress");
+        assert_eq!(done.partition_wire_bytes.iter().sum::<u64>(), done.wire_bytes);
         assert!(matches!(b.commit(w), Err(ClientError::BadHandle(_))), "a writer commits once");
     }
     let w = b.open_writer(c, &gen(1), 3, 2, 1, 2, 900)?;

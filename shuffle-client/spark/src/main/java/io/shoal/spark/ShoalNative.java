@@ -81,7 +81,10 @@ final class ShoalNative {
   static native void writerWrite(long writer, int partition, ByteBuffer direct, int offset, int len)
       throws ShoalException;
 
-  /** Commits and closes: {@code [accepted 0/1, wire bytes, bytes of partition 0, 1, ...]}. */
+  /**
+   * Commits and closes: {@code [accepted 0/1, wire bytes, compressed bytes of partition 0, 1,
+   * ...]}.
+   */
   static native long[] writerCommit(long writer) throws ShoalException;
 
   static native void writerAbort(long writer) throws ShoalException;

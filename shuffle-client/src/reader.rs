@@ -134,7 +134,15 @@ impl Reader {
                 start_map: MapId(self.start_map),
                 end_map: MapId(self.end_map),
             })
-            .await?;
+            .await
+            .map_err(|e| match &e {
+                // Removed (its application's lease ran out, or it was unregistered): the data
+                // is gone, which the caller handles as lost data, by recomputing it.
+                ClientError::Transport(t) if t.code() == shuffle_proto::ErrorCode::UnknownShuffle => {
+                    self.lost(format!("the shuffle is no longer registered: {e}"))
+                }
+                _ => e,
+            })?;
         plan.partitions.into_iter().next().ok_or_else(|| self.lost("partition missing from the read plan".into()))
     }
 

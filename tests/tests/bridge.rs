@@ -104,6 +104,11 @@ fn bridge_writes_and_reads_chunks_by_generation_and_exact_maps() -> anyhow::Resu
     b.unregister_shuffle(c, &gen(0))?;
     let status = rt.block_on(cluster.status())?;
     assert_eq!(status.shuffles, 0, "every generation unregistered");
+    // Reading a removed shuffle is lost data (Spark recomputes it), not a refused request.
+    let r = b.open_reader(c, &gen(0), 0, &[0])?;
+    let e = read_all(&b, r).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DataLost, "{e}");
+    b.close_reader(r)?;
     // The spilled objects of a removed shuffle are deleted too, though no worker holds it.
     rt.block_on(eventually(std::time::Duration::from_secs(20), "spilled objects deleted", || async {
         (segments(objects.join("7.0")) == 0).then_some(())

@@ -59,6 +59,16 @@ final class ShoalApp {
   private static void beat(long h, String app) {
     try {
       ShoalNative.appHeartbeat(h, app);
+    } catch (ShoalRejectedException e) {
+      // The lease ran out while the masters were unreachable and Shoal dropped the
+      // application: register it again, so re-run stages can write (lost shuffles are
+      // recomputed through FetchFailed).
+      LOG.warn("Shoal no longer knows {} ({}); registering it again", app, e.getMessage());
+      try {
+        ShoalNative.registerApp(h, app, conf.appLeaseMs);
+      } catch (ShoalException again) {
+        LOG.warn("Could not register {} with Shoal again: {}", app, again.getMessage());
+      }
     } catch (ShoalException e) {
       // The next beat retries; the lease allows several misses.
       LOG.warn("Shoal heartbeat for {} failed: {}", app, e.getMessage());

@@ -219,8 +219,11 @@ fn transport_config(max_streams: u32, window: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+    // A peer that vanished (a pod moved, a host died) is noticed within the idle timeout; the
+    // next call then dials again, resolving the name afresh. Keep-alives hold healthy idle
+    // connections open.
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         t.max_idle_timeout(Some(idle));
     }
     t.stream_receive_window((window / 4).into());

@@ -169,7 +169,20 @@ impl WorkerNode {
             metrics: Metrics::default(),
             done: done_tx,
         });
-        inner.register().await?;
+        // Masters may come up after their workers (a fresh cluster, a rolling restart): keep
+        // trying while the failure is one that time can fix; a refusal fails the start.
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match inner.register().await {
+                Ok(()) => break,
+                Err(e) if e.retryable() => {
+                    warn!("cannot register with the masters yet: {e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let server = Arc::new(Server(inner.clone()));
         let mut tasks = vec![
             tokio::spawn(serve(endpoint.clone(), server, ServerOptions::default())),

@@ -143,3 +143,47 @@ fn bad_settings_fail_fast_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
 }
+
+/// Masters may come up long after their workers (a fresh cluster, a full restart): a worker
+/// keeps trying to register past its master client's 30 s deadline instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_its_masters_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = shuffle_proto::transport::generate_cluster_tls(&dir.path().join("tls")).unwrap();
+    let TlsSource::Files { cert, key, ca } = &tls else { unreachable!() };
+    let tls_args: Vec<String> = ["--tls-cert", &cert.display().to_string(), "--tls-key", &key.display().to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--tls-ca".to_string(), ca.display().to_string()])
+        .collect();
+    let ports = free_ports(2);
+    let master_addr = format!("127.0.0.1:{}", ports[0]);
+    let mut wargs: Vec<String> = ["--id", "shoal-worker-0", "--listen", &format!("127.0.0.1:{}", ports[1])]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    wargs.extend([
+        "--masters".into(),
+        master_addr.clone(),
+        "--data-dir".into(),
+        dir.path().join("w").display().to_string(),
+    ]);
+    wargs.extend(["--object-store".into(), format!("file://{}", dir.path().join("objects").display())]);
+    wargs.extend(tls_args.clone());
+    let mut worker = Proc::spawn("worker", "shuffle-worker", &wargs, &dir.path().join("worker.log")).unwrap();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert!(worker.child.try_wait().unwrap().is_none(), "the worker gave up waiting for its masters");
+
+    let mut margs: Vec<String> = ["--id", "1", "--listen", &master_addr].iter().map(|s| s.to_string()).collect();
+    margs.extend(["--data-dir".into(), dir.path().join("m").display().to_string()]);
+    margs.extend(tls_args);
+    let _master = Proc::spawn("master", "shuffle-master", &margs, &dir.path().join("master.log")).unwrap();
+    let client = Client::new(&Tls::load(&tls).unwrap(), ClientOptions::default()).unwrap();
+    let mc = MasterClient::new(client, vec![master_addr], Duration::from_secs(20)).unwrap();
+    eventually(Duration::from_secs(30), "the waiting worker registered", || async {
+        let st: ClusterStatus = mc.call_typed(GetStatus {}).await.ok()?;
+        st.workers.iter().any(|w| w.id.to_string() == "shoal-worker-0" && w.state == WorkerState::Active).then_some(())
+    })
+    .await
+    .unwrap();
+}

@@ -94,5 +94,23 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
         let want: Vec<u8> = (0..4).flat_map(|m| rows(m, p, 300, 3)).collect();
         assert_same_units(&got, &want, 100, &format!("partition {p}"));
     }
+
+    // Scaling in for good: a decommissioned worker can be removed, an active one cannot.
+    let shoal = |args: &[&str]| {
+        std::process::Command::new(bin_path("shoal").unwrap())
+            .args(args)
+            .args(["--masters", &masters, "--tls-ca", &ca])
+            .output()
+            .unwrap()
+    };
+    let active = cluster.file.workers.iter().map(|w| w.id.clone()).find(|w| *w != first && *w != second).unwrap();
+    let refused = shoal(&["worker", "remove", &active]);
+    assert!(!refused.status.success(), "an active worker must be decommissioned first");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("decommission it first"));
+    let removed = shoal(&["worker", "remove", &first]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let list = shoal(&["workers", "list", "--output", "json"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(!list.contains(&format!("\"{first}\"")) && list.contains(&format!("\"{active}\"")), "{list}");
     cluster.stop();
 }

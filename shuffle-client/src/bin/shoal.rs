@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shuffle_client::cli::{self, admin, local::LocalUp, status};
 use shuffle_proto::messages::{
-    Ack, AppList, ClusterStatus, GetStatus, ListApps, ListShuffles, RecommissionWorker, ShuffleList,
+    Ack, AppList, ClusterStatus, GetStatus, ListApps, ListShuffles, RecommissionWorker, RemoveWorker, ShuffleList,
 };
 use shuffle_proto::transport::{Client, ClientOptions, MasterClient, Tls};
 use shuffle_proto::WorkerId;
@@ -103,6 +103,12 @@ enum WorkerCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Forget a decommissioned or lost worker (after scaling in for good).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,6 +173,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Worker { cmd: WorkerCmd::Recommission { id, conn } } => {
             let _: Ack = connect(&conn)?.call_typed(RecommissionWorker { worker: WorkerId::new(id)? }).await?;
+        }
+        Cmd::Worker { cmd: WorkerCmd::Remove { id, conn } } => {
+            let _: Ack = connect(&conn)?.call_typed(RemoveWorker { worker: WorkerId::new(id)? }).await?;
         }
         Cmd::Worker { cmd: WorkerCmd::Decommission { id, wait, timeout, conn } } => {
             let mc = connect(&conn)?;

@@ -130,6 +130,14 @@ fn millis(k: &str, v: &str) -> Result<Duration, ClientError> {
         .ok_or_else(|| ClientError::Config(format!("{k}={v}: expected milliseconds in 1..=86400000")))
 }
 
+/// A shuffle's dimensions as Spark sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShuffleShape {
+    pub num_maps: u32,
+    pub num_partitions: u32,
+    pub replication: u8,
+}
+
 /// What one read call gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadNext {
@@ -160,7 +168,7 @@ struct ReaderSlot {
 
 enum Object {
     Client { client: ShuffleClient },
-    Writer { client: i64, writer: Arc<Mutex<Option<MapWriter>>> },
+    Writer(Arc<Mutex<Option<MapWriter>>>),
     Reader(Arc<Mutex<ReaderSlot>>),
 }
 
@@ -280,16 +288,9 @@ impl Bridge {
     }
 
     /// Registers a shuffle generation (idempotent) and caches its assignment.
-    pub fn register_shuffle(
-        &self,
-        client: i64,
-        key: &ShuffleKey,
-        num_maps: u32,
-        num_partitions: u32,
-        replication: u8,
-    ) -> Result<(), ClientError> {
+    pub fn register_shuffle(&self, client: i64, key: &ShuffleKey, shape: ShuffleShape) -> Result<(), ClientError> {
         let c = self.client(client)?;
-        let a = self.rt.block_on(c.register_shuffle(key, num_maps, num_partitions, replication))?;
+        let a = self.rt.block_on(c.register_shuffle(key, shape.num_maps, shape.num_partitions, shape.replication))?;
         lock(&self.assignments).insert((client, key.clone()), a);
         Ok(())
     }
@@ -324,52 +325,47 @@ impl Bridge {
         client: i64,
         c: &ShuffleClient,
         key: &ShuffleKey,
-        num_maps: u32,
-        num_partitions: u32,
-        replication: u8,
+        shape: ShuffleShape,
     ) -> Result<ShuffleAssignment, ClientError> {
         if let Some(a) = lock(&self.assignments).get(&(client, key.clone())) {
             return Ok(a.clone());
         }
         let a = match self.rt.block_on(c.assignment(key)) {
             Err(e) if is_code(&e, ErrorCode::UnknownShuffle) => {
-                self.rt.block_on(c.register_shuffle(key, num_maps, num_partitions, replication))?
+                self.rt.block_on(c.register_shuffle(key, shape.num_maps, shape.num_partitions, shape.replication))?
             }
             r => r?,
         };
-        if a.num_partitions != num_partitions {
+        if a.num_partitions != shape.num_partitions {
             return Err(ClientError::Config(format!(
-                "shuffle {key} has {} partitions in Shoal, {num_partitions} in Spark",
-                a.num_partitions
+                "shuffle {key} has {} partitions in Shoal, {} in Spark",
+                a.num_partitions, shape.num_partitions
             )));
         }
         lock(&self.assignments).insert((client, key.clone()), a.clone());
         Ok(a)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn open_writer(
         &self,
         client: i64,
         key: &ShuffleKey,
-        num_maps: u32,
-        num_partitions: u32,
-        replication: u8,
+        shape: ShuffleShape,
         map: u32,
         attempt: u64,
     ) -> Result<i64, ClientError> {
         let c = self.client(client)?;
-        if map >= num_maps {
-            return Err(ClientError::Config(format!("map {map} out of range 0..{num_maps}")));
+        if map >= shape.num_maps {
+            return Err(ClientError::Config(format!("map {map} out of range 0..{}", shape.num_maps)));
         }
-        let a = self.assignment(client, &c, key, num_maps, num_partitions, replication)?;
+        let a = self.assignment(client, &c, key, shape)?;
         let w = c.map_writer(&a, MapId(map), AttemptId(attempt));
-        Ok(self.insert(Object::Writer { client, writer: Arc::new(Mutex::new(Some(w))) }))
+        Ok(self.insert(Object::Writer(Arc::new(Mutex::new(Some(w))))))
     }
 
     fn writer(&self, h: i64) -> Result<Arc<Mutex<Option<MapWriter>>>, ClientError> {
         match lock(&self.objects).get(&h) {
-            Some(Object::Writer { writer, .. }) => Ok(writer.clone()),
+            Some(Object::Writer(writer)) => Ok(writer.clone()),
             _ => Err(bad_handle(h)),
         }
     }
@@ -406,13 +402,12 @@ impl Bridge {
         let obj = {
             let mut objects = lock(&self.objects);
             match objects.get(&h) {
-                Some(Object::Writer { .. }) => objects.remove(&h),
+                Some(Object::Writer(_)) => objects.remove(&h),
                 _ => None,
             }
         };
-        let Some(Object::Writer { client, writer }) = obj else { return Err(bad_handle(h)) };
+        let Some(Object::Writer(writer)) = obj else { return Err(bad_handle(h)) };
         let taken = lock(&writer).take();
-        let _ = client;
         taken.ok_or_else(|| bad_handle(h))
     }
 

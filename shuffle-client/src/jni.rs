@@ -19,7 +19,7 @@ use jni::sys::{jint, jlong, jlongArray};
 use jni::JNIEnv;
 use shuffle_proto::{AppId, ShuffleKey};
 
-use crate::bridge::{Bridge, BridgeConfig, ReadNext, MAX_READ_MAPS};
+use crate::bridge::{Bridge, BridgeConfig, ReadNext, ShuffleShape, MAX_READ_MAPS};
 use crate::error::{ClientError, ErrorKind};
 
 enum Failure {
@@ -112,6 +112,24 @@ fn key(env: &mut JNIEnv, app: &JString, shuffle_id: jint, generation: jint) -> R
     Ok(ShuffleKey::new(app, non_negative("shuffle id", shuffle_id)?, non_negative("generation", generation)?))
 }
 
+fn shape(num_maps: jint, num_partitions: jint, replication: jint) -> Result<ShuffleShape, Failure> {
+    Ok(ShuffleShape {
+        num_maps: non_negative("map count", num_maps)?,
+        num_partitions: non_negative("partition count", num_partitions)?,
+        replication: u8::try_from(replication).map_err(|_| config_err(format!("replication {replication}")))?,
+    })
+}
+
+/// One application-level call: the client handle and the application's name.
+fn app_call(
+    env: &mut JNIEnv,
+    app: &JString,
+    f: impl FnOnce(&Bridge, &str) -> Result<(), ClientError>,
+) -> Result<(), Failure> {
+    let app = string(env, app)?;
+    Ok(f(Bridge::existing()?, &app)?)
+}
+
 /// The bytes `[offset, offset + len)` of a direct buffer.
 ///
 /// Safety of the returned slice: the JVM keeps a direct buffer's memory fixed while the Java
@@ -164,9 +182,8 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_registerApp(
     lease_ms: jlong,
 ) {
     entry(&mut env, (), |env| {
-        let app = string(env, &app)?;
         let lease = u64::try_from(lease_ms).map_err(|_| config_err(format!("lease {lease_ms} ms is negative")))?;
-        Ok(Bridge::existing()?.register_app(client, &app, Duration::from_millis(lease))?)
+        app_call(env, &app, |b, app| b.register_app(client, app, Duration::from_millis(lease)))
     })
 }
 
@@ -177,10 +194,7 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_appHeartbeat(
     client: jlong,
     app: JString,
 ) {
-    entry(&mut env, (), |env| {
-        let app = string(env, &app)?;
-        Ok(Bridge::existing()?.app_heartbeat(client, &app)?)
-    })
+    entry(&mut env, (), |env| app_call(env, &app, |b, app| b.app_heartbeat(client, app)))
 }
 
 #[no_mangle]
@@ -190,10 +204,7 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_unregisterApp(
     client: jlong,
     app: JString,
 ) {
-    entry(&mut env, (), |env| {
-        let app = string(env, &app)?;
-        Ok(Bridge::existing()?.unregister_app(client, &app)?)
-    })
+    entry(&mut env, (), |env| app_call(env, &app, |b, app| b.unregister_app(client, app)))
 }
 
 #[no_mangle]
@@ -211,10 +222,8 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_registerShuffle(
 ) {
     entry(&mut env, (), |env| {
         let k = key(env, &app, shuffle_id, generation)?;
-        let maps = non_negative("map count", num_maps)?;
-        let parts = non_negative("partition count", num_partitions)?;
-        let repl = u8::try_from(replication).map_err(|_| config_err(format!("replication {replication}")))?;
-        Ok(Bridge::existing()?.register_shuffle(client, &k, maps, parts, repl)?)
+        let shape = shape(num_maps, num_partitions, replication)?;
+        Ok(Bridge::existing()?.register_shuffle(client, &k, shape)?)
     })
 }
 
@@ -265,12 +274,10 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_writerOpen(
 ) -> jlong {
     entry(&mut env, 0, |env| {
         let k = key(env, &app, shuffle_id, generation)?;
-        let maps = non_negative("map count", num_maps)?;
-        let parts = non_negative("partition count", num_partitions)?;
-        let repl = u8::try_from(replication).map_err(|_| config_err(format!("replication {replication}")))?;
+        let shape = shape(num_maps, num_partitions, replication)?;
         let map = non_negative("map index", map)?;
         let attempt = u64::try_from(attempt).map_err(|_| config_err(format!("attempt {attempt} is negative")))?;
-        Ok(Bridge::existing()?.open_writer(client, &k, maps, parts, repl, map, attempt)?)
+        Ok(Bridge::existing()?.open_writer(client, &k, shape, map, attempt)?)
     })
 }
 

@@ -3,7 +3,7 @@
 //! map lists, handles closed once, and the assignment cache dropped when Spark forgets a shuffle.
 
 use shoal_tests::*;
-use shuffle_client::bridge::{Bridge, BridgeConfig, ReadNext};
+use shuffle_client::bridge::{Bridge, BridgeConfig, ReadNext, ShuffleShape};
 use shuffle_client::{ClientError, ErrorKind};
 use shuffle_proto::transport::TlsSource;
 use shuffle_proto::{AppId, ShuffleKey};
@@ -37,13 +37,14 @@ fn bridge_writes_and_reads_chunks_by_generation_and_exact_maps() -> anyhow::Resu
     assert_eq!(b.open_client(&BridgeConfig::parse(&settings)?)?, c, "same settings, same client");
     b.register_app(c, "app-bridge", std::time::Duration::from_secs(60))?;
     let gen = |g| ShuffleKey::new(AppId::new("app-bridge").unwrap(), 7, g);
-    b.register_shuffle(c, &gen(0), 3, 2, 1)?;
+    let shape = ShuffleShape { num_maps: 3, num_partitions: 2, replication: 1 };
+    b.register_shuffle(c, &gen(0), shape)?;
 
     // Generation 0: maps 0..3; map 1 writes nothing to partition 1. Generation 1 (a re-run
     // stage, registered by its first writer): map 2 only, other bytes.
     let chunk = |g: u32, m: u32, p: u32, i: u32| format!("g{g}-m{m}-p{p}-c{i}-").repeat(50 + i as usize).into_bytes();
     for m in 0..3 {
-        let w = b.open_writer(c, &gen(0), 3, 2, 1, m, 100 + u64::from(m))?;
+        let w = b.open_writer(c, &gen(0), shape, m, 100 + u64::from(m))?;
         for p in 0..2 {
             if m == 1 && p == 1 {
                 continue;
@@ -60,11 +61,11 @@ fn bridge_writes_and_reads_chunks_by_generation_and_exact_maps() -> anyhow::Resu
         assert_eq!(done.partition_wire_bytes.iter().sum::<u64>(), done.wire_bytes);
         assert!(matches!(b.commit(w), Err(ClientError::BadHandle(_))), "a writer commits once");
     }
-    let w = b.open_writer(c, &gen(1), 3, 2, 1, 2, 900)?;
+    let w = b.open_writer(c, &gen(1), shape, 2, 900)?;
     b.write(w, 0, &chunk(1, 2, 0, 0))?;
     b.commit(w)?;
     // A writer that dies: its chunk must never be read.
-    let dead = b.open_writer(c, &gen(1), 3, 2, 1, 2, 901)?;
+    let dead = b.open_writer(c, &gen(1), shape, 2, 901)?;
     b.write(dead, 0, b"never read")?;
     b.abort(dead)?;
 

@@ -35,9 +35,9 @@ import scala.reflect.ClassTag$;
  *       in {@code stop(false)} (also after a failed commit).
  * </ul>
  *
- * <p>Serializers whose records can be concatenated (Kryo, Spark SQL's UnsafeRow) share one stream
- * and copy each record's bytes into its partition's chunk; others (Java serialization) get one
- * stream per partition, closed at each chunk's end.
+ * <p>Serializers whose records can be concatenated (Kryo, Spark SQL's UnsafeRow) share one stream,
+ * pointed at the record's partition chunk and flushed after each record; others (Java
+ * serialization) get one stream per partition, closed at each chunk's end.
  */
 final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   private static final ClassTag<Object> ANY = ClassTag$.MODULE$.Any();
@@ -53,7 +53,8 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   private final boolean relocatable;
   private final Chunk[] chunks;
   private final SerializationStream[] streams;
-  private final Chunk scratch = new Chunk();
+  /** Where the shared stream's bytes go: the chunk of the record being written. */
+  private final Redirect target = new Redirect();
   private SerializationStream shared;
   private ByteBuffer direct;
   private long buffered;
@@ -128,13 +129,14 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     int before = c.size();
     if (relocatable) {
       if (shared == null) {
-        shared = ser.serializeStream(scratch);
+        shared = ser.serializeStream(target);
       }
-      scratch.reset();
+      // The record goes straight into its partition's chunk: the flush empties the stream's
+      // own buffer into whichever chunk is the target now.
+      target.to = c;
       shared.writeKey(key, ANY);
       shared.writeValue(value, ANY);
       shared.flush();
-      scratch.writeTo(c);
     } else {
       SerializationStream s = streams[p];
       if (s == null) {
@@ -253,6 +255,21 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   @SuppressWarnings("unchecked")
   static <E extends Throwable> RuntimeException sneaky(Throwable e) throws E {
     throw (E) e;
+  }
+
+  /** An OutputStream that forwards to a target the writer switches between records. */
+  static final class Redirect extends java.io.OutputStream {
+    java.io.OutputStream to = java.io.OutputStream.nullOutputStream();
+
+    @Override
+    public void write(int b) throws IOException {
+      to.write(b);
+    }
+
+    @Override
+    public void write(byte[] b, int off, int len) throws IOException {
+      to.write(b, off, len);
+    }
   }
 
   /** A growable byte buffer whose array the writer reads without copying. */

@@ -297,14 +297,7 @@ public final class SparkChecks {
                   return new Tuple2<>((long) (i % 1000), (long) i);
                 })
             .groupByKey(6)
-            .mapToPair(
-                g -> {
-                  long sum = 0;
-                  for (long v : g._2()) {
-                    sum += v;
-                  }
-                  return new Tuple2<>(g._1(), sum);
-                });
+            .mapToPair(SparkChecks::sumGroup);
     List<String> got = canonical(render(grouped));
     settle(sc);
     int lost = t.executorLost.get() - lostBefore;
@@ -361,14 +354,7 @@ public final class SparkChecks {
                   return new Tuple2<>((long) (i % 1000), (long) i);
                 })
             .groupByKey(6)
-            .mapToPair(
-                g -> {
-                  long sum = 0;
-                  for (long v : g._2()) {
-                    sum += v;
-                  }
-                  return new Tuple2<>(g._1(), sum);
-                }));
+            .mapToPair(SparkChecks::sumGroup));
   }
 
   /** Stops the object store, writes, has the test kill a worker holding data, reads. */
@@ -389,6 +375,14 @@ public final class SparkChecks {
     }
     compare("lost-data", want, got);
     System.out.println("CHECK lost-data-map-stage-rerun ok (" + reruns + " new attempt(s))");
+  }
+
+  static Tuple2<Long, Long> sumGroup(Tuple2<Long, Iterable<Long>> g) {
+    long sum = 0;
+    for (long v : g._2()) {
+      sum += v;
+    }
+    return new Tuple2<>(g._1(), sum);
   }
 
   static JavaPairRDD<Long, Long> pairs(JavaSparkContext sc, int salt, int n) {

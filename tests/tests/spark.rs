@@ -49,6 +49,7 @@ fn jars() -> anyhow::Result<(PathBuf, PathBuf)> {
 
 const CHECKS: &[&str] = &[
     "groupByKey",
+    "shuffle-metrics",
     "reduceByKey-combine",
     "sortByKey",
     "dataframe-join-aggregate-aqe",

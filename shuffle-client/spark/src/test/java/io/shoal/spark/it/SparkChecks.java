@@ -239,8 +239,12 @@ public final class SparkChecks {
     }
 
     for (Map.Entry<String, Workload> w : work.entrySet()) {
+      long[] before = tracker.shuffleMetrics();
       List<String> got = canonical(w.getValue().run(spark, sc));
       compare(w.getKey(), expected.get(w.getKey()), got);
+      if (w.getKey().equals("groupByKey")) {
+        metrics(sc, tracker, before);
+      }
     }
 
     scaleToZero(sc, tracker, expected.get("scale-to-zero"));
@@ -385,6 +389,21 @@ public final class SparkChecks {
     return new Tuple2<>(g._1(), sum);
   }
 
+  /**
+   * groupByKey has no map-side combine: the map stage must report its 200 000 records written
+   * and some bytes, the reduce stage the same records read and some bytes fetched.
+   */
+  static void metrics(JavaSparkContext sc, Tracker t, long[] before) {
+    settle(sc);
+    long[] now = t.shuffleMetrics();
+    long written = now[0] - before[0], bytes = now[1] - before[1], read = now[2] - before[2], fetched = now[3] - before[3];
+    if (written != 200_000 || read != 200_000 || bytes <= 0 || fetched <= 0) {
+      throw new AssertionError(
+          "shuffle metrics: " + written + " records / " + bytes + " bytes written, " + read + " records / " + fetched + " bytes read");
+    }
+    System.out.println("CHECK shuffle-metrics ok (" + written + " records, " + bytes + " bytes written, " + fetched + " bytes read)");
+  }
+
   static JavaPairRDD<Long, Long> pairs(JavaSparkContext sc, int salt, int n) {
     return sc.parallelize(range(n), 6).mapToPair(i -> new Tuple2<>((long) (i % 1000), (long) i + salt)).reduceByKey(Long::sum, 8);
   }
@@ -463,6 +482,26 @@ public final class SparkChecks {
 
     @Override
     public void onJobStart(SparkListenerJobStart e) {}
+
+    /** Records and bytes written, records and bytes read, over completed stages (their
+     * aggregated metrics count each partition's successful attempt once). */
+    final long[] shuffle = new long[4];
+
+    @Override
+    public synchronized void onStageCompleted(org.apache.spark.scheduler.SparkListenerStageCompleted e) {
+      org.apache.spark.executor.TaskMetrics m = e.stageInfo().taskMetrics();
+      if (m == null) {
+        return;
+      }
+      shuffle[0] += m.shuffleWriteMetrics().recordsWritten();
+      shuffle[1] += m.shuffleWriteMetrics().bytesWritten();
+      shuffle[2] += m.shuffleReadMetrics().recordsRead();
+      shuffle[3] += m.shuffleReadMetrics().remoteBytesRead();
+    }
+
+    synchronized long[] shuffleMetrics() {
+      return shuffle.clone();
+    }
 
     /** Tasks run by any stage that writes this shuffle. */
     int tasksWriting(int shuffle) {

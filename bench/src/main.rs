@@ -5,7 +5,6 @@
 //! partition). Results are throughputs, push latency percentiles, worker memory, and ratios.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use shuffle_client::{ClientConfig, ShuffleClient};
 use shuffle_proto::batch::{encode_batch, Codec};
 use shuffle_proto::messages::{Message, PushAck, PushBatch};
 use shuffle_proto::transport::{
-    serve, server_endpoint, Client, ClientOptions, Handler, Responder, ServerOptions, Tls, TlsSource,
+    serve, server_endpoint, CallInfo, Client, ClientOptions, Handler, Responder, ServerOptions, Tls, TlsSource,
 };
 use shuffle_proto::{AppId, AttemptId, Epoch, MapId, PartitionId, ProtoError, ShuffleKey};
 
@@ -150,13 +149,7 @@ fn bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
 struct NoStore;
 
 impl Handler for NoStore {
-    async fn handle(
-        &self,
-        _p: SocketAddr,
-        req: Message,
-        _body: Vec<u8>,
-        out: &mut Responder,
-    ) -> Result<(), ProtoError> {
+    async fn handle(&self, _p: &CallInfo, req: Message, _body: Vec<u8>, out: &mut Responder) -> Result<(), ProtoError> {
         match req {
             Message::PushBatch(p) => out.send(&Message::PushAck(PushAck { seq: p.seq }), &[]).await,
             other => out.send(&other, &[]).await,
@@ -167,9 +160,10 @@ impl Handler for NoStore {
 /// The same batches as the Shoal run, pushed to a QUIC server that stores nothing.
 async fn raw_quic(args: &Args, per: usize, batch: usize) -> anyhow::Result<Duration> {
     let tls = Tls::load(&TlsSource::Insecure)?;
-    let ep = server_endpoint("127.0.0.1:0".parse()?, &tls, &ServerOptions::default())?;
+    let opts = ServerOptions::for_tls(&tls);
+    let ep = server_endpoint("127.0.0.1:0".parse()?, &tls, &opts)?;
     let addr = ep.local_addr()?.to_string();
-    tokio::spawn(serve(ep.clone(), Arc::new(NoStore), ServerOptions::default()));
+    tokio::spawn(serve(ep.clone(), Arc::new(NoStore), opts));
     let client = Client::new(&tls, ClientOptions::default())?;
     let key = ShuffleKey::new(AppId::new("bench-raw")?, 0, 0);
     let t0 = Instant::now();

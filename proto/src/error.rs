@@ -176,6 +176,13 @@ pub enum ProtoError {
     InvalidId { kind: &'static str, reason: &'static str },
     #[error("invalid message: {0}")]
     Invalid(String),
+    /// The archive failed bytecheck validation. The detail (which may hold addresses) is
+    /// for local logs only; peers see the fixed message.
+    #[error("message archive failed validation")]
+    Archive { detail: String },
+    /// The frame's auth section could not be decoded.
+    #[error("malformed credential")]
+    Credential,
     #[error("unexpected message: expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: &'static str },
     #[error("unknown batch codec {0}")]

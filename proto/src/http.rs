@@ -1,17 +1,39 @@
 //! A small read-only HTTP endpoint for `/metrics`, health probes and status pages.
 //!
-//! Invariant: it only answers GET requests with what the handler returns for the path; it
-//! reads no request body, so a client can make it hold at most one small request per
-//! connection.
+//! Invariants:
+//! - it only answers GET requests with what the handler returns for the path; it reads no
+//!   request body;
+//! - at most [`HttpLimits::max_connections`] connections are served at once; a connection
+//!   accepted over the cap is closed at once, and the accept loop keeps running;
+//! - a request head (request line and headers) must arrive within
+//!   [`HttpLimits::header_timeout`], counted from when the server starts waiting for it (for
+//!   the first request, from the accept), or the connection is closed;
+//! - a request head is held in a buffer of at most [`MAX_BUF_SIZE`] bytes; a bigger head is
+//!   refused (431) and the connection closed;
+//! - no connection lives longer than [`HttpLimits::connection_lifetime`], whatever the peer
+//!   does (keep-alive, reading responses slowly);
+//! - a failing `accept` (e.g. out of file descriptors) is retried after [`ACCEPT_BACKOFF`],
+//!   never in a busy loop.
+//!
+//! So a peer can make it hold at most `max_connections` small requests, each for a bounded
+//! time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use tracing::debug;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+/// The largest read buffer of a connection, so the largest request head accepted.
+pub const MAX_BUF_SIZE: usize = 16 * 1024;
+
+/// How long the accept loop waits after `accept` fails before trying again.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What a path answers.
 pub struct Page {
@@ -30,17 +52,65 @@ impl Page {
     }
 }
 
-/// Binds `addr` and serves GET requests with `pages(path)` until the task is dropped.
+/// Bounds on what peers can make the endpoint hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections served at once; one accepted over this is closed at once.
+    pub max_connections: usize,
+    /// Time a peer has to send a whole request head once the server waits for one.
+    pub header_timeout: Duration,
+    /// Longest time a connection is kept, from its accept.
+    pub connection_lifetime: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Binds `addr` and serves GET requests with `pages(path)` until the task is dropped, with
+/// the default [`HttpLimits`].
 pub async fn serve_http<F>(addr: SocketAddr, pages: F) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)>
+where
+    F: Fn(&str) -> Page + Send + Sync + 'static,
+{
+    serve_http_with(addr, HttpLimits::default(), pages).await
+}
+
+/// Binds `addr` and serves GET requests with `pages(path)` until the task is dropped, within
+/// `limits`.
+pub async fn serve_http_with<F>(
+    addr: SocketAddr,
+    limits: HttpLimits,
+    pages: F,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)>
 where
     F: Fn(&str) -> Page + Send + Sync + 'static,
 {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let pages = Arc::new(pages);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!("http accept: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                debug!("http connection from {peer} refused: {} connections open", limits.max_connections);
+                drop(stream);
+                continue;
+            };
             let pages = pages.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -56,9 +126,17 @@ where
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
-                    debug!("http connection: {e}");
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .max_buf_size(MAX_BUF_SIZE)
+                    .serve_connection(io, svc);
+                match tokio::time::timeout(limits.connection_lifetime, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!("http connection from {peer}: {e}"),
+                    Err(_) => debug!("http connection from {peer} closed after {:?}", limits.connection_lifetime),
                 }
+                drop(permit);
             });
         }
     });

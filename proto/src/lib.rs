@@ -5,12 +5,17 @@
 //! - [`frame`]: how a message and its raw body travel on a stream.
 //! - [`batch`]: compressed, checksummed batches and the stream records readers receive.
 //! - [`segment`]: the layout of spilled objects.
+//! - [`auth`]: credentials, signed tokens and per-shuffle capabilities.
 //! - [`error`]: decode errors and the wire error codes, each with a `retryable` flag.
 //!
 //! Nothing here does I/O beyond reading and writing frames on a caller's stream, and nothing
 //! here panics on bytes from a peer: every decoder returns a [`ProtoError`].
 
+#[cfg(feature = "transport")]
+pub mod auth;
 pub mod batch;
+#[cfg(feature = "transport")]
+pub mod certs;
 pub mod error;
 pub mod frame;
 #[cfg(feature = "transport")]

@@ -490,7 +490,7 @@ macro_rules! messages {
                 match kind {
                     $($kind => {
                         let m = rkyv::from_bytes::<$name, rkyv::rancor::Error>(meta)
-                            .map_err(|e| ProtoError::Invalid(e.to_string()))?;
+                            .map_err(|e| ProtoError::Archive { detail: e.to_string() })?;
                         m.validate()?;
                         Ok(Message::$name(m))
                     })*

@@ -3,12 +3,23 @@
 //!
 //! Invariants:
 //! - TLS 1.3 always. Nodes present certificates signed by the cluster CA for the name
-//!   [`CLUSTER_SERVER_NAME`]; a client trusts exactly that CA. The insecure mode (no
-//!   verification) exists for throwaway local clusters and must be asked for by name.
+//!   [`CLUSTER_SERVER_NAME`]; a client trusts exactly that CA. Servers verify the client
+//!   certificate a peer presents against the same CA (mutual TLS): a peer with one is a
+//!   cluster node ([`CallInfo::node`]), a peer without one may only call with a credential,
+//!   and a certificate from another CA fails the handshake. The insecure mode (no verification
+//!   at all, every peer a node) exists for throwaway local experiments and is asked for by name.
 //! - One request per bidirectional stream; the reply (or a stream of replies) comes back on it.
 //! - A frame that fails to decode ends its connection with a typed error sent first; the
 //!   server keeps running. A peer closing its connection is normal, not an error.
 //! - Connections are bounded on the server; every client call is bounded in time.
+//! - A server never buffers what a peer only announced: a frame's bytes are reserved against a
+//!   per-connection and a node-wide budget before they are read, and released when its call
+//!   ends. A header must arrive within `header_timeout` of its stream, the rest within
+//!   `frame_timeout`, and a connection with no call for `idle_timeout` is closed. Beside the
+//!   budget, QUIC flow control holds at most [`SERVER_CONN_WINDOW`] unread bytes per
+//!   connection, so a node's frame memory is at most `budget + max_connections × window`.
+//! - Errors sent to a peer carry a code and a fixed, short message; detail is logged locally,
+//!   rate-limited.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,16 +33,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::auth::Credential;
 use crate::error::{ErrorCode, ProtoError, WireError};
-use crate::frame::{read_frame, write_frame, FrameLimits};
+use crate::frame::{read_frame, read_header, read_rest, write_request, FrameLimits};
 use crate::messages::{Message, MessageType, ReplyError};
 
 /// The TLS name every node certificate carries; clients verify it against the cluster CA.
 pub const CLUSTER_SERVER_NAME: &str = "shoal";
 const ALPN: &[u8] = b"shoal/1";
-/// In-flight bytes a client may push on one connection to a server: a map writer's window of
-/// 16 × 256 KiB batches fits several times over.
-const SERVER_CONN_WINDOW: u32 = 16 << 20;
+/// Unread bytes a client may have in flight on one connection to a server (QUIC flow
+/// control): a map writer's window of 16 × 256 KiB batches fits, and on a data-centre round
+/// trip it is far above the bandwidth-delay product.
+pub const SERVER_CONN_WINDOW: u32 = 4 << 20;
 /// In-flight bytes a server may stream to a client on one connection (reads).
 const CLIENT_CONN_WINDOW: u32 = 64 << 20;
 
@@ -174,12 +187,28 @@ impl Tls {
         let tls_err = |e: rustls::Error| TransportError::Tls(e.to_string());
         let key =
             self.key.as_ref().ok_or_else(|| TransportError::Tls("a server needs a certificate and key".into()))?;
-        let mut crypto = rustls::ServerConfig::builder_with_provider(Self::provider())
+        let builder = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_err)?
-            .with_no_client_auth()
-            .with_single_cert(self.certs.clone(), key.clone_key())
             .map_err(tls_err)?;
+        let builder = match &self.ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in ca {
+                    roots.add(c.clone()).map_err(tls_err)?;
+                }
+                // Peers without a certificate are let in (they may only make calls that need
+                // no cluster identity); one that presents a certificate must chain to the CA.
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Self::provider())
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| TransportError::Tls(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            // Insecure mode: nobody is verified, so every peer counts as a node.
+            None => builder.with_no_client_auth(),
+        };
+        let mut crypto = builder.with_single_cert(self.certs.clone(), key.clone_key()).map_err(tls_err)?;
         crypto.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicServerConfig::try_from(crypto).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -192,18 +221,20 @@ impl Tls {
         let builder = rustls::ClientConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?;
-        let mut crypto = match &self.ca {
+        let builder = match &self.ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in ca {
                     roots.add(c.clone()).map_err(tls_err)?;
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                builder.with_root_certificates(roots)
             }
-            None => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(Self::provider())))
-                .with_no_client_auth(),
+            None => builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(Self::provider()))),
+        };
+        // A node presents its certificate (its cluster identity); other clients present none.
+        let mut crypto = match (&self.key, self.ca.is_some() && !self.certs.is_empty()) {
+            (Some(key), true) => builder.with_client_auth_cert(self.certs.clone(), key.clone_key()).map_err(tls_err)?,
+            _ => builder.with_no_client_auth(),
         };
         crypto.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicClientConfig::try_from(crypto).map_err(|e| TransportError::Tls(e.to_string()))?;
@@ -232,26 +263,11 @@ fn transport_config(max_streams: u32, window: u32) -> quinn::TransportConfig {
     t
 }
 
-/// Writes a new cluster CA and one node certificate (valid for every node) into `dir`:
-/// `ca.pem`, `node.pem`, `node.key`. Used by `shoal local up` and the test harness; a real
-/// deployment brings its own (for example from cert-manager).
+/// Writes a new cluster CA and one node certificate (valid for every node on loopback) into
+/// `dir`: `ca.pem`, `ca.key`, `node.pem`, `node.key`. Used by `shoal local up` and the test
+/// harness; a real deployment brings its own (`shoal certs`, or cert-manager).
 pub fn generate_cluster_tls(dir: &Path) -> Result<TlsSource, TransportError> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let e = |e: rcgen::Error| TransportError::Tls(e.to_string());
-    std::fs::create_dir_all(dir).map_err(|io| TransportError::Tls(format!("{}: {io}", dir.display())))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().map_err(e)?;
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
-    let node_params = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_string()]).map_err(e)?;
-    let node_key = KeyPair::generate().map_err(e)?;
-    let node_cert = node_params.signed_by(&node_key, &ca_cert, &ca_key).map_err(e)?;
-    let write = |name: &str, data: String| {
-        std::fs::write(dir.join(name), data).map_err(|io| TransportError::Tls(format!("{name}: {io}")))
-    };
-    write("ca.pem", ca_cert.pem())?;
-    write("node.pem", node_cert.pem())?;
-    write("node.key", node_key.serialize_pem())?;
+    crate::certs::write_local_cluster(dir, &[]).map_err(|e| TransportError::Tls(e.to_string()))?;
     Ok(TlsSource::Files { cert: dir.join("node.pem"), key: dir.join("node.key"), ca: dir.join("ca.pem") })
 }
 
@@ -318,11 +334,14 @@ impl Default for ClientOptions {
 type ConnSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 /// A client endpoint that keeps one connection per peer address and reopens it when lost.
+/// Clones share the endpoint and connections; each clone may carry its own credential.
 #[derive(Clone)]
 pub struct Client {
     endpoint: quinn::Endpoint,
     opts: ClientOptions,
     conns: Arc<std::sync::Mutex<std::collections::HashMap<String, ConnSlot>>>,
+    /// The encoded credential sent with every request that names none of its own.
+    auth: Arc<[u8]>,
 }
 
 impl Client {
@@ -330,7 +349,21 @@ impl Client {
         let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| TransportError::Tls(e.to_string()))?;
         endpoint.set_default_client_config(tls.client_config()?);
-        Ok(Client { endpoint, opts, conns: Default::default() })
+        Ok(Client { endpoint, opts, conns: Default::default(), auth: Arc::from(&[][..]) })
+    }
+
+    /// The same endpoint and connections, calling with `cred` by default.
+    pub fn with_credential(&self, cred: Option<&Credential>) -> Result<Client, TransportError> {
+        let auth = match cred {
+            Some(c) => c.encode().map_err(|e| TransportError::Tls(e.to_string()))?,
+            None => Vec::new(),
+        };
+        Ok(Client { auth: Arc::from(auth), ..self.clone() })
+    }
+
+    /// The encoded default credential (empty: none).
+    pub fn credential_bytes(&self) -> &[u8] {
+        &self.auth
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -389,6 +422,36 @@ impl Client {
         msg: &Message,
         body: &[u8],
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        self.open_as(addr, msg, &self.auth, body).await
+    }
+
+    /// [`Client::open`] with an explicit encoded credential (a capability, say).
+    pub async fn open_as(
+        &self,
+        addr: &str,
+        msg: &Message,
+        auth: &[u8],
+        body: &[u8],
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        // A cached connection may have been closed by the server as idle a moment ago: one
+        // more try on a fresh connection before the failure counts.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.open_once(addr, msg, auth, body).await {
+                Err(TransportError::Connection { .. }) if tries == 1 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(
+        &self,
+        addr: &str,
+        msg: &Message,
+        auth: &[u8],
+        body: &[u8],
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
         let conn = self.connection(addr).await?;
         let lost =
             |e: &dyn std::fmt::Display| TransportError::Connection { addr: addr.to_string(), reason: e.to_string() };
@@ -399,8 +462,8 @@ impl Client {
                 return Err(lost(&e));
             }
         };
-        let mut scratch = Vec::with_capacity(256);
-        if let Err(e) = write_frame(&mut send, msg, body, &mut scratch).await {
+        let mut scratch = Vec::with_capacity(256 + auth.len());
+        if let Err(e) = write_request(&mut send, msg, auth, body, &mut scratch).await {
             self.forget(addr).await;
             return Err(match e {
                 ProtoError::Io(reason) => TransportError::Connection { addr: addr.to_string(), reason },
@@ -413,8 +476,19 @@ impl Client {
 
     /// One request, one reply: returns the reply message and its body.
     pub async fn call(&self, addr: &str, msg: &Message, body: &[u8]) -> Result<(Message, Vec<u8>), TransportError> {
+        self.call_as(addr, msg, &self.auth, body).await
+    }
+
+    /// [`Client::call`] with an explicit encoded credential.
+    pub async fn call_as(
+        &self,
+        addr: &str,
+        msg: &Message,
+        auth: &[u8],
+        body: &[u8],
+    ) -> Result<(Message, Vec<u8>), TransportError> {
         let fut = async {
-            let (_send, mut recv) = self.open(addr, msg, body).await?;
+            let (_send, mut recv) = self.open_as(addr, msg, auth, body).await?;
             let mut rbody = Vec::new();
             match read_frame(&mut recv, &self.opts.limits, &mut rbody).await {
                 Ok(Some(m)) => Ok((m, rbody)),
@@ -454,7 +528,7 @@ pub struct Responder {
 
 impl Responder {
     pub async fn send(&mut self, msg: &Message, body: &[u8]) -> Result<(), ProtoError> {
-        write_frame(&mut self.send, msg, body, &mut self.scratch).await
+        crate::frame::write_frame(&mut self.send, msg, body, &mut self.scratch).await
     }
 
     pub async fn error(&mut self, e: WireError) -> Result<(), ProtoError> {
@@ -470,11 +544,21 @@ impl Responder {
     }
 }
 
+/// Who made a call, as the transport knows it. The handler decides what the caller may do.
+#[derive(Clone, Debug)]
+pub struct CallInfo {
+    pub peer: SocketAddr,
+    /// The peer presented a client certificate from the cluster CA: a master or a worker.
+    pub node: bool,
+    /// The credential the request carried, decoded (not yet verified).
+    pub credential: Option<Credential>,
+}
+
 /// Serves requests. Each request is one call, on its own task.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
-        peer: SocketAddr,
+        call: &CallInfo,
         req: Message,
         body: Vec<u8>,
         out: &mut Responder,
@@ -487,11 +571,59 @@ pub struct ServerOptions {
     pub limits: FrameLimits,
     pub max_connections: usize,
     pub max_streams_per_connection: u32,
+    /// Frame bytes one connection may have being read or handled at once.
+    pub conn_budget_bytes: u64,
+    /// Frame bytes all connections together may have being read or handled at once.
+    pub node_budget_bytes: u64,
+    /// A request's header must arrive within this of its stream opening, and its bytes must
+    /// find room in the budgets within this again.
+    pub header_timeout: Duration,
+    /// The rest of a frame must arrive within this.
+    pub frame_timeout: Duration,
+    /// A connection with no call in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Insecure mode (no cluster CA): peers cannot be verified, so each counts as a node.
+    pub trust_all_peers: bool,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { limits: FrameLimits::default(), max_connections: 4096, max_streams_per_connection: 1024 }
+        Self {
+            limits: FrameLimits::default(),
+            max_connections: 1024,
+            max_streams_per_connection: 256,
+            conn_budget_bytes: 96 << 20,
+            node_budget_bytes: 1 << 30,
+            header_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            trust_all_peers: false,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The defaults for a server holding `tls`.
+    pub fn for_tls(tls: &Tls) -> Self {
+        Self { trust_all_peers: tls.ca.is_none(), ..Default::default() }
+    }
+
+    /// Checks that every frame the limits allow fits the budgets.
+    pub fn validate(&self) -> Result<(), String> {
+        let largest = crate::frame::FRAME_HEADER_LEN as u64
+            + u64::from(self.limits.max_auth)
+            + u64::from(self.limits.max_meta)
+            + u64::from(self.limits.max_body);
+        if self.conn_budget_bytes < largest || self.node_budget_bytes < self.conn_budget_bytes {
+            return Err(format!(
+                "budgets must hold the largest frame ({largest} bytes): connection {} ≤ node {}",
+                self.conn_budget_bytes, self.node_budget_bytes
+            ));
+        }
+        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+            return Err("connection and stream limits must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -501,25 +633,66 @@ pub fn server_endpoint(bind: SocketAddr, tls: &Tls, opts: &ServerOptions) -> Res
     quinn::Endpoint::server(cfg, bind).map_err(|e| TransportError::Tls(format!("bind {bind}: {e}")))
 }
 
+/// Budget units: KiB, rounded up, so a semaphore's permits cover any budget.
+fn units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+/// Logs at most one line per `every` for one call site, counting what it held back.
+pub struct RateLimitedLog {
+    last_ms: std::sync::atomic::AtomicU64,
+    dropped: AtomicUsize,
+    every_ms: u64,
+}
+
+impl RateLimitedLog {
+    pub const fn new(every_ms: u64) -> Self {
+        Self { last_ms: std::sync::atomic::AtomicU64::new(0), dropped: AtomicUsize::new(0), every_ms }
+    }
+
+    /// Whether to log now; returns how many lines were held back since the last one.
+    pub fn allow(&self) -> Option<usize> {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + self.every_ms;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= self.every_ms
+            && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            Some(self.dropped.swap(0, Ordering::Relaxed))
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+static MALFORMED_LOG: RateLimitedLog = RateLimitedLog::new(5_000);
+
 /// Accepts connections until the endpoint is closed.
 pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>, opts: ServerOptions) {
     let open = Arc::new(AtomicUsize::new(0));
+    let node_budget = Arc::new(tokio::sync::Semaphore::new(units(opts.node_budget_bytes) as usize));
+    let opts = Arc::new(opts);
     while let Some(incoming) = endpoint.accept().await {
         if open.load(Ordering::Relaxed) >= opts.max_connections {
-            warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            if MALFORMED_LOG.allow().is_some() {
+                warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            }
             incoming.refuse();
             continue;
         }
         let handler = handler.clone();
         let open = open.clone();
-        let limits = opts.limits;
+        let opts = opts.clone();
+        let node_budget = node_budget.clone();
         let peer = incoming.remote_address();
         open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(
             async move {
-                match incoming.await {
-                    Ok(conn) => serve_connection(conn, handler, limits).await,
-                    Err(e) => debug!("handshake failed: {e}"),
+                match tokio::time::timeout(opts.header_timeout, incoming).await {
+                    Ok(Ok(conn)) => serve_connection(conn, handler, opts, node_budget).await,
+                    Ok(Err(e)) => debug!("handshake failed: {e}"),
+                    Err(_) => debug!("handshake timed out"),
                 }
                 open.fetch_sub(1, Ordering::Relaxed);
             }
@@ -528,41 +701,132 @@ pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>, opts:
     }
 }
 
-async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>, limits: FrameLimits) {
+/// Whether the peer presented a certificate; rustls has then verified it against the CA.
+fn is_node(conn: &quinn::Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .is_some_and(|certs| !certs.is_empty())
+}
+
+async fn serve_connection<H: Handler>(
+    conn: quinn::Connection,
+    handler: Arc<H>,
+    opts: Arc<ServerOptions>,
+    node_budget: Arc<tokio::sync::Semaphore>,
+) {
     let peer = conn.remote_address();
+    let node = opts.trust_all_peers || is_node(&conn);
+    let conn_budget = Arc::new(tokio::sync::Semaphore::new(units(opts.conn_budget_bytes) as usize));
+    let active = Arc::new(AtomicUsize::new(0));
     loop {
-        let (send, mut recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(quinn::ConnectionError::ApplicationClosed(_)) | Err(quinn::ConnectionError::LocallyClosed) => return,
-            Err(e) => {
+        let (send, recv) = match tokio::time::timeout(opts.idle_timeout, conn.accept_bi()).await {
+            Err(_) if active.load(Ordering::SeqCst) == 0 => {
+                conn.close(0u32.into(), b"idle");
+                return;
+            }
+            Err(_) => continue,
+            Ok(Ok(s)) => s,
+            Ok(Err(quinn::ConnectionError::ApplicationClosed(_))) | Ok(Err(quinn::ConnectionError::LocallyClosed)) => {
+                return
+            }
+            Ok(Err(e)) => {
                 debug!("connection ended: {e}");
                 return;
             }
         };
-        let handler = handler.clone();
-        let conn = conn.clone();
+        active.fetch_add(1, Ordering::SeqCst);
+        let stream = Stream {
+            handler: handler.clone(),
+            conn: conn.clone(),
+            opts: opts.clone(),
+            conn_budget: conn_budget.clone(),
+            node_budget: node_budget.clone(),
+            peer,
+            node,
+        };
+        let active = active.clone();
         tokio::spawn(async move {
-            let mut out = Responder { send, scratch: Vec::with_capacity(256) };
-            let mut body = Vec::new();
-            match read_frame(&mut recv, &limits, &mut body).await {
-                Ok(Some(req)) => {
-                    if let Err(e) = handler.handle(peer, req, body, &mut out).await {
-                        debug!("reply failed: {e}");
-                    }
-                    let _ = out.send.finish();
-                }
-                Ok(None) => {}
-                Err(ProtoError::Io(e)) => debug!("stream ended: {e}"),
-                Err(e) => {
-                    // Hostile or broken bytes: say why, then drop the connection.
-                    warn!("rejecting malformed request: {e}");
-                    let _ = out.error(e.clone().into()).await;
-                    let _ = out.send.finish();
-                    let _ = out.send.stopped().await;
-                    conn.close(1u32.into(), e.to_string().as_bytes());
-                }
-            }
+            stream.serve(send, recv).await;
+            active.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// One request stream and what bounds it.
+struct Stream<H> {
+    handler: Arc<H>,
+    conn: quinn::Connection,
+    opts: Arc<ServerOptions>,
+    conn_budget: Arc<tokio::sync::Semaphore>,
+    node_budget: Arc<tokio::sync::Semaphore>,
+    peer: SocketAddr,
+    node: bool,
+}
+
+impl<H: Handler> Stream<H> {
+    async fn serve(self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let mut out = Responder { send, scratch: Vec::with_capacity(256) };
+        let header =
+            match tokio::time::timeout(self.opts.header_timeout, read_header(&mut recv, &self.opts.limits)).await {
+                Err(_) => return self.refuse(&mut out, &mut recv, ErrorCode::Timeout, "request header too slow").await,
+                Ok(Ok(Some(h))) => h,
+                Ok(Ok(None)) | Ok(Err(ProtoError::Io(_))) => return,
+                Ok(Err(e)) => return self.malformed(&mut out, e).await,
+            };
+        let need = units(header.frame_len() as u64);
+        if u64::from(need) * 1024 > self.opts.conn_budget_bytes {
+            return self.refuse(&mut out, &mut recv, ErrorCode::TooLarge, "frame exceeds the connection budget").await;
+        }
+        let reserve = async {
+            let c = self.conn_budget.clone().acquire_many_owned(need).await.ok()?;
+            let n = self.node_budget.clone().acquire_many_owned(need).await.ok()?;
+            Some((c, n))
+        };
+        // Waiting for budget is bounded like a header: the caller backs off and retries on Busy.
+        let permits = match tokio::time::timeout(self.opts.header_timeout, reserve).await {
+            Ok(Some(p)) => p,
+            _ => return self.refuse(&mut out, &mut recv, ErrorCode::Busy, "too many bytes in flight").await,
+        };
+        let (mut body, mut auth) = (Vec::new(), Vec::new());
+        let read = tokio::time::timeout(self.opts.frame_timeout, read_rest(&mut recv, &header, &mut body, &mut auth));
+        let req = match read.await {
+            Err(_) => return self.refuse(&mut out, &mut recv, ErrorCode::Timeout, "request too slow").await,
+            Ok(Ok(m)) => m,
+            Ok(Err(ProtoError::Io(e))) => return debug!("stream ended: {e}"),
+            Ok(Err(e)) => return self.malformed(&mut out, e).await,
+        };
+        let credential = if auth.is_empty() {
+            None
+        } else {
+            match Credential::decode(&auth) {
+                Ok(c) => Some(c),
+                Err(_) => return self.malformed(&mut out, ProtoError::Credential).await,
+            }
+        };
+        let call = CallInfo { peer: self.peer, node: self.node, credential };
+        if let Err(e) = self.handler.handle(&call, req, body, &mut out).await {
+            debug!("reply failed: {e}");
+        }
+        drop(permits);
+        let _ = out.send.finish();
+    }
+
+    /// Answers with an error and stops reading the stream; the connection stays.
+    async fn refuse(&self, out: &mut Responder, recv: &mut quinn::RecvStream, code: ErrorCode, msg: &str) {
+        let _ = recv.stop(0u32.into());
+        let _ = out.error(WireError::new(code, msg)).await;
+        let _ = out.send.finish();
+    }
+
+    /// Hostile or broken bytes: say why (a fixed message), then drop the connection.
+    async fn malformed(&self, out: &mut Responder, e: ProtoError) {
+        if let Some(held_back) = MALFORMED_LOG.allow() {
+            warn!(peer = %self.peer, held_back, "rejecting malformed request: {e:?}");
+        }
+        let _ = out.error(e.clone().into()).await;
+        let _ = out.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), out.send.stopped()).await;
+        self.conn.close(1u32.into(), b"malformed request");
     }
 }
 

@@ -63,7 +63,7 @@ proptest! {
     #[test]
     fn garbage_is_rejected_without_panic(kind in any::<u8>(), junk in proptest::collection::vec(any::<u8>(), 0..512)) {
         let mut buf = Vec::new();
-        buf.extend_from_slice(&FrameHeader { kind, meta_len: junk.len() as u32, body_len: 0 }.encode());
+        buf.extend_from_slice(&FrameHeader { kind, meta_len: junk.len() as u32, body_len: 0, auth_len: 0 }.encode());
         buf.extend_from_slice(&junk);
         if let Ok((f, _)) = Frame::decode(&buf, &FrameLimits::default()) {
             let _ = f.message();
@@ -139,14 +139,14 @@ fn header_rejections() {
     bad[3] = 200;
     assert_eq!(Frame::decode(&bad, &limits).unwrap_err(), ProtoError::UnknownKind(200));
 
-    let tiny = FrameLimits { max_meta: 8, max_body: 8 };
+    let tiny = FrameLimits { max_meta: 8, max_body: 8, max_auth: 8 };
     let big_body = frame_bytes(&Message::Ack(Ack {}), &[0u8; 9]);
     assert!(matches!(Frame::decode(&big_body, &tiny), Err(ProtoError::TooLarge { what: "frame body", .. })));
     let big_meta =
         frame_bytes(&Message::UnregisterApp(UnregisterApp { app: AppId::new("a".repeat(20)).unwrap() }), b"");
     assert!(matches!(Frame::decode(&big_meta, &tiny), Err(ProtoError::TooLarge { what: "frame meta", .. })));
     // A header announcing 4 GiB is refused before anything is buffered.
-    let huge = FrameHeader { kind: 1, meta_len: u32::MAX, body_len: 0 }.encode();
+    let huge = FrameHeader { kind: 1, meta_len: u32::MAX, body_len: 0, auth_len: 0 }.encode();
     assert!(matches!(Frame::decode(&huge, &limits), Err(ProtoError::TooLarge { .. })));
 }
 
@@ -254,4 +254,35 @@ async fn async_frames_stream_and_end_cleanly() {
             assert!(matches!(outcome, Err(ProtoError::Truncated { .. })), "cut {cut}: {outcome:?}");
         }
     }
+}
+
+/// A peer announces the largest body and sends ten bytes of it: the buffer holds what arrived
+/// plus at most one growth step, never the announced size.
+#[tokio::test]
+async fn buffers_grow_with_arrived_bytes_not_announced_ones() {
+    let limits = FrameLimits::default();
+    let mut wire = Vec::new();
+    encode_frame(&Message::Ack(crate::messages::Ack {}), &[], &mut wire).unwrap();
+    let mut header = FrameHeader::parse(&wire, &limits).unwrap();
+    header.body_len = limits.max_body;
+    let mut bytes = header.encode().to_vec();
+    bytes.extend_from_slice(&wire[FRAME_HEADER_LEN..]);
+    bytes.extend_from_slice(&[7u8; 10]);
+    let mut r = &bytes[..];
+    let mut body = Vec::new();
+    let err = read_frame(&mut r, &limits, &mut body).await.unwrap_err();
+    assert!(matches!(err, ProtoError::Truncated { .. }), "{err:?}");
+    assert!(body.capacity() <= 128 << 10, "buffer of {} bytes for 10 arrived", body.capacity());
+}
+
+/// A credential rides in its own section and never changes the message.
+#[test]
+fn requests_carry_an_auth_section() {
+    let mut out = Vec::new();
+    crate::frame::encode_head(&Message::Ack(crate::messages::Ack {}), b"cred", 0, &mut out).unwrap();
+    let (f, len) = Frame::decode(&out, &FrameLimits::default()).unwrap();
+    assert_eq!((f.auth, len), (&b"cred"[..], out.len()));
+    assert_eq!(f.message().unwrap(), Message::Ack(crate::messages::Ack {}));
+    let tiny = FrameLimits { max_auth: 3, ..FrameLimits::default() };
+    assert!(matches!(Frame::decode(&out, &tiny), Err(ProtoError::TooLarge { what: "frame auth", .. })));
 }

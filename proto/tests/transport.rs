@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use shuffle_proto::messages::{Ack, Message, PushAck};
+use std::time::Duration;
+
+use shuffle_proto::frame::{FrameHeader, FrameLimits};
+use shuffle_proto::messages::{Ack, GetStatus, Message, PushAck};
 use shuffle_proto::transport::*;
 use shuffle_proto::{ErrorCode, ProtoError, WireError};
 
@@ -12,23 +15,125 @@ struct Echo;
 impl Handler for Echo {
     async fn handle(
         &self,
-        _peer: SocketAddr,
+        call: &CallInfo,
         req: Message,
         body: Vec<u8>,
         out: &mut Responder,
     ) -> Result<(), ProtoError> {
         match req {
             Message::PushAck(a) => out.send(&Message::PushAck(PushAck { seq: a.seq + 1 }), &body).await,
+            // Says whether the transport saw a cluster node.
+            Message::Ack(_) => out.send(&Message::PushAck(PushAck { seq: call.node as u32 }), &[]).await,
             _ => out.error(WireError::new(ErrorCode::Busy, "busy")).await,
         }
     }
 }
 
 fn start(tls: &Tls) -> (SocketAddr, quinn::Endpoint) {
-    let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), tls, &ServerOptions::default()).unwrap();
+    start_with(tls, ServerOptions::for_tls(tls))
+}
+
+fn start_with(tls: &Tls, opts: ServerOptions) -> (SocketAddr, quinn::Endpoint) {
+    let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), tls, &opts).unwrap();
     let addr = ep.local_addr().unwrap();
-    tokio::spawn(serve(ep.clone(), Arc::new(Echo), ServerOptions::default()));
+    tokio::spawn(serve(ep.clone(), Arc::new(Echo), opts));
     (addr, ep)
+}
+
+fn cluster(dir: &std::path::Path) -> (TlsSource, Tls) {
+    let src = generate_cluster_tls(dir).unwrap();
+    let tls = Tls::load(&src).unwrap();
+    (src, tls)
+}
+
+async fn seen_as_node(client: &Client, addr: &str) -> Result<bool, TransportError> {
+    match client.call(addr, &Message::Ack(Ack {}), b"").await? {
+        (Message::PushAck(p), _) => Ok(p.seq == 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_certificate_is_a_cluster_identity_and_its_absence_is_not() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (src, tls) = cluster(a.path());
+    let (addr, _ep) = start(&tls);
+    let addr = addr.to_string();
+    let node = Client::new(&tls, ClientOptions::default()).unwrap();
+    assert!(seen_as_node(&node, &addr).await.unwrap(), "a client with the cluster's node certificate");
+    let TlsSource::Files { ca, .. } = src else { panic!() };
+    let anonymous = Client::new(&Tls::load(&TlsSource::CaOnly { ca: ca.clone() }).unwrap(), ClientOptions::default());
+    assert!(!seen_as_node(&anonymous.unwrap(), &addr).await.unwrap(), "a client with no certificate");
+    // A certificate from another CA (trusting ours as a client) fails the handshake.
+    generate_cluster_tls(b.path()).unwrap();
+    let foreign = TlsSource::Files { cert: b.path().join("node.pem"), key: b.path().join("node.key"), ca };
+    let opts = ClientOptions { connect_timeout: Duration::from_secs(2), ..Default::default() };
+    let foreign = Client::new(&Tls::load(&foreign).unwrap(), opts).unwrap();
+    let err = seen_as_node(&foreign, &addr).await.unwrap_err();
+    assert!(err.retryable() || matches!(err, TransportError::Connect { .. }), "{err:?}");
+    assert!(!matches!(err, TransportError::Remote(_)), "no reply may reach a foreign peer: {err:?}");
+}
+
+/// Opens a stream and writes `bytes` without finishing it.
+async fn stall(client: &Client, addr: &str, bytes: &[u8]) -> (quinn::SendStream, quinn::RecvStream) {
+    let conn = client.connection(addr).await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    (send, recv)
+}
+
+async fn reply_code(recv: &mut quinn::RecvStream) -> ErrorCode {
+    let mut body = Vec::new();
+    match shuffle_proto::frame::read_frame(recv, &Default::default(), &mut body).await {
+        Ok(Some(Message::WireError(e))) => e.code(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_header_or_frame_times_out_and_the_budget_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = cluster(dir.path());
+    let limits = FrameLimits { max_meta: 4096, max_body: 1 << 20, max_auth: 512 };
+    let one_frame = (1u64 << 20) + 8192;
+    let opts = ServerOptions {
+        limits,
+        conn_budget_bytes: 4 * one_frame,
+        node_budget_bytes: 4 * one_frame,
+        header_timeout: Duration::from_millis(300),
+        frame_timeout: Duration::from_secs(2),
+        ..ServerOptions::for_tls(&tls)
+    };
+    opts.validate().unwrap();
+    let (addr, _ep) = start_with(&tls, opts);
+    let addr = addr.to_string();
+    let client = Client::new(&tls, ClientOptions::default()).unwrap();
+
+    // One byte of a header, then nothing: refused once the header timeout passes.
+    let t0 = std::time::Instant::now();
+    let (_s, mut r) = stall(&client, &addr, b"S").await;
+    assert_eq!(reply_code(&mut r).await, ErrorCode::Timeout);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+
+    // Four streams announce the largest frame and send a little of it: they fill the budget.
+    // A fifth cannot reserve its bytes and is told the node is busy; the four time out.
+    let header = |meta_len| FrameHeader { kind: 1, meta_len, body_len: 1 << 20, auth_len: 0 }.encode();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut bytes = header(4096).to_vec();
+        bytes.extend_from_slice(&[0u8; 100]);
+        stalled.push(stall(&client, &addr, &bytes).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_s5, mut r5) = stall(&client, &addr, &header(4096)).await;
+    assert_eq!(reply_code(&mut r5).await, ErrorCode::Busy);
+    for (_s, r) in stalled.iter_mut() {
+        assert_eq!(reply_code(r).await, ErrorCode::Timeout);
+    }
+    // The budget came back: a normal call goes through on the same connection.
+    let (reply, _) = client.call(&addr, &Message::PushAck(PushAck { seq: 7 }), b"x").await.unwrap();
+    assert_eq!(reply, Message::PushAck(PushAck { seq: 8 }));
 }
 
 #[tokio::test]
@@ -43,14 +148,15 @@ async fn calls_round_trip_and_keep_error_kinds() {
         assert_eq!(reply, Message::PushAck(PushAck { seq: i + 1 }));
         assert_eq!(body, b"data");
     }
-    let err = client.call_typed::<Ack>(&addr, Ack {}).await.unwrap_err();
+    let err = client.call_typed::<Ack>(&addr, GetStatus {}).await.unwrap_err();
     assert!(matches!(&err, TransportError::Remote(w) if w.code() == ErrorCode::Busy));
     assert!(err.retryable());
 }
 
 #[tokio::test]
 async fn malformed_bytes_close_the_connection_but_not_the_server() {
-    let tls = Tls::load(&TlsSource::Insecure).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = cluster(dir.path());
     let (addr, _ep) = start(&tls);
     let client = Client::new(&tls, ClientOptions::default()).unwrap();
     let conn = client.connection(&addr.to_string()).await.unwrap();

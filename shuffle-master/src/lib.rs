@@ -7,6 +7,7 @@
 //! - [`service`]: the leader's request handler; [`liveness`]: heartbeat soft state.
 //! - [`node`]: a master process wired together.
 
+pub mod access;
 pub mod assign;
 pub mod config;
 pub mod liveness;

@@ -111,9 +111,10 @@ impl MasterNode {
 
         let opts = ServiceOptions { heartbeat_interval: cfg.heartbeat_interval, worker_timeout: cfg.worker_timeout };
         let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts));
-        let endpoint = server_endpoint(cfg.listen, &tls, &ServerOptions::default())?;
+        let server_opts = ServerOptions::for_tls(&tls);
+        let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| StartError::Config(e.to_string()))?;
-        let mut tasks = vec![tokio::spawn(serve(endpoint.clone(), service.clone(), ServerOptions::default()))];
+        let mut tasks = vec![tokio::spawn(serve(endpoint.clone(), service.clone(), server_opts))];
         tasks.push(tokio::spawn(service.clone().run_housekeeping(cfg.heartbeat_interval / 2)));
         let http_addr = match cfg.http_listen {
             Some(a) => {

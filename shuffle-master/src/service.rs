@@ -8,14 +8,13 @@
 //! - Read plans are served after `ensure_linearizable`, so a reader never sees an older state
 //!   than a commit it already got a reply for.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use shuffle_proto::messages::*;
-use shuffle_proto::transport::{Handler, Responder};
+use shuffle_proto::transport::{CallInfo, Handler, Responder};
 use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError, WorkerId};
 use tracing::{info, warn};
 
@@ -436,11 +435,15 @@ impl MasterService {
 impl Handler for MasterService {
     async fn handle(
         &self,
-        _peer: SocketAddr,
+        call: &CallInfo,
         req: Message,
         body: Vec<u8>,
         out: &mut Responder,
     ) -> Result<(), ProtoError> {
+        if let Err(e) = crate::access::authorize(call.node, &req) {
+            warn!(peer = %call.peer, call = req.name(), "refused: {e}");
+            return out.error(e.into()).await;
+        }
         if let Message::RaftRequest(r) = req {
             return match serve_rpc(&self.raft, r.kind.clone(), &body).await {
                 Ok(reply) => out.send(&Message::RaftReply(RaftReply { kind: r.kind }), &reply).await,

@@ -26,8 +26,8 @@ use shuffle_proto::messages::*;
 use shuffle_proto::objstore::{delete_prefix, open_store, SegmentUpload};
 use shuffle_proto::segment::{parse_segment_key, segment_key, segment_prefix, shuffle_dir};
 use shuffle_proto::transport::{
-    serve, server_endpoint, Client, ClientOptions, Handler, MasterClient, Responder, ServerOptions, Tls, TlsSource,
-    TransportError,
+    serve, server_endpoint, CallInfo, Client, ClientOptions, Handler, MasterClient, Responder, ServerOptions, Tls,
+    TlsSource, TransportError,
 };
 use shuffle_proto::{ErrorCode, PartitionId, ProtoError, ShuffleKey, WireError, WorkerId};
 use tokio::sync::{mpsc, watch};
@@ -148,7 +148,8 @@ impl WorkerNode {
         let tls = Tls::load(&cfg.tls)?;
         let client = Client::new(&tls, ClientOptions::default())?;
         let master = MasterClient::new(client, cfg.masters.clone(), Duration::from_secs(30))?;
-        let endpoint = server_endpoint(cfg.listen, &tls, &ServerOptions::default())?;
+        let server_opts = ServerOptions::for_tls(&tls);
+        let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| WorkerError::Config(e.to_string()))?;
         let (done_tx, done_rx) = watch::channel(false);
         let nonce = std::time::SystemTime::now()
@@ -185,7 +186,7 @@ impl WorkerNode {
         }
         let server = Arc::new(Server(inner.clone()));
         let mut tasks = vec![
-            tokio::spawn(serve(endpoint.clone(), server, ServerOptions::default())),
+            tokio::spawn(serve(endpoint.clone(), server, server_opts)),
             tokio::spawn(inner.clone().heartbeat_loop()),
             tokio::spawn(inner.clone().pressure_loop()),
         ];
@@ -794,7 +795,7 @@ struct Server(Arc<Inner>);
 impl Handler for Server {
     async fn handle(
         &self,
-        _peer: SocketAddr,
+        _call: &CallInfo,
         req: Message,
         body: Vec<u8>,
         out: &mut Responder,

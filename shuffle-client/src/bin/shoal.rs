@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use shuffle_client::cli::{self, admin, local::LocalUp, status};
+use shuffle_client::cli::{self, admin, certs, local::LocalUp, status};
 use shuffle_proto::messages::{
     Ack, AppList, ClusterStatus, GetStatus, ListApps, ListShuffles, RecommissionWorker, RemoveWorker, ShuffleList,
 };
@@ -71,6 +71,47 @@ enum Cmd {
     Local {
         #[command(subcommand)]
         cmd: LocalCmd,
+    },
+    /// Cluster certificates: make a CA, issue node certificates with it.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    /// Make a new cluster CA: writes ca.pem and ca.key (mode 0600) in --out.
+    Ca {
+        #[arg(long)]
+        out: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = shuffle_proto::certs::DEFAULT_CA_NAME)]
+        name: String,
+        /// Days the CA is valid for.
+        #[arg(long, default_value_t = shuffle_proto::certs::DEFAULT_CA_VALIDITY_DAYS)]
+        days: u32,
+    },
+    /// Issue a node certificate (always valid for the name "shoal"): writes NAME.pem and
+    /// NAME.key (mode 0600) in --out, signed by ca.pem/ca.key in --ca-dir.
+    Node {
+        /// The directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The certificate's common name and the files' stem.
+        #[arg(long)]
+        name: String,
+        /// A further DNS name (repeat or comma separate), e.g. a pod's DNS name or a wildcard.
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<String>,
+        /// An IP address to be valid for (repeat or comma separate).
+        #[arg(long, value_delimiter = ',')]
+        ip: Vec<std::net::IpAddr>,
+        /// Days the certificate is valid for.
+        #[arg(long, default_value_t = shuffle_proto::certs::DEFAULT_NODE_VALIDITY_DAYS)]
+        days: u32,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -206,6 +247,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Status(conn) => {
             let st: ClusterStatus = connect(&conn)?.call_typed(GetStatus {}).await?;
             emit(conn.output, &status::to_json(&st), || status::to_table(&st))?;
+        }
+        Cmd::Certs { cmd: CertsCmd::Ca { out, name, days } } => {
+            let w = certs::make_ca(&out, &name, days)?;
+            print_out(&format!(
+                "wrote {} and {}; keep the key out of the cluster\n",
+                w.cert.display(),
+                w.key.display()
+            ))?;
+        }
+        Cmd::Certs { cmd: CertsCmd::Node { ca_dir, name, dns, ip, days, out } } => {
+            let w = certs::make_node(&ca_dir, &out, &certs::node_spec(name, dns, ip, days))?;
+            print_out(&format!("wrote {} and {}\n", w.cert.display(), w.key.display()))?;
         }
         Cmd::Local { cmd: LocalCmd::Up { masters, workers, data_dir, object_store, base_port } } => {
             let exe = std::env::current_exe()?;

@@ -5,6 +5,7 @@
 //! reached; 3 the cluster refused the request; 4 a `--wait` timed out (or the worker was lost).
 
 pub mod admin;
+pub mod certs;
 pub mod local;
 pub mod status;
 

@@ -42,7 +42,8 @@ async fn cluster_internal_calls_need_a_node_certificate() -> anyhow::Result<()> 
     // A certificate from another CA does not even complete the handshake.
     let other = tempfile::tempdir()?;
     generate_cluster_tls(other.path())?;
-    let foreign = TlsSource::Files { cert: other.path().join("node.pem"), key: other.path().join("node.key"), ca: ca.clone() };
+    let foreign =
+        TlsSource::Files { cert: other.path().join("node.pem"), key: other.path().join("node.key"), ca: ca.clone() };
     let opts = ClientOptions { connect_timeout: Duration::from_secs(2), ..Default::default() };
     let foreign = Client::new(&Tls::load(&foreign)?, opts)?;
     let err = foreign.call(&c.master_addr, &register_as("intruder").into(), &[]).await.unwrap_err();

@@ -415,12 +415,15 @@ impl SigningKeys {
     }
 }
 
+/// A verified token: its claims bytes and what they decode to, by signature.
+type Verified = (Vec<u8>, Arc<Claims>);
+
 /// Verifies tokens against a set of public keys, remembering the ones it has verified (so a
 /// stream of pushes with the same capability costs one signature check).
 #[derive(Default)]
 pub struct Verifier {
     keys: RwLock<BTreeMap<u32, [u8; 32]>>,
-    cache: Mutex<HashMap<Vec<u8>, (Vec<u8>, Arc<Claims>)>>,
+    cache: Mutex<HashMap<Vec<u8>, Verified>>,
 }
 
 impl Verifier {

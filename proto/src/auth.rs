@@ -569,24 +569,6 @@ impl Authenticator {
     }
 }
 
-/// Reads a credential from the environment variable `var` (the text itself) or, if unset,
-/// from the file `var_FILE` names, or from `file`. Secrets never come from flags.
-pub fn credential_from_env_or_file(var: &str, file: Option<&std::path::Path>) -> Result<Option<String>, AuthError> {
-    if let Ok(v) = std::env::var(var) {
-        if !v.trim().is_empty() {
-            return Ok(Some(v.trim().to_string()));
-        }
-    }
-    let from_env = std::env::var(format!("{var}_FILE")).ok().filter(|v| !v.trim().is_empty());
-    let path = from_env.map(std::path::PathBuf::from).or_else(|| file.map(|p| p.to_path_buf()));
-    match path {
-        Some(p) => std::fs::read_to_string(&p)
-            .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| AuthError::Keys(format!("{}: {e}", p.display()))),
-        None => Ok(None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -361,11 +361,6 @@ impl Client {
         Ok(Client { auth: Arc::from(auth), ..self.clone() })
     }
 
-    /// The encoded default credential (empty: none).
-    pub fn credential_bytes(&self) -> &[u8] {
-        &self.auth
-    }
-
     pub fn options(&self) -> &ClientOptions {
         &self.opts
     }

@@ -23,7 +23,11 @@ impl Handler for Echo {
         match req {
             Message::PushAck(a) => out.send(&Message::PushAck(PushAck { seq: a.seq + 1 }), &body).await,
             // Says whether the transport saw a cluster node.
-            Message::Ack(_) => out.send(&Message::PushAck(PushAck { seq: call.node as u32 }), &[]).await,
+            // and, in bit 1, whether the call carried a credential that decoded.
+            Message::Ack(_) => {
+                let seq = call.node as u32 | (call.credential.is_some() as u32) << 1;
+                out.send(&Message::PushAck(PushAck { seq }), &[]).await
+            }
             _ => out.error(WireError::new(ErrorCode::Busy, "busy")).await,
         }
     }
@@ -48,7 +52,7 @@ fn cluster(dir: &std::path::Path) -> (TlsSource, Tls) {
 
 async fn seen_as_node(client: &Client, addr: &str) -> Result<bool, TransportError> {
     match client.call(addr, &Message::Ack(Ack {}), b"").await? {
-        (Message::PushAck(p), _) => Ok(p.seq == 1),
+        (Message::PushAck(p), _) => Ok(p.seq & 1 == 1),
         other => panic!("{other:?}"),
     }
 }
@@ -62,6 +66,13 @@ async fn a_node_certificate_is_a_cluster_identity_and_its_absence_is_not() {
     let addr = addr.to_string();
     let node = Client::new(&tls, ClientOptions::default()).unwrap();
     assert!(seen_as_node(&node, &addr).await.unwrap(), "a client with the cluster's node certificate");
+    // A credential set on a client travels in each request's auth section.
+    let cred = shuffle_proto::auth::Credential::parse_secret("tenant-a:s3cret").unwrap();
+    let with = node.with_credential(Some(&cred)).unwrap();
+    match with.call(&addr, &Message::Ack(Ack {}), b"").await.unwrap() {
+        (Message::PushAck(p), _) => assert_eq!(p.seq, 0b11, "node and credential"),
+        other => panic!("{other:?}"),
+    }
     let TlsSource::Files { ca, .. } = src else { panic!() };
     let anonymous = Client::new(&Tls::load(&TlsSource::CaOnly { ca: ca.clone() }).unwrap(), ClientOptions::default());
     assert!(!seen_as_node(&anonymous.unwrap(), &addr).await.unwrap(), "a client with no certificate");

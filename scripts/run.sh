@@ -33,4 +33,4 @@ SPARK_HOME="$("$SHOAL_CACHE/venv/bin/python" -c 'import os, pyspark; print(os.pa
   2> "$work/spark.log" || { tail -n 40 "$work/spark.log"; exit 1; }
 step_done "spark job"
 "$CARGO_TARGET_DIR/debug/shoal" status --masters "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["master_endpoints"])' "$work/.shoal/cluster.json")" \
-  --tls-ca "$work/.shoal/tls/ca.pem"
+  --tls-ca "$work/.shoal/tls/ca.pem" --credential-file "$work/.shoal/auth/admin.credential"

@@ -47,6 +47,9 @@ struct Args {
     /// Object store the workers spill to (with --masters), to read spilled partitions.
     #[arg(long)]
     object_store: Option<String>,
+    /// A tenant's credential file (with --masters); else SHOAL_CREDENTIAL is used.
+    #[arg(long, env = "SHOAL_CREDENTIAL_FILE")]
+    credential_file: Option<PathBuf>,
     #[arg(long, default_value_t = 8)]
     mappers: u32,
     #[arg(long, default_value_t = 64)]
@@ -357,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The cluster.
     let data_dir = tempfile::tempdir()?;
-    let (running, masters, tls, object_store) = if args.local {
+    let (running, masters, tls, object_store, credential) = if args.local {
         let exe = std::env::current_exe()?;
         let up = LocalUp {
             masters: args.local_masters,
@@ -371,12 +374,15 @@ async fn main() -> anyhow::Result<()> {
         let masters: Vec<String> = r.file.master_endpoints.split(',').map(String::from).collect();
         let tls = TlsSource::CaOnly { ca: r.file.tls_ca.clone() };
         let os = Some(r.file.object_store.clone());
-        (Some(r), masters, tls, os)
+        let cred = shuffle_proto::auth::Credential::load_secret_file(&r.file.tenant_credential)?;
+        (Some(r), masters, tls, os, Some(cred))
     } else {
         let ca = args.tls_ca.clone().context("--tls-ca is needed with --masters")?;
-        (None, args.masters.clone(), TlsSource::CaOnly { ca }, args.object_store.clone())
+        let cred = shuffle_client::cli::credential(args.credential_file.as_deref())?;
+        (None, args.masters.clone(), TlsSource::CaOnly { ca }, args.object_store.clone(), cred)
     };
     let mut cfg = ClientConfig::new(masters, tls);
+    cfg.credential = credential;
     cfg.object_store = object_store;
     cfg.batch_bytes = batch;
     cfg.max_in_flight = args.in_flight;

@@ -14,8 +14,12 @@ SHOAL_MASTERS="${SHOAL_MASTERS:-3}"
 SHOAL_PORT="${SHOAL_PORT:-9100}"
 SHOAL_OBJECT_STORE="${SHOAL_OBJECT_STORE:-s3://spark-shuffle/shoal}"
 SHOAL_JAR="${SHOAL_JAR:-local:///opt/shoal/shoal-spark.jar}"
-# Secrets in SPARK_NAMESPACE: the cluster CA (key ca.crt) and the S3 keys for direct reads.
+# Secrets in SPARK_NAMESPACE: the cluster CA (key ca.crt), the tenant credential (key
+# tenant.credential, mounted into the driver only) and the S3 keys for direct reads:
+#   kubectl -n spark create secret generic shoal-credential \
+#     --from-file=tenant.credential=auth/spark.credential
 CA_SECRET="${CA_SECRET:-shoal-ca}"
+CREDENTIAL_SECRET="${CREDENTIAL_SECRET:-shoal-credential}"
 S3_SECRET="${S3_SECRET:-shoal-s3}"
 AWS_REGION="${AWS_REGION:-us-east-1}"
 # GroupByTest shuffles mappers x pairs x value bytes (here 200 x 100000 x 1000 B, about 20 GB).
@@ -41,7 +45,9 @@ exec spark-submit \
   --conf spark.shoal.master.endpoints="$endpoints" \
   --conf spark.shoal.tls.ca=/etc/shoal/ca/ca.crt \
   --conf spark.shoal.objectStore.url="$SHOAL_OBJECT_STORE" \
+  --conf spark.shoal.auth.credentialFile=/etc/shoal/credential/tenant.credential \
   --conf spark.kubernetes.driver.secrets."$CA_SECRET"=/etc/shoal/ca \
+  --conf spark.kubernetes.driver.secrets."$CREDENTIAL_SECRET"=/etc/shoal/credential \
   --conf spark.kubernetes.executor.secrets."$CA_SECRET"=/etc/shoal/ca \
   --conf spark.kubernetes.executor.secretKeyRef.AWS_ACCESS_KEY_ID="$S3_SECRET:AWS_ACCESS_KEY_ID" \
   --conf spark.kubernetes.executor.secretKeyRef.AWS_SECRET_ACCESS_KEY="$S3_SECRET:AWS_SECRET_ACCESS_KEY" \

@@ -26,9 +26,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 use crate::ids::{AppId, ShuffleKey};
+use crate::messages::{AuthKeys, VerifyKey};
 
 /// Longest encoded credential a frame may carry.
-pub const MAX_CREDENTIAL_LEN: usize = 2048;
+pub use crate::messages::MAX_CREDENTIAL_LEN;
 /// Longest principal name and secret.
 pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_SECRET_LEN: usize = 256;
@@ -415,6 +416,61 @@ impl SigningKeys {
     }
 }
 
+/// Signs what the masters hand out: app tokens at registration, capabilities with assignments
+/// and read plans. Pure apart from the signature: time comes in as `now_unix_ms`.
+#[derive(Debug)]
+pub struct Issuer {
+    pub keys: SigningKeys,
+    pub token_ttl_ms: u64,
+    pub capability_ttl_ms: u64,
+}
+
+impl Issuer {
+    /// The token an application presents for its master calls.
+    pub fn app_token(&self, tenant: &str, app: &AppId, now_unix_ms: u64) -> Result<Credential, AuthError> {
+        self.keys.sign(&Claims {
+            tenant: tenant.into(),
+            app: app.clone(),
+            scope: Scope::App,
+            expires_unix_ms: now_unix_ms.saturating_add(self.token_ttl_ms),
+        })
+    }
+
+    /// A capability for `rights` on one generation of one shuffle, encoded for the wire.
+    pub fn capability(
+        &self,
+        tenant: &str,
+        shuffle: &ShuffleKey,
+        rights: u8,
+        now_unix_ms: u64,
+    ) -> Result<Vec<u8>, AuthError> {
+        self.keys
+            .sign(&Claims {
+                tenant: tenant.into(),
+                app: shuffle.app.clone(),
+                scope: Scope::Shuffle { shuffle_id: shuffle.shuffle_id, generation: shuffle.generation, rights },
+                expires_unix_ms: now_unix_ms.saturating_add(self.capability_ttl_ms),
+            })?
+            .encode()
+    }
+
+    /// What workers need to verify offline.
+    pub fn auth_keys(&self) -> AuthKeys {
+        AuthKeys { required: true, keys: self.keys.public_keys().iter().map(PublicKey::to_wire).collect() }
+    }
+}
+
+impl PublicKey {
+    pub fn to_wire(&self) -> VerifyKey {
+        VerifyKey { id: self.id, key: self.key.to_vec() }
+    }
+
+    /// A key from the wire; `None` if it is not 32 bytes.
+    pub fn from_wire(k: &VerifyKey) -> Option<PublicKey> {
+        Some(PublicKey { id: k.id, key: k.key.as_slice().try_into().ok()? })
+    }
+}
+
 /// A verified token: its claims bytes and what they decode to, by signature.
 type Verified = (Vec<u8>, Arc<Claims>);
 
@@ -484,6 +540,62 @@ impl Verifier {
         }
         Ok(verified)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files: credentials for clients, key material for masters.
+
+impl Credential {
+    /// Reads a credential file (`name:secret`, as `shoal auth init` writes it).
+    pub fn load_secret_file(path: &std::path::Path) -> Result<Credential, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AuthError::Keys(format!("{}: {e}", path.display())))?;
+        Credential::parse_secret(&text)
+            .map_err(|e| AuthError::Keys(format!("{}: {e} (expected name:secret)", path.display())))
+    }
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+pub fn write_private(path: &std::path::Path, text: &str) -> Result<(), AuthError> {
+    crate::certs::write_owner_only(path, text).map_err(|e| AuthError::Keys(format!("{}: {e}", path.display())))
+}
+
+/// What [`init_auth_dir`] wrote.
+#[derive(Clone, Debug)]
+pub struct AuthFiles {
+    /// For the masters.
+    pub principals: std::path::PathBuf,
+    pub signing_keys: std::path::PathBuf,
+    /// The admin's credential file, for the `shoal` CLI.
+    pub admin: std::path::PathBuf,
+    /// Each tenant's name and credential file, for its Spark drivers.
+    pub tenants: Vec<(String, std::path::PathBuf)>,
+}
+
+/// Makes everything a new cluster's authentication needs in `dir`: a signing key, one secret
+/// per tenant and one admin secret (credential files `<name>.credential`, mode 0600), and the
+/// masters' `principals.toml`, which holds only hashes.
+pub fn init_auth_dir(dir: &std::path::Path, tenants: &[&str], admin: &str) -> Result<AuthFiles, AuthError> {
+    std::fs::create_dir_all(dir).map_err(|e| AuthError::Keys(format!("{}: {e}", dir.display())))?;
+    let signing_keys = dir.join("signing-keys.toml");
+    write_private(&signing_keys, &SigningKeys::generate_file(1)?)?;
+    let mut table = String::from("[tenants]\n");
+    let mut out = Vec::new();
+    for t in tenants {
+        let (cred, line) = Principals::new_secret(t)?;
+        let path = dir.join(format!("{t}.credential"));
+        write_private(&path, &format!("{cred}\n"))?;
+        table.push_str(&line);
+        table.push('\n');
+        out.push((t.to_string(), path));
+    }
+    let (cred, line) = Principals::new_secret(admin)?;
+    let admin_path = dir.join(format!("{admin}.credential"));
+    write_private(&admin_path, &format!("{cred}\n"))?;
+    table.push_str(&format!("\n[admins]\n{line}\n"));
+    let principals = dir.join("principals.toml");
+    write_private(&principals, &table)?;
+    Principals::load(&principals)?;
+    Ok(AuthFiles { principals, signing_keys, admin: admin_path, tenants: out })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -651,6 +763,30 @@ mod tests {
         assert_eq!(p.check("nobody", &secret), Err(AuthError::BadSecret));
         assert!(Principals::parse(&format!("[tenants]\n{line}\n[admins]\n{line}\n")).is_err(), "name in both");
         assert!(!format!("{:?}", Credential::parse_secret(&cred).unwrap()).contains(cred.split(':').nth(1).unwrap()));
+    }
+
+    #[test]
+    fn an_initialised_directory_admits_its_principals_and_holds_no_secret_in_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = init_auth_dir(dir.path(), &["spark", "etl"], "admin").unwrap();
+        let p = Principals::load(&f.principals).unwrap();
+        let keys = SigningKeys::load(&f.signing_keys).unwrap();
+        assert_eq!(keys.public_keys().len(), 1);
+        let table = std::fs::read_to_string(&f.principals).unwrap();
+        for (name, path) in f.tenants.iter().chain([&("admin".to_string(), f.admin.clone())]) {
+            let Credential::Secret { principal, secret } = Credential::load_secret_file(path).unwrap() else {
+                panic!()
+            };
+            assert_eq!(&principal, name);
+            let role = if name == "admin" { Role::Admin } else { Role::Tenant };
+            assert_eq!(p.check(&principal, &secret), Ok(role));
+            assert!(!table.contains(&secret), "principals.toml holds hashes only");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600);
+            }
+        }
     }
 
     #[test]

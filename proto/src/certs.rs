@@ -294,12 +294,15 @@ fn write_public(path: &Path, text: &str) -> Result<(), CertError> {
 }
 
 /// Creates (or truncates) a file readable by its owner only; an existing file's mode is reset.
+pub(crate) fn write_owner_only(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
-    let mut f =
-        OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io_err(path))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
-    f.write_all(text.as_bytes()).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))
+    write_owner_only(path, text).map_err(io_err(path))
 }
 
 #[cfg(test)]

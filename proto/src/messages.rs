@@ -177,6 +177,32 @@ wire! {
     }
 
     pub enum RaftRpcKind { AppendEntries, Vote, InstallSnapshot }
+
+    /// A public key that verifies tokens the masters sign.
+    pub struct VerifyKey { pub id: u32, pub key: Vec<u8> }
+
+    /// What workers need to check callers offline, sent with every registration and
+    /// heartbeat reply so key rotation reaches them without a restart.
+    pub struct AuthKeys {
+        /// Pushes and reads need a capability; when false the cluster runs without
+        /// application authentication (an explicit master setting).
+        pub required: bool,
+        pub keys: Vec<VerifyKey>,
+    }
+}
+
+/// Most verification keys a master hands out at once (rotation needs two).
+pub const MAX_VERIFY_KEYS: usize = 16;
+/// Longest app token text.
+pub const MAX_TOKEN_TEXT: usize = 4096;
+/// Longest encoded credential (a frame's auth section, a capability).
+pub const MAX_CREDENTIAL_LEN: usize = 2048;
+
+fn check_capability(c: &[u8]) -> Result<(), ProtoError> {
+    if c.len() > MAX_CREDENTIAL_LEN {
+        return Err(ProtoError::TooLarge { what: "capability", len: c.len() as u64, max: MAX_CREDENTIAL_LEN as u64 });
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,8 +212,16 @@ wire! {
     /// Positive reply with nothing to say.
     pub struct Ack {}
 
+    /// Sent with a tenant's secret (when authentication is on).
     pub struct RegisterApp { pub app: AppId, pub lease_ms: u64 }
-    pub struct AppRegistered { pub app: AppId, pub lease_ms: u64 }
+    pub struct AppRegistered {
+        pub app: AppId,
+        pub lease_ms: u64,
+        /// The application's token (text form of a signed [`crate::auth::Credential`]): the
+        /// credential for the app's master calls, handed by the driver to its executors.
+        /// Empty when the cluster runs without authentication.
+        pub token: String,
+    }
     pub struct AppHeartbeat { pub app: AppId }
     pub struct UnregisterApp { pub app: AppId }
 
@@ -206,6 +240,9 @@ wire! {
         pub num_maps: u32,
         pub num_partitions: u32,
         pub locations: Vec<PartitionLocation>,
+        /// Encoded capability to push to this shuffle generation (see [`crate::auth`]);
+        /// empty without authentication.
+        pub capability: Vec<u8>,
     }
 
     /// A push to `failed_worker` at `failed_epoch` failed: move the partition (or return the
@@ -245,6 +282,9 @@ wire! {
         pub shuffle: ShuffleKey,
         pub state: ShuffleState,
         pub partitions: Vec<PartitionReadPlan>,
+        /// Encoded capability to read this shuffle generation from its workers; empty
+        /// without authentication.
+        pub capability: Vec<u8>,
     }
 
     pub struct UnregisterShuffle { pub shuffle: ShuffleKey }
@@ -255,7 +295,7 @@ wire! {
         pub capacity_bytes: u64,
         pub held: Vec<HeldPartition>,
     }
-    pub struct WorkerRegistered { pub heartbeat_interval_ms: u64 }
+    pub struct WorkerRegistered { pub heartbeat_interval_ms: u64, pub auth: AuthKeys }
     pub struct WorkerHeartbeat {
         pub worker: WorkerId,
         pub bytes_held: u64,
@@ -263,7 +303,7 @@ wire! {
         /// Shuffles with local data: the reply says which to seal or delete.
         pub shuffles: Vec<ShuffleKey>,
     }
-    pub struct HeartbeatReply { pub commands: Vec<WorkerCommand> }
+    pub struct HeartbeatReply { pub commands: Vec<WorkerCommand>, pub auth: AuthKeys }
 
     /// A draining worker holds no data any more: what the master still lists on it had none
     /// (or was lost).
@@ -351,7 +391,6 @@ validate_none!(
     RaftRequest,
     RaftReply,
     PushAck,
-    WorkerRegistered,
 );
 
 macro_rules! validate_fields {
@@ -382,7 +421,22 @@ validate_fields!(WorkerCommand => |s| match s {
     WorkerCommand::Decommission | WorkerCommand::Recommission => Ok(()),
 });
 validate_fields!(RegisterApp => |s| s.app.validate());
-validate_fields!(AppRegistered => |s| s.app.validate());
+validate_fields!(AppRegistered => |s| {
+    if s.token.len() > MAX_TOKEN_TEXT {
+        return Err(ProtoError::TooLarge { what: "token", len: s.token.len() as u64, max: MAX_TOKEN_TEXT as u64 });
+    }
+    s.app.validate()
+});
+validate_fields!(AuthKeys => |s| {
+    if s.keys.len() > MAX_VERIFY_KEYS {
+        return Err(ProtoError::TooLarge { what: "verify keys", len: s.keys.len() as u64, max: MAX_VERIFY_KEYS as u64 });
+    }
+    if s.keys.iter().any(|k| k.key.len() != 32) {
+        return Err(ProtoError::Invalid("a verify key must be 32 bytes".into()));
+    }
+    Ok(())
+});
+validate_fields!(WorkerRegistered => |s| s.auth.validate());
 validate_fields!(AppHeartbeat => |s| s.app.validate());
 validate_fields!(UnregisterApp => |s| s.app.validate());
 validate_fields!(RegisterShuffle => |s| {
@@ -395,6 +449,7 @@ validate_fields!(RegisterShuffle => |s| {
 validate_fields!(GetAssignment => |s| s.shuffle.validate());
 validate_fields!(ShuffleAssignment => |s| {
     s.shuffle.validate()?;
+    check_capability(&s.capability)?;
     s.locations.iter().try_for_each(Validate::validate)
 });
 validate_fields!(Relocate => |s| { s.shuffle.validate()?; s.failed_worker.validate() });
@@ -413,6 +468,7 @@ validate_fields!(GetReadPlan => |s| {
 });
 validate_fields!(ReadPlan => |s| {
     s.shuffle.validate()?;
+    check_capability(&s.capability)?;
     s.partitions.iter().try_for_each(Validate::validate)
 });
 validate_fields!(UnregisterShuffle => |s| s.shuffle.validate());
@@ -426,7 +482,10 @@ validate_fields!(WorkerHeartbeat => |s| {
     s.worker.validate()?;
     s.shuffles.iter().try_for_each(ShuffleKey::validate)
 });
-validate_fields!(HeartbeatReply => |s| s.commands.iter().try_for_each(Validate::validate));
+validate_fields!(HeartbeatReply => |s| {
+    s.auth.validate()?;
+    s.commands.iter().try_for_each(Validate::validate)
+});
 validate_fields!(ReportSegment => |s| { s.worker.validate()?; s.shuffle.validate() });
 validate_fields!(ClusterStatus => |s| {
     for m in &s.masters { check_addr(&m.addr)?; }

@@ -864,12 +864,18 @@ impl MasterClient {
     /// Sends `msg` to the leader; returns its reply (which may be a `WireError` other than
     /// the leader-finding ones).
     pub async fn call(&self, msg: &Message) -> Result<(Message, Vec<u8>), TransportError> {
+        let auth = self.client.auth.clone();
+        self.call_as(msg, &auth).await
+    }
+
+    /// [`MasterClient::call`] with an explicit encoded credential.
+    pub async fn call_as(&self, msg: &Message, auth: &[u8]) -> Result<(Message, Vec<u8>), TransportError> {
         let start = tokio::time::Instant::now();
         let mut next = 0usize;
         let mut backoff = Duration::from_millis(20);
         loop {
             let target = self.leader_hint().unwrap_or_else(|| self.masters[next % self.masters.len()].clone());
-            let outcome = self.client.call(&target, msg, &[]).await;
+            let outcome = self.client.call_as(&target, msg, auth, &[]).await;
             let last_err = match outcome {
                 Ok((Message::WireError(e), _)) if e.code() == ErrorCode::NotLeader => {
                     match e.leader_hint.clone().filter(|h| *h != target) {
@@ -913,5 +919,20 @@ impl MasterClient {
     pub async fn call_typed<T: MessageType>(&self, msg: impl Into<Message>) -> Result<T, TransportError> {
         let (reply, _) = self.call(&msg.into()).await?;
         Ok(reply.expect::<T>()?)
+    }
+
+    /// [`MasterClient::call_typed`] with an explicit encoded credential.
+    pub async fn call_typed_as<T: MessageType>(
+        &self,
+        msg: impl Into<Message>,
+        auth: &[u8],
+    ) -> Result<T, TransportError> {
+        let (reply, _) = self.call_as(&msg.into(), auth).await?;
+        Ok(reply.expect::<T>()?)
+    }
+
+    /// The same masters and leader hint, calling with `cred` by default.
+    pub fn with_credential(&self, cred: Option<&Credential>) -> Result<MasterClient, TransportError> {
+        Ok(MasterClient { client: self.client.with_credential(cred)?, ..self.clone() })
     }
 }

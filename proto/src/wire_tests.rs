@@ -162,6 +162,7 @@ fn every_truncation_is_rejected() {
             lost: true,
             expected: vec![MapOutput { map: MapId(0), attempt: AttemptId(1), bytes: 10, crc_sum: 3, batches: 1 }],
         }],
+        capability: vec![7; 12],
     });
     let bytes = frame_bytes(&msg, b"body");
     for cut in 0..bytes.len() {

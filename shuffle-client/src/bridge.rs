@@ -21,7 +21,9 @@ use shuffle_proto::messages::ShuffleAssignment;
 use shuffle_proto::transport::TlsSource;
 use shuffle_proto::{AppId, AttemptId, ErrorCode, MapId, ShuffleKey};
 
-use crate::client::{ClientConfig, ShuffleClient};
+use shuffle_proto::auth::{now_unix_ms, Credential};
+
+use crate::client::{capability_lasts, ClientConfig, ShuffleClient, CAPABILITY_MARGIN_MS};
 use crate::error::ClientError;
 use crate::reader::PartitionStream;
 use crate::writer::MapWriter;
@@ -44,6 +46,10 @@ pub struct BridgeConfig {
     pub master_deadline: Duration,
     pub runtime_threads: usize,
     pub log: String,
+    /// `credential_file=PATH` (a tenant's `name:secret`, the driver), `app_token=TEXT` (the
+    /// app token the driver handed its executors through the shuffle handle), or else the
+    /// `SHOAL_CREDENTIAL` environment variable.
+    pub credential: Option<Credential>,
 }
 
 impl BridgeConfig {
@@ -66,7 +72,10 @@ impl BridgeConfig {
             master_deadline: Duration::from_secs(60),
             runtime_threads: 2,
             log: "warn".into(),
+            credential: None,
         };
+        let mut credential_file: Option<String> = None;
+        let mut app_token: Option<String> = None;
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let (k, v) =
                 line.split_once('=').ok_or_else(|| ClientError::Config(format!("`{line}` is not key=value")))?;
@@ -92,6 +101,9 @@ impl BridgeConfig {
                         v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| bad(k, v, "expected 1..=64"))?;
                 }
                 "log" => cfg.log = v.to_string(),
+                "credential_file" => credential_file = (!v.is_empty()).then(|| v.to_string()),
+                // Never echoed in errors: it is a secret.
+                "app_token" => app_token = (!v.is_empty()).then(|| v.to_string()),
                 _ => return Err(ClientError::Config(format!("unknown setting `{k}`"))),
             }
         }
@@ -99,6 +111,31 @@ impl BridgeConfig {
             return Err(ClientError::Config("no master endpoints (spark.shoal.master.endpoints)".into()));
         }
         cfg.masters = masters;
+        cfg.credential = match (credential_file, app_token) {
+            (Some(_), Some(_)) => {
+                return Err(ClientError::Config("credential_file and app_token exclude each other".into()))
+            }
+            (None, Some(t)) => Some(
+                Credential::from_text(&t).map_err(|_| ClientError::Config("app_token: not a Shoal token".into()))?,
+            ),
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ClientError::Config(format!("credential file {path} (spark.shoal.auth.credentialFile): {e}"))
+                })?;
+                Some(
+                    Credential::parse_secret(&text).map_err(|e| {
+                        ClientError::Config(format!("credential file {path}: {e} (expected name:secret)"))
+                    })?,
+                )
+            }
+            (None, None) => match std::env::var("SHOAL_CREDENTIAL") {
+                Ok(text) if !text.trim().is_empty() => Some(
+                    Credential::parse_secret(&text)
+                        .map_err(|e| ClientError::Config(format!("SHOAL_CREDENTIAL: {e} (expected name:secret)")))?,
+                ),
+                _ => None,
+            },
+        };
         cfg.tls = match (ca, insecure) {
             (Some(ca), false) => TlsSource::CaOnly { ca },
             (None, true) => TlsSource::Insecure,
@@ -118,6 +155,7 @@ impl BridgeConfig {
         c.max_in_flight = self.max_in_flight;
         c.call_timeout = self.call_timeout;
         c.master_deadline = self.master_deadline;
+        c.credential = self.credential.clone();
         c
     }
 }
@@ -269,7 +307,9 @@ impl Bridge {
         Ok(h)
     }
 
-    pub fn register_app(&self, client: i64, app: &str, lease: Duration) -> Result<(), ClientError> {
+    /// Registers the application; returns its token's text for the executors ("" without
+    /// authentication).
+    pub fn register_app(&self, client: i64, app: &str, lease: Duration) -> Result<String, ClientError> {
         let c = self.client(client)?;
         let app = AppId::new(app)?;
         self.rt.block_on(c.register_app(&app, lease))
@@ -327,8 +367,10 @@ impl Bridge {
         key: &ShuffleKey,
         shape: ShuffleShape,
     ) -> Result<ShuffleAssignment, ClientError> {
-        if let Some(a) = lock(&self.assignments).get(&(client, key.clone())) {
-            return Ok(a.clone());
+        let cached = lock(&self.assignments).get(&(client, key.clone())).cloned();
+        // A cached capability about to run out is replaced with the assignment's fresh one.
+        if let Some(a) = cached.filter(|a| capability_lasts(&a.capability, now_unix_ms(), CAPABILITY_MARGIN_MS)) {
+            return Ok(a);
         }
         let a = match self.rt.block_on(c.assignment(key)) {
             Err(e) if is_code(&e, ErrorCode::UnknownShuffle) => {

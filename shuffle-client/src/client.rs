@@ -5,15 +5,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
+use shuffle_proto::auth::Credential;
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::open_store;
 use shuffle_proto::transport::{Client, ClientOptions, MasterClient, Tls, TlsSource};
-use shuffle_proto::{AppId, AttemptId, MapId, ShuffleKey};
+use shuffle_proto::{AppId, AttemptId, MapId, ProtoError, ShuffleKey};
 
 use crate::error::ClientError;
 use crate::policy::RetryPolicy;
 use crate::reader::PartitionStream;
 use crate::writer::MapWriter;
+
+/// A capability is replaced when it has less than this left.
+pub const CAPABILITY_MARGIN_MS: u64 = 5 * 60 * 1000;
+
+/// Whether an encoded capability is still valid `margin_ms` after `now_unix_ms` by its own
+/// (unverified) claims. An empty one (no authentication) always is.
+pub fn capability_lasts(cap: &[u8], now_unix_ms: u64, margin_ms: u64) -> bool {
+    if cap.is_empty() {
+        return true;
+    }
+    Credential::decode(cap)
+        .ok()
+        .and_then(|c| c.unverified_claims())
+        .is_some_and(|c| c.expires_unix_ms > now_unix_ms.saturating_add(margin_ms))
+}
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -31,6 +47,9 @@ pub struct ClientConfig {
     pub call_timeout: Duration,
     /// How long to keep trying to reach a master.
     pub master_deadline: Duration,
+    /// What this process presents to the masters: a tenant's secret (a driver, which then
+    /// uses the app token it receives), an app token (an executor), or an admin's secret.
+    pub credential: Option<Credential>,
 }
 
 impl ClientConfig {
@@ -44,6 +63,7 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             call_timeout: Duration::from_secs(30),
             master_deadline: Duration::from_secs(30),
+            credential: None,
         }
     }
 }
@@ -53,6 +73,17 @@ pub(crate) struct Inner {
     pub client: Client,
     pub master: MasterClient,
     pub store: Option<Arc<dyn ObjectStore>>,
+    /// The configured credential, encoded.
+    configured: Arc<[u8]>,
+    /// The app token received at registration: the credential of every later master call.
+    app_token: std::sync::Mutex<Option<Arc<[u8]>>>,
+}
+
+impl Inner {
+    fn master_auth(&self) -> Arc<[u8]> {
+        let token = self.app_token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        token.unwrap_or_else(|| self.configured.clone())
+    }
 }
 
 /// A handle to a Shoal cluster; cheap to clone.
@@ -75,7 +106,13 @@ impl ShuffleClient {
         let client = Client::new(tls, opts)?;
         let master = MasterClient::new(client.clone(), cfg.masters.clone(), cfg.master_deadline)?;
         let store = cfg.object_store.as_deref().map(open_store).transpose()?;
-        Ok(ShuffleClient { inner: Arc::new(Inner { cfg, client, master, store }) })
+        let configured = match &cfg.credential {
+            Some(c) => c.encode().map_err(|e| ClientError::Config(format!("credential: {e}")))?,
+            None => Vec::new(),
+        };
+        let inner =
+            Inner { cfg, client, master, store, configured: Arc::from(configured), app_token: Default::default() };
+        Ok(ShuffleClient { inner: Arc::new(inner) })
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -83,13 +120,23 @@ impl ShuffleClient {
     }
 
     pub(crate) async fn master<T: MessageType>(&self, msg: impl Into<Message>) -> Result<T, ClientError> {
-        Ok(self.inner.master.call_typed(msg).await?)
+        let auth = self.inner.master_auth();
+        Ok(self.inner.master.call_typed_as(msg, &auth).await?)
     }
 
-    pub async fn register_app(&self, app: &AppId, lease: Duration) -> Result<(), ClientError> {
-        let _: AppRegistered =
-            self.master(RegisterApp { app: app.clone(), lease_ms: lease.as_millis() as u64 }).await?;
-        Ok(())
+    /// Registers the application with the configured (tenant) credential; returns its token's
+    /// text ("" without authentication), which executors present. Later calls of this client
+    /// use the token.
+    pub async fn register_app(&self, app: &AppId, lease: Duration) -> Result<String, ClientError> {
+        let msg = RegisterApp { app: app.clone(), lease_ms: lease.as_millis() as u64 };
+        let reply: AppRegistered = self.inner.master.call_typed_as(msg, &self.inner.configured).await?;
+        if !reply.token.is_empty() {
+            let token = Credential::from_text(&reply.token)
+                .and_then(|c| c.encode())
+                .map_err(|e| ClientError::Proto(ProtoError::Invalid(format!("app token from the master: {e}"))))?;
+            *self.inner.app_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(token));
+        }
+        Ok(reply.token)
     }
 
     pub async fn app_heartbeat(&self, app: &AppId) -> Result<(), ClientError> {

@@ -15,7 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use jni::objects::{JByteBuffer, JClass, JIntArray, JString};
-use jni::sys::{jint, jlong, jlongArray};
+use jni::sys::{jint, jlong, jlongArray, jstring};
 use jni::JNIEnv;
 use shuffle_proto::{AppId, ShuffleKey};
 
@@ -121,11 +121,11 @@ fn shape(num_maps: jint, num_partitions: jint, replication: jint) -> Result<Shuf
 }
 
 /// One application-level call: the client handle and the application's name.
-fn app_call(
+fn app_call<T>(
     env: &mut JNIEnv,
     app: &JString,
-    f: impl FnOnce(&Bridge, &str) -> Result<(), ClientError>,
-) -> Result<(), Failure> {
+    f: impl FnOnce(&Bridge, &str) -> Result<T, ClientError>,
+) -> Result<T, Failure> {
     let app = string(env, app)?;
     Ok(f(Bridge::existing()?, &app)?)
 }
@@ -180,10 +180,11 @@ pub extern "system" fn Java_io_shoal_spark_ShoalNative_registerApp(
     client: jlong,
     app: JString,
     lease_ms: jlong,
-) {
-    entry(&mut env, (), |env| {
+) -> jstring {
+    entry(&mut env, std::ptr::null_mut(), |env| {
         let lease = u64::try_from(lease_ms).map_err(|_| config_err(format!("lease {lease_ms} ms is negative")))?;
-        app_call(env, &app, |b, app| b.register_app(client, app, Duration::from_millis(lease)))
+        let token = app_call(env, &app, |b, app| b.register_app(client, app, Duration::from_millis(lease)))?;
+        Ok(env.new_string(token)?.into_raw())
     })
 }
 

@@ -124,7 +124,8 @@ impl Reader {
         ClientError::DataLost { shuffle: self.shuffle.clone(), partition: self.partition, reason }
     }
 
-    async fn plan(&self) -> Result<PartitionReadPlan, ClientError> {
+    /// The partition's plan, and the capability to read it from its workers.
+    async fn plan(&self) -> Result<(PartitionReadPlan, Vec<u8>), ClientError> {
         let plan: ReadPlan = self
             .client
             .master(GetReadPlan {
@@ -143,13 +144,18 @@ impl Reader {
                 }
                 _ => e,
             })?;
-        plan.partitions.into_iter().next().ok_or_else(|| self.lost("partition missing from the read plan".into()))
+        let pp = plan
+            .partitions
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.lost("partition missing from the read plan".into()))?;
+        Ok((pp, plan.capability))
     }
 
     async fn run(&mut self) -> Result<(), ClientError> {
         let mut expected: Vec<MapOutput> = Vec::new();
         for round in 0..ROUNDS {
-            let pp = self.plan().await?;
+            let (pp, capability) = self.plan().await?;
             if pp.lost {
                 return Err(self.lost("its worker was lost before the data was spilled".into()));
             }
@@ -183,7 +189,7 @@ impl Reader {
             }
             let mut failed = None;
             for src in &pp.sources {
-                if let Err(e) = self.read_worker(&src.primary.addr, &expected, &want).await {
+                if let Err(e) = self.read_worker(&src.primary.addr, &capability, &expected, &want).await {
                     if e.retryable() {
                         failed = Some(e);
                         continue;
@@ -247,6 +253,7 @@ impl Reader {
     async fn read_worker(
         &mut self,
         addr: &str,
+        capability: &[u8],
         expected: &[MapOutput],
         want: &HashMap<u32, u64>,
     ) -> Result<(), ClientError> {
@@ -259,7 +266,7 @@ impl Reader {
         });
         let inner = self.client.inner.clone();
         let timeout = inner.cfg.call_timeout;
-        let (_send, mut recv) = inner.client.open(addr, &msg, &[]).await?;
+        let (_send, mut recv) = inner.client.open_as(addr, &msg, capability, &[]).await?;
         let limits = FrameLimits::default();
         let mut body = Vec::new();
         loop {

@@ -70,7 +70,12 @@ pub struct MapWriter {
     inflight: JoinSet<Result<PushDone, ClientError>>,
     latencies: Vec<u32>,
     wire_bytes: u64,
+    /// The capability pushes carry; replaced by a fresh one when a worker finds it expired.
+    capability: SharedCapability,
 }
+
+/// A writer's capability, shared by its pushes so one refresh serves them all.
+type SharedCapability = Arc<std::sync::Mutex<Arc<[u8]>>>;
 
 impl MapWriter {
     pub(crate) fn new(client: ShuffleClient, a: &ShuffleAssignment, map: MapId, attempt: AttemptId) -> Self {
@@ -87,6 +92,7 @@ impl MapWriter {
             inflight: JoinSet::new(),
             latencies: Vec::new(),
             wire_bytes: 0,
+            capability: Arc::new(std::sync::Mutex::new(Arc::from(a.capability.as_slice()))),
         }
     }
 
@@ -152,6 +158,7 @@ impl MapWriter {
         st.next_seq += 1;
         let push = Push {
             client: self.client.clone(),
+            capability: self.capability.clone(),
             header: PushBatch {
                 shuffle: self.shuffle.clone(),
                 partition: PartitionId(partition),
@@ -248,6 +255,7 @@ impl MapWriter {
 /// One batch on its way, with its retries.
 struct Push {
     client: ShuffleClient,
+    capability: SharedCapability,
     header: PushBatch,
     location: PartitionLocation,
     batch: Arc<Vec<u8>>,
@@ -260,11 +268,13 @@ impl Push {
         let policy = self.client.config().retry.clone();
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
+        let mut refreshed = false;
         loop {
             self.header.epoch = self.location.epoch;
             let msg = Message::PushBatch(self.header.clone());
             let inner = &self.client.inner;
-            let err = match inner.client.call(&self.location.primary.addr, &msg, &self.batch).await {
+            let cap = self.capability.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let err = match inner.client.call_as(&self.location.primary.addr, &msg, &cap, &self.batch).await {
                 Ok((reply, _)) => match reply.expect::<PushAck>() {
                     Ok(_) => {
                         return Ok(PushDone {
@@ -280,6 +290,13 @@ impl Push {
                 },
                 Err(e) => e,
             };
+            if err.code() == shuffle_proto::ErrorCode::Unauthorized && !refreshed {
+                // Capabilities expire: fetch a fresh one once, then retry at once.
+                refreshed = true;
+                let fresh = self.client.assignment(&self.header.shuffle).await?;
+                *self.capability.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(fresh.capability.as_slice());
+                continue;
+            }
             let action = policy.on_push_error(attempt, err.code(), err.unreachable());
             debug!(partition = %self.header.partition, seq = self.header.seq, ?action, "push failed: {err}");
             match action {

@@ -1,12 +1,23 @@
-//! Who may make which master call: a pure rule over the message and the caller.
+//! Who may make which master call: a pure rule over the caller, the message and which tenant
+//! holds each application.
 //!
-//! Invariant: calls that change the cluster's own membership or records of data placement
-//! (Raft between masters, worker registration, heartbeats, segment reports, drain reports)
-//! come only from cluster nodes, which prove themselves with a client certificate from the
-//! cluster CA. Everything else is decided by the call's own handler.
+//! Invariants:
+//! - Calls that change the cluster's own membership or records of data placement (Raft
+//!   between masters, worker registration, heartbeats, segment reports, drain reports) come
+//!   only from cluster nodes, which prove themselves with a client certificate from the
+//!   cluster CA. This holds with authentication off too.
+//! - With authentication on, an application's calls need its own app token, and the app must
+//!   be held by the token's tenant: app A's token never reaches app B's shuffles, plans,
+//!   heartbeat or registration. Registering an app needs a tenant's secret, and an app id
+//!   held by one tenant cannot be taken by another.
+//! - Worker administration and cluster-wide listings need the admin credential or a node
+//!   identity; an application's listing shows its own app only. A node (which holds or places
+//!   every application's data anyway) may make any call; an admin may remove an app's data
+//!   but not act as the app.
 
-use shuffle_proto::auth::AuthError;
+use shuffle_proto::auth::{AuthError, Caller, Principal};
 use shuffle_proto::messages::Message;
+use shuffle_proto::AppId;
 
 /// Whether `msg` may only come from a cluster node.
 pub fn node_only(msg: &Message) -> bool {
@@ -20,20 +31,164 @@ pub fn node_only(msg: &Message) -> bool {
     )
 }
 
-/// Refuses a cluster-internal call from a peer without a cluster identity.
-pub fn authorize(node: bool, msg: &Message) -> Result<(), AuthError> {
-    if node_only(msg) && !node {
-        return Err(AuthError::Forbidden("this call needs a cluster identity (a node certificate)"));
+/// What an allowed caller may see of cluster-wide listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Everything (nodes, admins, or a cluster without authentication).
+    All,
+    /// One application's own entries.
+    App(AppId),
+}
+
+/// Decides whether `caller` may make the call `msg`. `tenant_of` says which tenant holds a
+/// registered application (None: not registered). `auth` is whether application
+/// authentication is on.
+pub fn authorize(
+    caller: &Caller,
+    auth: bool,
+    msg: &Message,
+    tenant_of: impl Fn(&AppId) -> Option<String>,
+) -> Result<View, AuthError> {
+    if node_only(msg) {
+        return if caller.node {
+            Ok(View::All)
+        } else {
+            Err(AuthError::Forbidden("this call needs a cluster identity (a node certificate)"))
+        };
     }
-    Ok(())
+    // A node holds or places every application's data already: it may make any call.
+    if !auth || caller.node {
+        return Ok(View::All);
+    }
+    let operator = caller.is_admin();
+    // The caller speaks for `app` with a token of the tenant that holds it (or of the tenant
+    // that held it, when it is no longer registered: the handler then says UnknownApp).
+    let own_app = |app: &AppId| match &caller.principal {
+        Principal::App { tenant, app: a } => a == app && tenant_of(app).is_none_or(|t| &t == tenant),
+        _ => false,
+    };
+    let app_call = |app: &AppId| {
+        if own_app(app) {
+            Ok(View::All)
+        } else if matches!(caller.principal, Principal::App { .. }) {
+            Err(AuthError::Forbidden("this application token is for another application"))
+        } else {
+            Err(AuthError::Forbidden("this call needs the application's token"))
+        }
+    };
+    match msg {
+        Message::GetStatus(_)
+        | Message::DecommissionWorker(_)
+        | Message::RecommissionWorker(_)
+        | Message::RemoveWorker(_) => {
+            if operator {
+                Ok(View::All)
+            } else {
+                Err(AuthError::Forbidden("this call needs the admin credential"))
+            }
+        }
+        Message::ListShuffles(_) | Message::ListApps(_) => match &caller.principal {
+            _ if operator => Ok(View::All),
+            Principal::App { app, .. } if own_app(app) => Ok(View::App(app.clone())),
+            _ => Err(AuthError::Forbidden("listing needs the admin credential or an application token")),
+        },
+        Message::RegisterApp(m) => match &caller.principal {
+            Principal::Tenant(t) => match tenant_of(&m.app) {
+                Some(holder) if &holder != t => {
+                    Err(AuthError::Forbidden("this application id belongs to another tenant"))
+                }
+                _ => Ok(View::All),
+            },
+            _ => Err(AuthError::Forbidden("registering an application needs a tenant credential")),
+        },
+        Message::AppHeartbeat(m) => app_call(&m.app),
+        Message::UnregisterApp(m) => {
+            if operator {
+                Ok(View::All)
+            } else {
+                app_call(&m.app)
+            }
+        }
+        Message::UnregisterShuffle(_) if operator => Ok(View::All),
+        Message::RegisterShuffle(m) => app_call(&m.shuffle.app),
+        Message::GetAssignment(m) => app_call(&m.shuffle.app),
+        Message::Relocate(m) => app_call(&m.shuffle.app),
+        Message::CommitMap(m) => app_call(&m.shuffle.app),
+        Message::GetReadPlan(m) => app_call(&m.shuffle.app),
+        Message::UnregisterShuffle(m) => app_call(&m.shuffle.app),
+        // Anything else is not a master call; the handler answers BadRequest.
+        _ => Ok(View::All),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use shuffle_proto::auth::{Claims, Scope, RIGHT_READ};
     use shuffle_proto::messages::*;
-    use shuffle_proto::{ErrorCode, WireError, WorkerId};
+    use shuffle_proto::{ErrorCode, ShuffleKey, WireError, WorkerId};
 
     use super::*;
+
+    fn app(a: &str) -> AppId {
+        AppId::new(a).unwrap()
+    }
+
+    fn caller(node: bool, principal: Principal) -> Caller {
+        Caller { node, principal }
+    }
+
+    fn app_caller(tenant: &str, a: &str) -> Caller {
+        caller(false, Principal::App { tenant: tenant.into(), app: app(a) })
+    }
+
+    /// Apps "a" (tenant t1) and "b" (tenant t2) are registered.
+    fn tenants(a: &AppId) -> Option<String> {
+        match a.as_str() {
+            "a" => Some("t1".into()),
+            "b" => Some("t2".into()),
+            _ => None,
+        }
+    }
+
+    fn shuffle_calls(a: &str) -> Vec<Message> {
+        let k = ShuffleKey::new(app(a), 1, 0);
+        vec![
+            RegisterShuffle { shuffle: k.clone(), num_maps: 1, num_partitions: 1, replication: 1 }.into(),
+            GetAssignment { shuffle: k.clone() }.into(),
+            Relocate {
+                shuffle: k.clone(),
+                partition: shuffle_proto::PartitionId(0),
+                failed_epoch: shuffle_proto::Epoch(1),
+                failed_worker: WorkerId::new("w").unwrap(),
+            }
+            .into(),
+            CommitMap {
+                shuffle: k.clone(),
+                map: shuffle_proto::MapId(0),
+                attempt: shuffle_proto::AttemptId(0),
+                partitions: vec![],
+            }
+            .into(),
+            GetReadPlan {
+                shuffle: k.clone(),
+                start_partition: shuffle_proto::PartitionId(0),
+                end_partition: shuffle_proto::PartitionId(1),
+                start_map: shuffle_proto::MapId(0),
+                end_map: shuffle_proto::MapId(1),
+            }
+            .into(),
+            UnregisterShuffle { shuffle: k }.into(),
+            AppHeartbeat { app: app(a) }.into(),
+            UnregisterApp { app: app(a) }.into(),
+        ]
+    }
+
+    fn code(r: Result<View, AuthError>) -> ErrorCode {
+        let e: WireError = r.unwrap_err().into();
+        e.code()
+    }
 
     #[test]
     fn cluster_internal_calls_need_a_node_identity() {
@@ -45,10 +200,105 @@ mod tests {
             DrainComplete { worker: w() }.into(),
         ];
         for m in &internal {
-            let e: WireError = authorize(false, m).unwrap_err().into();
-            assert_eq!(e.code(), ErrorCode::Unauthorized, "{}", m.name());
-            assert!(authorize(true, m).is_ok(), "{}", m.name());
+            for auth in [false, true] {
+                assert_eq!(code(authorize(&Caller::anonymous(), auth, m, tenants)), ErrorCode::Unauthorized);
+                assert_eq!(
+                    code(authorize(&caller(false, Principal::Admin("ops".into())), auth, m, tenants)),
+                    ErrorCode::Unauthorized,
+                    "an admin is not a node: {}",
+                    m.name()
+                );
+                assert!(authorize(&caller(true, Principal::None), auth, m, tenants).is_ok(), "{}", m.name());
+            }
         }
-        assert!(authorize(false, &GetStatus {}.into()).is_ok());
+    }
+
+    #[test]
+    fn an_app_token_reaches_its_own_app_only() {
+        for m in shuffle_calls("a") {
+            assert!(authorize(&app_caller("t1", "a"), true, &m, tenants).is_ok(), "{}", m.name());
+            assert_eq!(
+                code(authorize(&app_caller("t2", "b"), true, &m, tenants)),
+                ErrorCode::Unauthorized,
+                "{}",
+                m.name()
+            );
+            // A token naming app "a" but signed for another tenant (after "a" was re-registered
+            // by t1) does not reach it either.
+            assert_eq!(code(authorize(&app_caller("t2", "a"), true, &m, tenants)), ErrorCode::Unauthorized);
+            assert_eq!(code(authorize(&Caller::anonymous(), true, &m, tenants)), ErrorCode::Unauthorized);
+            assert_eq!(
+                code(authorize(&caller(false, Principal::Tenant("t1".into())), true, &m, tenants)),
+                ErrorCode::Unauthorized,
+                "a tenant secret is for registering only: {}",
+                m.name()
+            );
+            let cap = Arc::new(Claims {
+                tenant: "t1".into(),
+                app: app("a"),
+                scope: Scope::Shuffle { shuffle_id: 1, generation: 0, rights: RIGHT_READ },
+                expires_unix_ms: u64::MAX,
+            });
+            assert_eq!(
+                code(authorize(&caller(false, Principal::Capability(cap)), true, &m, tenants)),
+                ErrorCode::Unauthorized,
+                "capabilities are for workers: {}",
+                m.name()
+            );
+            assert!(authorize(&Caller::anonymous(), false, &m, tenants).is_ok(), "auth off: {}", m.name());
+        }
+    }
+
+    #[test]
+    fn registering_needs_a_tenant_and_keeps_an_app_with_its_tenant() {
+        let reg = |a: &str| Message::from(RegisterApp { app: app(a), lease_ms: 1 });
+        let t = |n: &str| caller(false, Principal::Tenant(n.into()));
+        assert!(authorize(&t("t1"), true, &reg("a"), tenants).is_ok(), "again, same tenant");
+        assert!(authorize(&t("t9"), true, &reg("new"), tenants).is_ok());
+        assert_eq!(code(authorize(&t("t2"), true, &reg("a"), tenants)), ErrorCode::Unauthorized);
+        assert_eq!(code(authorize(&Caller::anonymous(), true, &reg("new"), tenants)), ErrorCode::Unauthorized);
+        assert_eq!(code(authorize(&app_caller("t1", "a"), true, &reg("a"), tenants)), ErrorCode::Unauthorized);
+        assert_eq!(
+            code(authorize(&caller(false, Principal::Admin("ops".into())), true, &reg("x"), tenants)),
+            ErrorCode::Unauthorized
+        );
+    }
+
+    #[test]
+    fn operator_calls_need_the_admin_credential_or_a_node() {
+        let w = || WorkerId::new("w").unwrap();
+        let admin_calls: Vec<Message> = vec![
+            GetStatus {}.into(),
+            DecommissionWorker { worker: w() }.into(),
+            RecommissionWorker { worker: w() }.into(),
+            RemoveWorker { worker: w() }.into(),
+            ListShuffles {}.into(),
+            ListApps {}.into(),
+        ];
+        let admin = caller(false, Principal::Admin("ops".into()));
+        for m in &admin_calls {
+            assert_eq!(authorize(&admin, true, m, tenants), Ok(View::All), "{}", m.name());
+            assert_eq!(authorize(&caller(true, Principal::None), true, m, tenants), Ok(View::All));
+            assert_eq!(code(authorize(&Caller::anonymous(), true, m, tenants)), ErrorCode::Unauthorized);
+            assert_eq!(
+                code(authorize(&caller(false, Principal::Tenant("t1".into())), true, m, tenants)),
+                ErrorCode::Unauthorized
+            );
+        }
+        // An application lists its own entries only, and may not touch workers.
+        for m in &admin_calls[..4] {
+            assert_eq!(code(authorize(&app_caller("t1", "a"), true, m, tenants)), ErrorCode::Unauthorized);
+        }
+        for m in &admin_calls[4..] {
+            assert_eq!(authorize(&app_caller("t1", "a"), true, m, tenants), Ok(View::App(app("a"))));
+        }
+        // Operators may remove an app's data, but not act as the app.
+        for m in shuffle_calls("a") {
+            let r = authorize(&admin, true, &m, tenants);
+            match m {
+                Message::UnregisterApp(_) | Message::UnregisterShuffle(_) => assert!(r.is_ok()),
+                _ => assert!(r.is_err(), "{}", m.name()),
+            }
+        }
     }
 }

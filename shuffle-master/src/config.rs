@@ -11,7 +11,7 @@ use serde::Deserialize;
 pub use shuffle_proto::settings::SettingError;
 use shuffle_proto::settings::{bad, duration, parse_toml, TlsSettings};
 
-use crate::node::MasterConfig;
+use crate::node::{AuthConfig, MasterConfig};
 
 /// Every setting, each optional until merged.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
@@ -46,6 +46,21 @@ pub struct MasterSettings {
     /// HTTP address (IP:PORT) for the status page, /status.json, /metrics and /healthz.
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// principals.toml: tenants and admins, by the SHA-256 of their secrets.
+    #[arg(long, env = "SHOAL_AUTH_PRINCIPALS")]
+    pub auth_principals: Option<PathBuf>,
+    /// signing-keys.toml: the keys that sign application tokens and capabilities.
+    #[arg(long, env = "SHOAL_AUTH_SIGNING_KEYS")]
+    pub auth_signing_keys: Option<PathBuf>,
+    /// Run without application authentication (throwaway clusters only).
+    #[arg(long, env = "SHOAL_AUTH_DISABLED")]
+    pub auth_disabled: Option<bool>,
+    /// How long an application token is valid, e.g. "7d".
+    #[arg(long, env = "SHOAL_TOKEN_TTL")]
+    pub token_ttl: Option<String>,
+    /// How long a capability is valid, e.g. "1h".
+    #[arg(long, env = "SHOAL_CAPABILITY_TTL")]
+    pub capability_ttl: Option<String>,
 }
 
 pub const KEYS: &[&str] = &[
@@ -58,6 +73,11 @@ pub const KEYS: &[&str] = &[
     "election_timeout",
     "snapshot_every",
     "http_listen",
+    "auth_principals",
+    "auth_signing_keys",
+    "auth_disabled",
+    "token_ttl",
+    "capability_ttl",
 ];
 
 /// Parses a TOML file's text; returns the settings and the unknown keys found.
@@ -101,6 +121,11 @@ impl MasterSettings {
             election_timeout: self.election_timeout.or(lower.election_timeout),
             snapshot_every: self.snapshot_every.or(lower.snapshot_every),
             http_listen: self.http_listen.or(lower.http_listen),
+            auth_principals: self.auth_principals.or(lower.auth_principals),
+            auth_signing_keys: self.auth_signing_keys.or(lower.auth_signing_keys),
+            auth_disabled: self.auth_disabled.or(lower.auth_disabled),
+            token_ttl: self.token_ttl.or(lower.token_ttl),
+            capability_ttl: self.capability_ttl.or(lower.capability_ttl),
         }
     }
 
@@ -138,7 +163,28 @@ impl MasterSettings {
             None => None,
             Some(h) => Some(h.parse().map_err(|_| bad("http_listen", format!("{h:?} is not IP:PORT")))?),
         };
+        let auth = match (self.auth_disabled.unwrap_or(false), self.auth_principals, self.auth_signing_keys) {
+            (true, None, None) => AuthConfig::Disabled,
+            (true, _, _) => return Err(bad("auth_disabled", "set together with auth files")),
+            (false, Some(principals), Some(signing_keys)) => {
+                let token_ttl = duration("token_ttl", self.token_ttl.as_deref(), Duration::from_secs(7 * 24 * 3600))?;
+                let capability_ttl =
+                    duration("capability_ttl", self.capability_ttl.as_deref(), Duration::from_secs(3600))?;
+                if capability_ttl < Duration::from_secs(60) || token_ttl < Duration::from_secs(60) {
+                    return Err(bad("capability_ttl", "token and capability lifetimes must be at least 1m"));
+                }
+                AuthConfig::Files { principals, signing_keys, token_ttl, capability_ttl }
+            }
+            (false, None, _) => {
+                return Err(bad(
+                    "auth_principals",
+                    "missing (make one with `shoal auth init`, or set auth_disabled for a throwaway cluster)",
+                ))
+            }
+            (false, _, None) => return Err(bad("auth_signing_keys", "missing (make one with `shoal auth init`)")),
+        };
         Ok(MasterConfig {
+            auth,
             http_listen,
             id,
             listen,
@@ -163,6 +209,7 @@ mod tests {
             listen: Some("127.0.0.1:9100".into()),
             data_dir: Some("/tmp/x".into()),
             tls: TlsSettings::insecure(),
+            auth_disabled: Some(true),
             ..Default::default()
         }
     }
@@ -180,12 +227,25 @@ mod tests {
         let e = MasterSettings { tls: TlsSettings::default(), ..base() }.resolve().unwrap_err();
         assert_eq!(e.key, "tls_cert");
         assert!(e.to_string().contains("tls_cert"));
+        let e = MasterSettings { auth_disabled: None, ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "auth_principals", "authentication is on unless turned off by name");
+        let e = MasterSettings { auth_principals: Some("p".into()), ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "auth_disabled");
+        let on = MasterSettings {
+            auth_disabled: None,
+            auth_principals: Some("p".into()),
+            auth_signing_keys: Some("k".into()),
+            ..base()
+        };
+        assert!(matches!(on.clone().resolve().unwrap().auth, AuthConfig::Files { .. }));
+        let e = MasterSettings { capability_ttl: Some("1s".into()), ..on }.resolve().unwrap_err();
+        assert_eq!(e.key, "capability_ttl");
     }
 
     #[test]
     fn file_then_flags_with_unknown_keys_reported() {
         let (file, unknown) = parse_file(
-            "id = 2\nlisten = \"127.0.0.1:1\"\npeers = \"1=a:1,2=b:2\"\ndata_dir = \"/d\"\ntls_insecure = true\nfuture_knob = 3\n",
+            "id = 2\nlisten = \"127.0.0.1:1\"\npeers = \"1=a:1,2=b:2\"\ndata_dir = \"/d\"\ntls_insecure = true\nauth_disabled = true\nfuture_knob = 3\n",
         )
         .unwrap();
         assert_eq!(unknown, vec!["future_knob".to_string()]);

@@ -92,7 +92,7 @@ mod tests {
         for w in [&w1, &w2] {
             st.apply(Command::RegisterWorker { worker: w.clone(), addr: "a:1".into(), capacity_bytes: 1 });
         }
-        st.apply(Command::RegisterApp { app: app.clone(), lease_ms: 500 });
+        st.apply(Command::RegisterApp { app: app.clone(), lease_ms: 500, tenant: String::new() });
         let mut l = Liveness::default();
         l.reset(1_000);
         l.worker_seen(&w1, 1_900);

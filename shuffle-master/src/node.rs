@@ -31,6 +31,56 @@ pub struct MasterConfig {
     pub snapshot_every: u64,
     /// Where to serve the status page, `/status.json`, `/metrics` and `/healthz`.
     pub http_listen: Option<SocketAddr>,
+    pub auth: AuthConfig,
+}
+
+/// Application and admin authentication (see docs/security.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// Every caller may make every call that needs no node identity. Experiments only.
+    Disabled,
+    Files {
+        /// `principals.toml`: tenants and admins by the SHA-256 of their secrets.
+        principals: PathBuf,
+        /// `signing-keys.toml`: the Ed25519 keys that sign tokens and capabilities.
+        signing_keys: PathBuf,
+        /// How long an application token is valid.
+        token_ttl: Duration,
+        /// How long a capability is valid (clients fetch fresh ones before it runs out).
+        capability_ttl: Duration,
+    },
+}
+
+impl AuthConfig {
+    pub fn files(principals: PathBuf, signing_keys: PathBuf) -> AuthConfig {
+        AuthConfig::Files {
+            principals,
+            signing_keys,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            capability_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    /// Loads the key material; errors name the file, never a secret.
+    pub fn load(&self) -> Result<Option<crate::service::MasterAuth>, StartError> {
+        use shuffle_proto::auth::{Authenticator, Issuer, Principals, SigningKeys, Verifier};
+        match self {
+            AuthConfig::Disabled => Ok(None),
+            AuthConfig::Files { principals, signing_keys, token_ttl, capability_ttl } => {
+                let principals = Principals::load(principals).map_err(|e| StartError::Config(e.to_string()))?;
+                let keys = SigningKeys::load(signing_keys).map_err(|e| StartError::Config(e.to_string()))?;
+                let verifier = Arc::new(Verifier::new(&keys.public_keys()));
+                Ok(Some(crate::service::MasterAuth {
+                    authn: Authenticator { verifier, principals: Some(principals) },
+                    issuer: Issuer {
+                        keys,
+                        token_ttl_ms: token_ttl.as_millis() as u64,
+                        capability_ttl_ms: capability_ttl.as_millis() as u64,
+                    },
+                }))
+            }
+        }
+    }
 }
 
 impl MasterConfig {
@@ -47,6 +97,7 @@ impl MasterConfig {
             election_timeout: Duration::from_millis(500),
             snapshot_every: 10_000,
             http_listen: None,
+            auth: AuthConfig::Disabled,
         }
     }
 }
@@ -91,6 +142,7 @@ impl MasterNode {
         let shared = sm.shared();
 
         let tls = Tls::load(&cfg.tls)?;
+        let auth = cfg.auth.load()?;
         let client = Client::new(&tls, ClientOptions::default())?;
         let election = cfg.election_timeout.as_millis() as u64;
         let raft_config = Config {
@@ -110,7 +162,7 @@ impl MasterNode {
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let opts = ServiceOptions { heartbeat_interval: cfg.heartbeat_interval, worker_timeout: cfg.worker_timeout };
-        let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts));
+        let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts, auth));
         let server_opts = ServerOptions::for_tls(&tls);
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| StartError::Config(e.to_string()))?;

@@ -18,6 +18,9 @@ use shuffle_proto::transport::{CallInfo, Handler, Responder};
 use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError, WorkerId};
 use tracing::{info, warn};
 
+use shuffle_proto::auth::{now_unix_ms, Authenticator, Caller, Issuer, Principal, RIGHT_READ, RIGHT_WRITE};
+
+use crate::access::View;
 use crate::liveness::Liveness;
 use crate::raft::{serve_rpc, NodeId, Raft};
 use crate::state::{Command, CommandResult};
@@ -62,6 +65,12 @@ struct Reported {
     partitions: u32,
 }
 
+/// What a master checks callers with and signs with.
+pub struct MasterAuth {
+    pub authn: Authenticator,
+    pub issuer: Issuer,
+}
+
 /// Removed shuffles handed out for object deletion per heartbeat reply.
 const PURGES_PER_HEARTBEAT: usize = 32;
 
@@ -75,6 +84,7 @@ pub struct MasterService {
     purged: Mutex<std::collections::HashSet<ShuffleKey>>,
     clock: Arc<dyn Clock>,
     opts: ServiceOptions,
+    auth: Option<MasterAuth>,
 }
 
 fn internal(msg: impl Into<String>) -> WireError {
@@ -82,8 +92,16 @@ fn internal(msg: impl Into<String>) -> WireError {
 }
 
 impl MasterService {
-    pub fn new(id: NodeId, raft: Raft, state: SharedState, clock: Arc<dyn Clock>, opts: ServiceOptions) -> Self {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        state: SharedState,
+        clock: Arc<dyn Clock>,
+        opts: ServiceOptions,
+        auth: Option<MasterAuth>,
+    ) -> Self {
         Self {
+            auth,
             id,
             raft,
             state,
@@ -188,14 +206,38 @@ impl MasterService {
         Ok(f(&g.state))
     }
 
-    async fn handle_inner(&self, req: Message) -> Result<Message, WireError> {
+    /// What workers need to check capabilities (sent on registration and every heartbeat).
+    fn auth_keys(&self) -> AuthKeys {
+        match &self.auth {
+            Some(a) => a.issuer.auth_keys(),
+            None => AuthKeys { required: false, keys: Vec::new() },
+        }
+    }
+
+    /// A capability for `rights` on `shuffle`, signed for the tenant holding its app; empty
+    /// without authentication.
+    fn capability(&self, shuffle: &ShuffleKey, rights: u8) -> Result<Vec<u8>, WireError> {
+        let Some(a) = &self.auth else { return Ok(Vec::new()) };
+        let tenant = self.read_state(|s| s.tenant_of(&shuffle.app))?.unwrap_or_default();
+        Ok(a.issuer.capability(&tenant, shuffle, rights, now_unix_ms())?)
+    }
+
+    async fn handle_inner(&self, req: Message, caller: &Caller, view: &View) -> Result<Message, WireError> {
         use CommandResult as R;
         let unexpected = |what: &str| internal(format!("unexpected result for {what}"));
         Ok(match req {
             Message::RegisterApp(m) => {
-                match self.write(Command::RegisterApp { app: m.app.clone(), lease_ms: m.lease_ms }).await? {
-                    R::App(a) => {
+                let tenant = match &caller.principal {
+                    Principal::Tenant(t) => t.clone(),
+                    _ => String::new(),
+                };
+                let cmd = Command::RegisterApp { app: m.app.clone(), lease_ms: m.lease_ms, tenant: tenant.clone() };
+                match self.write(cmd).await? {
+                    R::App(mut a) => {
                         self.with_live(|l| l.app_seen(&m.app, self.now()));
+                        if let Some(auth) = &self.auth {
+                            a.token = auth.issuer.app_token(&tenant, &m.app, now_unix_ms())?.to_text()?;
+                        }
                         a.into()
                     }
                     _ => return Err(unexpected("RegisterApp")),
@@ -221,13 +263,18 @@ impl MasterService {
                     replication: m.replication,
                 };
                 match self.write(cmd).await? {
-                    R::Assignment(a) => a.into(),
+                    R::Assignment(mut a) => {
+                        a.capability = self.capability(&a.shuffle, RIGHT_WRITE)?;
+                        a.into()
+                    }
                     _ => return Err(unexpected("RegisterShuffle")),
                 }
             }
             Message::GetAssignment(m) => {
                 self.leader_only()?;
-                self.read_state(|s| s.assignment(&m.shuffle))??.into()
+                let mut a = self.read_state(|s| s.assignment(&m.shuffle))??;
+                a.capability = self.capability(&a.shuffle, RIGHT_WRITE)?;
+                a.into()
             }
             Message::Relocate(m) => {
                 let cmd = Command::Relocate {
@@ -251,10 +298,11 @@ impl MasterService {
             }
             Message::GetReadPlan(m) => {
                 self.linearizable().await?;
-                self.read_state(|s| {
+                let mut plan = self.read_state(|s| {
                     s.read_plan(&m.shuffle, m.start_partition.0, m.end_partition.0, m.start_map.0, m.end_map.0)
-                })??
-                .into()
+                })??;
+                plan.capability = self.capability(&plan.shuffle, RIGHT_READ)?;
+                plan.into()
             }
             Message::UnregisterShuffle(m) => {
                 self.write(Command::UnregisterShuffle { shuffle: m.shuffle }).await?;
@@ -269,7 +317,11 @@ impl MasterService {
                 self.write(cmd).await?;
                 info!(worker = %m.worker, addr = %m.addr, held = m.held.len(), "worker registered");
                 self.with_live(|l| l.worker_seen(&m.worker, self.now()));
-                WorkerRegistered { heartbeat_interval_ms: self.opts.heartbeat_interval.as_millis() as u64 }.into()
+                WorkerRegistered {
+                    heartbeat_interval_ms: self.opts.heartbeat_interval.as_millis() as u64,
+                    auth: self.auth_keys(),
+                }
+                .into()
             }
             Message::WorkerHeartbeat(m) => {
                 self.leader_only()?;
@@ -287,7 +339,7 @@ impl MasterService {
                 if let Ok(mut r) = self.reported.lock() {
                     r.insert(m.worker.clone(), Reported { bytes_held: m.bytes_held, partitions: m.partitions });
                 }
-                HeartbeatReply { commands }.into()
+                HeartbeatReply { commands, auth: self.auth_keys() }.into()
             }
             Message::ReportSegment(m) => {
                 let cmd = Command::ReportSegment {
@@ -310,13 +362,20 @@ impl MasterService {
             }
             Message::ListShuffles(_) => {
                 self.leader_only()?;
-                ShuffleList { shuffles: self.read_state(|s| s.shuffle_summaries())? }.into()
+                let mut shuffles = self.read_state(|s| s.shuffle_summaries())?;
+                if let View::App(app) = view {
+                    shuffles.retain(|s| s.shuffle.app == *app);
+                }
+                ShuffleList { shuffles }.into()
             }
             Message::ListApps(_) => {
                 self.leader_only()?;
                 let now = self.now();
-                let apps =
+                let mut apps =
                     self.read_state(|s| self.with_live(|l| s.app_summaries(|a| l.lease_remaining(s, a, now))))?;
+                if let View::App(app) = view {
+                    apps.retain(|a| a.app == *app);
+                }
                 AppList { apps }.into()
             }
             Message::DecommissionWorker(m) => {
@@ -432,6 +491,19 @@ impl MasterService {
     }
 }
 
+impl MasterService {
+    /// Who is calling and what they may see, or why they are refused.
+    fn check(&self, call: &CallInfo, req: &Message) -> Result<(Caller, View), shuffle_proto::auth::AuthError> {
+        let caller = match &self.auth {
+            Some(a) => a.authn.identify(call.node, call.credential.as_ref(), now_unix_ms())?,
+            None => Caller { node: call.node, principal: Principal::None },
+        };
+        let tenant_of = |app: &shuffle_proto::AppId| self.read_state(|s| s.tenant_of(app)).ok().flatten();
+        let view = crate::access::authorize(&caller, self.auth.is_some(), req, tenant_of)?;
+        Ok((caller, view))
+    }
+}
+
 impl Handler for MasterService {
     async fn handle(
         &self,
@@ -440,17 +512,21 @@ impl Handler for MasterService {
         body: Vec<u8>,
         out: &mut Responder,
     ) -> Result<(), ProtoError> {
-        if let Err(e) = crate::access::authorize(call.node, &req) {
-            warn!(peer = %call.peer, call = req.name(), "refused: {e}");
-            return out.error(e.into()).await;
-        }
+        let decided = self.check(call, &req);
+        let (caller, view) = match decided {
+            Ok(cv) => cv,
+            Err(e) => {
+                warn!(peer = %call.peer, call = req.name(), "refused: {e}");
+                return out.error(e.into()).await;
+            }
+        };
         if let Message::RaftRequest(r) = req {
             return match serve_rpc(&self.raft, r.kind.clone(), &body).await {
                 Ok(reply) => out.send(&Message::RaftReply(RaftReply { kind: r.kind }), &reply).await,
                 Err(e) => out.error(e.into()).await,
             };
         }
-        let res = self.handle_inner(req).await;
+        let res = self.handle_inner(req, &caller, &view).await;
         match res {
             Ok(m) => out.send(&m, &[]).await,
             Err(e) => out.error(e).await,

@@ -40,6 +40,10 @@ pub enum Command {
     RegisterApp {
         app: AppId,
         lease_ms: u64,
+        /// The tenant registering it ("" without authentication). An app id stays with the
+        /// tenant that holds it until it is unregistered.
+        #[serde(default)]
+        tenant: String,
     },
     UnregisterApp {
         app: AppId,
@@ -118,6 +122,8 @@ pub struct WorkerRecord {
 pub struct AppRecord {
     pub app: AppId,
     pub lease_ms: u64,
+    #[serde(default)]
+    pub tenant: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,10 +219,13 @@ impl MasterState {
     /// `CommandResult::Error` and changes nothing.
     pub fn apply(&mut self, cmd: Command) -> CommandResult {
         match cmd {
-            Command::RegisterApp { app, lease_ms } => {
-                self.apps.insert(app.clone(), AppRecord { app: app.clone(), lease_ms });
+            Command::RegisterApp { app, lease_ms, tenant } => {
+                if self.apps.get(&app).is_some_and(|r| r.tenant != tenant) {
+                    return err(ErrorCode::Unauthorized, "this application id belongs to another tenant");
+                }
+                self.apps.insert(app.clone(), AppRecord { app: app.clone(), lease_ms, tenant });
                 self.changes.insert(Change::App(app.clone()));
-                CommandResult::App(AppRegistered { app, lease_ms })
+                CommandResult::App(AppRegistered { app, lease_ms, token: String::new() })
             }
             Command::UnregisterApp { app } => {
                 if self.apps.remove(&app).is_none() {
@@ -757,6 +766,11 @@ impl MasterState {
     // -----------------------------------------------------------------------------------------
     // Queries (served by the leader from its applied state).
 
+    /// The tenant holding a registered application.
+    pub fn tenant_of(&self, app: &AppId) -> Option<String> {
+        self.apps.get(app).map(|r| r.tenant.clone())
+    }
+
     pub fn assignment_of(&self, rec: &ShuffleRecord) -> ShuffleAssignment {
         let locations = rec
             .partitions
@@ -770,6 +784,7 @@ impl MasterState {
             num_maps: rec.meta.num_maps,
             num_partitions: rec.meta.num_partitions,
             locations,
+            capability: Vec::new(),
         }
     }
 
@@ -829,7 +844,7 @@ impl MasterState {
                 expected,
             });
         }
-        Ok(ReadPlan { shuffle: key.clone(), state: rec.meta.state.clone(), partitions })
+        Ok(ReadPlan { shuffle: key.clone(), state: rec.meta.state.clone(), partitions, capability: Vec::new() })
     }
 
     /// Commands for a worker's heartbeat, given the shuffles it reports local data of.

@@ -21,7 +21,7 @@ fn cluster(workers: &[&str]) -> MasterState {
             st.apply(Command::RegisterWorker { worker: w(id), addr: format!("{id}:7000"), capacity_bytes: 1 << 40 });
         assert_eq!(r, CommandResult::Ack);
     }
-    st.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 60_000 });
+    st.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 60_000, tenant: String::new() });
     st
 }
 
@@ -380,8 +380,8 @@ proptest! {
     fn random_histories_keep_invariants(cmds in proptest::collection::vec(arb_command(), 1..60)) {
         let mut a = MasterState::default();
         let mut b = MasterState::default();
-        a.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 1 });
-        b.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 1 });
+        a.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 1, tenant: String::new() });
+        b.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 1, tenant: String::new() });
         for cmd in cmds {
             let ra = a.apply(cmd.clone());
             let rb = b.apply(cmd);

@@ -41,7 +41,11 @@ fn records_survive_reopen_exactly() {
             };
             apply_direct(&sm, cmd).unwrap();
         }
-        apply_direct(&sm, Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 5 }).unwrap();
+        apply_direct(
+            &sm,
+            Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 5, tenant: String::new() },
+        )
+        .unwrap();
         let a = match apply_direct(
             &sm,
             Command::RegisterShuffle { shuffle: key.clone(), num_maps: 2, num_partitions: 300, replication: 2 },

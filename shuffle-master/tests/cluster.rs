@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shuffle_master::node::{MasterConfig, MasterNode};
+use shuffle_master::node::{AuthConfig, MasterConfig, MasterNode};
 use shuffle_proto::messages::*;
 use shuffle_proto::transport::{Client, ClientOptions, MasterClient, Tls, TlsSource};
 use shuffle_proto::*;
@@ -27,6 +27,7 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path, tls: &TlsSource) -
         election_timeout: Duration::from_millis(300),
         snapshot_every: 50,
         http_listen: None,
+        auth: AuthConfig::Disabled,
     }
 }
 

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use object_store::ObjectStore;
+use shuffle_proto::auth::{now_unix_ms, AuthError, Authenticator, PublicKey, Verifier, RIGHT_READ, RIGHT_WRITE};
 use shuffle_proto::batch::{BatchView, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::http::{serve_http, Page};
 use shuffle_proto::messages::*;
@@ -123,6 +124,11 @@ struct Inner {
     nonce: AtomicU64,
     metrics: Metrics,
     done: watch::Sender<bool>,
+    /// Checks capabilities offline with the masters' public keys.
+    verifier: Arc<Verifier>,
+    /// Whether pushes and reads need a capability; the masters say so (and it stays on
+    /// until they do).
+    auth_required: AtomicBool,
 }
 
 /// A running worker.
@@ -169,6 +175,8 @@ impl WorkerNode {
             nonce: AtomicU64::new(nonce),
             metrics: Metrics::default(),
             done: done_tx,
+            verifier: Arc::new(Verifier::default()),
+            auth_required: AtomicBool::new(true),
         });
         // Masters may come up after their workers (a fresh cluster, a rolling restart): keep
         // trying while the failure is one that time can fix; a refusal fails the start.
@@ -280,7 +288,7 @@ impl Inner {
             .take(10_000)
             .map(|(shuffle, p, bytes)| HeldPartition { shuffle, partition: PartitionId(p), bytes })
             .collect();
-        let _: WorkerRegistered = self
+        let reply: WorkerRegistered = self
             .master
             .call_typed(RegisterWorker {
                 worker: self.cfg.id.clone(),
@@ -289,7 +297,32 @@ impl Inner {
                 held,
             })
             .await?;
+        self.set_auth(&reply.auth);
         Ok(())
+    }
+
+    /// Takes the masters' current keys (rotation) and whether capabilities are required.
+    fn set_auth(&self, auth: &AuthKeys) {
+        let keys: Vec<PublicKey> = auth.keys.iter().filter_map(PublicKey::from_wire).collect();
+        self.verifier.set_keys(&keys);
+        self.auth_required.store(auth.required, Ordering::SeqCst);
+    }
+
+    /// Whether the caller may do `rights` on `shuffle`: a cluster node, or a capability for
+    /// exactly that shuffle generation, signed by a master and not expired.
+    fn authorize(&self, call: &CallInfo, shuffle: &ShuffleKey, rights: u8) -> Result<(), WireError> {
+        if call.node || !self.auth_required.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let authn = Authenticator { verifier: self.verifier.clone(), principals: None };
+        let caller = authn.identify(false, call.credential.as_ref(), now_unix_ms())?;
+        if caller.may(shuffle, rights) {
+            Ok(())
+        } else if call.credential.is_none() {
+            Err(AuthError::Missing.wire())
+        } else {
+            Err(AuthError::Forbidden("this capability is for another shuffle, generation or right").wire())
+        }
     }
 
     async fn heartbeat_loop(self: Arc<Self>) {
@@ -305,6 +338,7 @@ impl Inner {
             };
             match self.master.call_typed::<HeartbeatReply>(hb).await {
                 Ok(reply) => {
+                    self.set_auth(&reply.auth);
                     for cmd in reply.commands {
                         self.clone().command(cmd);
                     }
@@ -795,11 +829,23 @@ struct Server(Arc<Inner>);
 impl Handler for Server {
     async fn handle(
         &self,
-        _call: &CallInfo,
+        call: &CallInfo,
         req: Message,
         body: Vec<u8>,
         out: &mut Responder,
     ) -> Result<(), ProtoError> {
+        let shuffle = match &req {
+            Message::PushBatch(p) => Some((&p.shuffle, RIGHT_WRITE)),
+            Message::OpenPartition(o) => Some((&o.shuffle, RIGHT_READ)),
+            _ => None,
+        };
+        if let Some((shuffle, rights)) = shuffle {
+            if let Err(e) = self.0.authorize(call, shuffle, rights) {
+                self.0.metrics.error(e.code());
+                debug!(peer = %call.peer, call = req.name(), "refused: {}", e.message);
+                return out.error(e).await;
+            }
+        }
         match req {
             Message::PushBatch(p) => {
                 let t0 = std::time::Instant::now();

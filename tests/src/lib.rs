@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shuffle_master::node::{MasterConfig, MasterNode};
+use shuffle_master::node::{AuthConfig, MasterConfig, MasterNode};
+use shuffle_proto::auth::{init_auth_dir, AuthFiles, Credential};
 use shuffle_proto::batch::{encode_batch, Codec, StreamRecords};
 use shuffle_proto::frame::read_frame;
 use shuffle_proto::messages::*;
@@ -30,9 +31,15 @@ pub struct Cluster {
     pub masters: BTreeMap<u64, MasterNode>,
     pub workers: BTreeMap<String, WorkerNode>,
     pub object_store: String,
+    /// A node's client (it presents a node certificate: a cluster identity).
     pub client: Client,
     pub mc: MasterClient,
+    /// Tenants `tenant-a` and `tenant-b`, and the admin `ops`.
+    pub auth: AuthFiles,
 }
+
+/// The tenants every harness cluster admits.
+pub const TENANTS: [&str; 2] = ["tenant-a", "tenant-b"];
 
 impl Cluster {
     pub async fn start(workers: usize) -> anyhow::Result<Cluster> {
@@ -51,6 +58,7 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let tls = generate_cluster_tls(&dir.path().join("tls"))?;
+        let auth = init_auth_dir(&dir.path().join("auth"), &TENANTS, "ops")?;
         let object_store = object_store.unwrap_or_else(|| format!("file://{}", dir.path().join("objects").display()));
         let peers: BTreeMap<u64, String> = free_ports(masters)
             .into_iter()
@@ -66,6 +74,7 @@ impl Cluster {
             cfg.worker_timeout = Duration::from_secs(3);
             cfg.election_timeout = Duration::from_millis(300);
             cfg.http_listen = Some("127.0.0.1:0".parse()?);
+            cfg.auth = AuthConfig::files(auth.principals.clone(), auth.signing_keys.clone());
             nodes.insert(*id, MasterNode::start(cfg).await?);
         }
         let master_addrs: Vec<String> = peers.values().cloned().collect();
@@ -83,6 +92,7 @@ impl Cluster {
             object_store,
             client,
             mc,
+            auth,
         };
         for i in 0..workers {
             c.start_worker(&format!("w{i}")).await?;
@@ -90,11 +100,44 @@ impl Cluster {
         Ok(c)
     }
 
-    /// A Rust client of this cluster.
+    /// The cluster CA only: what an application's client trusts (it has no node certificate).
+    pub fn ca_only(&self) -> TlsSource {
+        match &self.tls {
+            TlsSource::Files { ca, .. } => TlsSource::CaOnly { ca: ca.clone() },
+            other => other.clone(),
+        }
+    }
+
+    /// The credential of tenant `i` (see [`TENANTS`]).
+    pub fn tenant(&self, i: usize) -> anyhow::Result<Credential> {
+        Ok(Credential::load_secret_file(&self.auth.tenants[i].1)?)
+    }
+
+    pub fn admin(&self) -> anyhow::Result<Credential> {
+        Ok(Credential::load_secret_file(&self.auth.admin)?)
+    }
+
+    /// A master client without a node certificate, presenting `cred`.
+    pub fn outsider(&self, cred: Option<&Credential>) -> anyhow::Result<MasterClient> {
+        let client = Client::new(&Tls::load(&self.ca_only())?, ClientOptions::default())?.with_credential(cred)?;
+        Ok(MasterClient::new(client, self.master_addrs.clone(), Duration::from_secs(10))?)
+    }
+
+    /// A Rust client of this cluster, as an application's driver: no node certificate, the
+    /// first tenant's credential.
     pub fn shuffle_client(&self) -> anyhow::Result<shuffle_client::ShuffleClient> {
-        let mut cfg = shuffle_client::ClientConfig::new(self.master_addrs.clone(), self.tls.clone());
+        let mut cfg = shuffle_client::ClientConfig::new(self.master_addrs.clone(), self.ca_only());
+        cfg.credential = Some(self.tenant(0)?);
         cfg.object_store = Some(self.object_store.clone());
         cfg.batch_bytes = 32 << 10;
+        cfg.call_timeout = Duration::from_secs(5);
+        Ok(shuffle_client::ShuffleClient::new(cfg)?)
+    }
+
+    /// A Rust client that speaks as a cluster node (it may look into any application).
+    pub fn node_shuffle_client(&self) -> anyhow::Result<shuffle_client::ShuffleClient> {
+        let mut cfg = shuffle_client::ClientConfig::new(self.master_addrs.clone(), self.tls.clone());
+        cfg.object_store = Some(self.object_store.clone());
         cfg.call_timeout = Duration::from_secs(5);
         Ok(shuffle_client::ShuffleClient::new(cfg)?)
     }
@@ -157,12 +200,31 @@ impl Cluster {
         maps: u32,
         partitions: u32,
     ) -> anyhow::Result<ShuffleAssignment> {
-        let _: AppRegistered = self.mc.call_typed(RegisterApp { app: AppId::new(app)?, lease_ms: 600_000 }).await?;
+        let (assignment, _) = self.register_as(0, app, shuffle, maps, partitions).await?;
+        Ok(assignment)
+    }
+
+    /// Registers `app` as tenant `tenant` and a shuffle of it; returns the assignment and the
+    /// app's token.
+    pub async fn register_as(
+        &self,
+        tenant: usize,
+        app: &str,
+        shuffle: u32,
+        maps: u32,
+        partitions: u32,
+    ) -> anyhow::Result<(ShuffleAssignment, Credential)> {
+        let reg: AppRegistered = self
+            .outsider(Some(&self.tenant(tenant)?))?
+            .call_typed(RegisterApp { app: AppId::new(app)?, lease_ms: 600_000 })
+            .await?;
+        let token = Credential::from_text(&reg.token)?;
         let key = ShuffleKey::new(AppId::new(app)?, shuffle, 0);
-        Ok(self
-            .mc
+        let a = self
+            .outsider(Some(&token))?
             .call_typed(RegisterShuffle { shuffle: key, num_maps: maps, num_partitions: partitions, replication: 1 })
-            .await?)
+            .await?;
+        Ok((a, token))
     }
 
     /// Pushes one batch of `raw` to `loc`; returns the batch CRC.

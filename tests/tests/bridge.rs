@@ -25,17 +25,28 @@ fn bridge_writes_and_reads_chunks_by_generation_and_exact_maps() -> anyhow::Resu
     let rt = tokio::runtime::Runtime::new()?;
     let cluster = rt.block_on(Cluster::start(2))?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("no CA file") };
-    let settings = format!(
+    let base = format!(
         "masters={}\ntls.ca={}\nobject_store={}\ncall_timeout_ms=5000\n",
         cluster.master_addrs.join(","),
         ca.display(),
         cluster.object_store
     );
+    // The driver presents its tenant's credential file.
+    let settings = format!("{base}credential_file={}\n", cluster.auth.tenants[0].1.display());
     let cfg = BridgeConfig::parse(&settings)?;
     let b = Bridge::new(2)?;
     let c = b.open_client(&cfg)?;
     assert_eq!(b.open_client(&BridgeConfig::parse(&settings)?)?, c, "same settings, same client");
-    b.register_app(c, "app-bridge", std::time::Duration::from_secs(60))?;
+    let token = b.register_app(c, "app-bridge", std::time::Duration::from_secs(60))?;
+    assert!(!token.is_empty(), "the driver gets a token for its executors");
+    // An executor: the app token from the shuffle handle, no tenant secret.
+    let exec = b.open_client(&BridgeConfig::parse(&format!("{base}app_token={token}\n"))?)?;
+    assert_ne!(exec, c);
+    assert!(
+        BridgeConfig::parse(&format!("{base}app_token=not-a-token\n"))
+            .is_err_and(|e| !e.to_string().contains("not-a-token")),
+        "a bad token is refused without echoing it"
+    );
     let gen = |g| ShuffleKey::new(AppId::new("app-bridge").unwrap(), 7, g);
     let shape = ShuffleShape { num_maps: 3, num_partitions: 2, replication: 1 };
     b.register_shuffle(c, &gen(0), shape)?;
@@ -61,7 +72,8 @@ fn bridge_writes_and_reads_chunks_by_generation_and_exact_maps() -> anyhow::Resu
         assert_eq!(done.partition_wire_bytes.iter().sum::<u64>(), done.wire_bytes);
         assert!(matches!(b.commit(w), Err(ClientError::BadHandle(_))), "a writer commits once");
     }
-    let w = b.open_writer(c, &gen(1), shape, 2, 900)?;
+    // Generation 1 is written and read by the executor's client.
+    let w = b.open_writer(exec, &gen(1), shape, 2, 900)?;
     b.write(w, 0, &chunk(1, 2, 0, 0))?;
     b.commit(w)?;
     // A writer that dies: its chunk must never be read.
@@ -73,7 +85,7 @@ fn bridge_writes_and_reads_chunks_by_generation_and_exact_maps() -> anyhow::Resu
     let r0 = b.open_reader(c, &gen(0), 0, &[0, 1])?;
     let mut got = read_all(&b, r0)?;
     b.close_reader(r0)?;
-    let r1 = b.open_reader(c, &gen(1), 0, &[2])?;
+    let r1 = b.open_reader(exec, &gen(1), 0, &[2])?;
     got.extend(read_all(&b, r1)?);
     b.close_reader(r1)?;
     let mut want: Vec<Vec<u8>> =

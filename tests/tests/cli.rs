@@ -29,6 +29,16 @@ async fn local_up_status_and_clean_stop() {
     .unwrap();
     let masters = cluster["master_endpoints"].as_str().unwrap().to_string();
     let ca = cluster["tls_ca"].as_str().unwrap().to_string();
+    let admin = cluster["admin_credential"].as_str().unwrap().to_string();
+    let tenant = cluster["tenant_credential"].as_str().unwrap().to_string();
+    assert!(
+        cluster["spark_conf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str() == Some(&format!("spark.shoal.auth.credentialFile={tenant}"))),
+        "local up hands Spark its tenant credential"
+    );
     let pids: Vec<u32> = ["masters", "workers"]
         .iter()
         .flat_map(|k| cluster[*k].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap() as u32))
@@ -41,7 +51,7 @@ async fn local_up_status_and_clean_stop() {
     }
 
     let out = std::process::Command::new(bin_path("shoal").unwrap())
-        .args(["status", "--masters", &masters, "--tls-ca", &ca, "--output", "json"])
+        .args(["status", "--masters", &masters, "--tls-ca", &ca, "--credential-file", &admin, "--output", "json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -53,12 +63,35 @@ async fn local_up_status_and_clean_stop() {
     assert_eq!(workers.len(), 2);
     assert!(workers.iter().all(|w| w["state"] == "active" && w["bytes_held"].is_u64() && w["partitions"].is_u64()));
 
-    // A table for people; a clear exit code when the masters are unreachable.
+    // Without the admin credential (none, or a tenant's) the cluster refuses: exit code 3.
+    for cred in [None, Some(&tenant)] {
+        let mut cmd = std::process::Command::new(bin_path("shoal").unwrap());
+        cmd.args(["status", "--masters", &masters, "--tls-ca", &ca]).env_remove("SHOAL_CREDENTIAL");
+        if let Some(c) = cred {
+            cmd.args(["--credential-file", c]);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{cred:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("admin credential"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A table for people (the credential from the environment); a clear exit code when the
+    // masters are unreachable.
+    let admin_text = std::fs::read_to_string(&admin).unwrap();
     let out = std::process::Command::new(bin_path("shoal").unwrap())
         .args(["status", "--masters", &masters, "--tls-ca", &ca])
+        .env("SHOAL_CREDENTIAL", admin_text.trim())
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("shoal-worker-1"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("shoal-worker-1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = std::process::Command::new(bin_path("shoal").unwrap())
         .args(["status", "--masters", "127.0.0.1:9", "--tls-ca", &ca])
         .output()

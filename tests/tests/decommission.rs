@@ -10,12 +10,12 @@ use shuffle_client::{ClientConfig, ShuffleClient};
 use shuffle_proto::transport::TlsSource;
 use shuffle_proto::*;
 
-fn shoal_decommission(masters: &str, ca: &str, id: &str) -> tokio::task::JoinHandle<std::process::Output> {
-    let (masters, ca, id) = (masters.to_string(), ca.to_string(), id.to_string());
+fn shoal_decommission(masters: &str, ca: &str, admin: &str, id: &str) -> tokio::task::JoinHandle<std::process::Output> {
+    let (masters, ca, admin, id) = (masters.to_string(), ca.to_string(), admin.to_string(), id.to_string());
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin_path("shoal").unwrap())
             .args(["worker", "decommission", &id, "--wait", "--timeout", "60s", "--output", "json"])
-            .args(["--masters", &masters, "--tls-ca", &ca])
+            .args(["--masters", &masters, "--tls-ca", &ca, "--credential-file", &admin])
             .output()
             .unwrap()
     })
@@ -30,9 +30,11 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
     let mut cluster = up.start().await.unwrap();
     let masters = cluster.file.master_endpoints.clone();
     let ca = cluster.file.tls_ca.display().to_string();
+    let admin = cluster.file.admin_credential.display().to_string();
     let mut cfg =
         ClientConfig::new(masters.split(',').map(String::from).collect(), TlsSource::CaOnly { ca: ca.clone().into() });
     cfg.object_store = Some(cluster.file.object_store.clone());
+    cfg.credential = Some(shuffle_proto::auth::Credential::load_secret_file(&cluster.file.tenant_credential).unwrap());
     cfg.batch_bytes = 16 << 10;
     let sc = ShuffleClient::new(cfg).unwrap();
     let app = AppId::new("app-drain").unwrap();
@@ -56,7 +58,7 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
     write(0..2).await;
     // Drain the owner of partition 0 while maps 2 and 3 are still to be written.
     let first = a.locations[0].primary.id.to_string();
-    let drain1 = shoal_decommission(&masters, &ca, &first);
+    let drain1 = shoal_decommission(&masters, &ca, &admin, &first);
     write(2..4).await;
     let out = drain1.await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -73,7 +75,7 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
 
     // After the seal, drain a second worker.
     let second = a.locations.iter().map(|l| l.primary.id.to_string()).find(|w| *w != first).unwrap();
-    let out = shoal_decommission(&masters, &ca, &second).await.unwrap();
+    let out = shoal_decommission(&masters, &ca, &admin, &second).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("drained {second}: {} bytes in {:.2} s", report["bytes_at_start"], report["seconds"].as_f64().unwrap());
@@ -99,7 +101,7 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
     let shoal = |args: &[&str]| {
         std::process::Command::new(bin_path("shoal").unwrap())
             .args(args)
-            .args(["--masters", &masters, "--tls-ca", &ca])
+            .args(["--masters", &masters, "--tls-ca", &ca, "--credential-file", &admin])
             .output()
             .unwrap()
     };

@@ -9,6 +9,17 @@ use shuffle_proto::messages::*;
 use shuffle_proto::transport::{Client, ClientOptions, MasterClient, Tls, TlsSource};
 use shuffle_proto::*;
 
+/// Makes authentication material in `dir` and returns the master flags that use it.
+fn auth_args(dir: &std::path::Path) -> Vec<String> {
+    let f = shuffle_proto::auth::init_auth_dir(&dir.join("auth"), &["spark"], "admin").unwrap();
+    vec![
+        "--auth-principals".into(),
+        f.principals.display().to_string(),
+        "--auth-signing-keys".into(),
+        f.signing_keys.display().to_string(),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_survives_kill_9_without_losing_acked_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,6 +49,7 @@ async fn worker_survives_kill_9_without_losing_acked_batches() {
         "10s".into(),
     ];
     margs.extend(tls_args.clone());
+    margs.extend(auth_args(dir.path()));
     let _master = Proc::spawn("master", "shuffle-master", &margs, &dir.path().join("master.log")).unwrap();
     let mut wargs = vec![
         "--id".to_string(),
@@ -177,6 +189,7 @@ async fn a_worker_started_before_its_masters_waits_for_them() {
     let mut margs: Vec<String> = ["--id", "1", "--listen", &master_addr].iter().map(|s| s.to_string()).collect();
     margs.extend(["--data-dir".into(), dir.path().join("m").display().to_string()]);
     margs.extend(tls_args);
+    margs.extend(auth_args(dir.path()));
     let _master = Proc::spawn("master", "shuffle-master", &margs, &dir.path().join("master.log")).unwrap();
     let client = Client::new(&Tls::load(&tls).unwrap(), ClientOptions::default()).unwrap();
     let mc = MasterClient::new(client, vec![master_addr], Duration::from_secs(20)).unwrap();

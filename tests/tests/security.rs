@@ -1,12 +1,16 @@
 //! Who may call what: peers without a cluster identity are refused cluster-internal calls,
-//! and nothing changes when they try.
+//! applications are closed to each other, operator calls need the admin credential, and
+//! nothing changes when a refused caller tries; a node's memory stays bounded whatever peers
+//! announce.
 
 use std::time::Duration;
 
 use shoal_tests::Cluster;
+use shuffle_proto::auth::{now_unix_ms, Claims, Credential, Scope, SigningKeys, RIGHT_READ, RIGHT_WRITE};
+use shuffle_proto::batch::{encode_batch, BatchView, Codec, StreamRecords};
 use shuffle_proto::messages::*;
 use shuffle_proto::transport::{generate_cluster_tls, Client, ClientOptions, Tls, TlsSource, TransportError};
-use shuffle_proto::{ErrorCode, WorkerId};
+use shuffle_proto::{AppId, AttemptId, ErrorCode, MapId, PartitionId, ShuffleKey, WorkerId};
 
 fn register_as(worker: &str) -> RegisterWorker {
     RegisterWorker {
@@ -79,6 +83,310 @@ async fn malformed_requests_get_a_code_and_a_fixed_message() -> anyhow::Result<(
         }
         other => panic!("{other:?}"),
     }
+    c.shutdown().await;
+    Ok(())
+}
+
+/// A peer's reply to one call: the error code if it was refused.
+async fn refused(client: &Client, addr: &str, m: &Message, auth: &[u8], body: &[u8]) -> Option<ErrorCode> {
+    match client.call_as(addr, m, auth, body).await {
+        Ok((Message::WireError(e), _)) => Some(e.code()),
+        Ok(_) => None,
+        Err(TransportError::Remote(e)) => Some(e.code()),
+        Err(e) => panic!("{}: transport failure {e}", m.name()),
+    }
+}
+
+fn encoded(c: &Credential) -> Vec<u8> {
+    c.encode().unwrap()
+}
+
+/// Two tenants' applications on one cluster: B can never push to, read, plan, list, take,
+/// unregister or remove A's data; capabilities are checked offline by workers (expired,
+/// tampered, wrong shuffle, another generation, wrong right); admin calls need the admin
+/// credential. After every refusal A's data reads back unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_are_closed_to_each_other_and_operators_need_the_admin_credential() -> anyhow::Result<()> {
+    let c = Cluster::start(2).await?;
+    let app_a = AppId::new("app-a")?;
+    let (asg_a, token_a) = c.register_as(0, "app-a", 0, 1, 2).await?;
+    let (asg_b, token_b) = c.register_as(1, "app-b", 0, 1, 2).await?;
+    let key_a = asg_a.shuffle.clone();
+    let loc = asg_a.locations[0].clone();
+    let worker = loc.primary.addr.clone();
+    let outsider = Client::new(&Tls::load(&c.ca_only())?, ClientOptions::default())?;
+    let a_master = c.outsider(Some(&token_a))?;
+    let b_master = c.outsider(Some(&token_b))?;
+
+    // A pushes with its write capability and commits: the one batch B must never reach.
+    let raw = shoal_tests::rows(0, 0, 50, 1);
+    let mut batch = Vec::new();
+    let crc = encode_batch(&raw, Codec::Lz4, &mut batch)?;
+    let push = |key: &ShuffleKey, seq: u32| -> Message {
+        PushBatch {
+            shuffle: key.clone(),
+            partition: loc.partition,
+            map: MapId(0),
+            attempt: AttemptId(1),
+            seq,
+            epoch: loc.epoch,
+            flags: 0,
+        }
+        .into()
+    };
+    assert_eq!(refused(&outsider, &worker, &push(&key_a, 0), &[], &batch).await, Some(ErrorCode::Unauthorized));
+    assert_eq!(refused(&outsider, &worker, &push(&key_a, 0), &asg_a.capability, &batch).await, None);
+    let stat = PartitionStat {
+        partition: loc.partition,
+        bytes: raw.len() as u64,
+        crc_sum: crc,
+        batches: 1,
+        epochs: vec![loc.epoch],
+    };
+    let _: MapCommitted = a_master
+        .call_typed(CommitMap { shuffle: key_a.clone(), map: MapId(0), attempt: AttemptId(1), partitions: vec![stat] })
+        .await?;
+    let get_plan = |key: &ShuffleKey| -> Message {
+        GetReadPlan {
+            shuffle: key.clone(),
+            start_partition: PartitionId(0),
+            end_partition: PartitionId(1),
+            start_map: MapId(0),
+            end_map: MapId(1),
+        }
+        .into()
+    };
+    let plan_a: ReadPlan = a_master.call_typed(get_plan(&key_a)).await?;
+    let open = |key: &ShuffleKey| -> Message {
+        OpenPartition {
+            shuffle: key.clone(),
+            partition: PartitionId(0),
+            start_map: MapId(0),
+            end_map: MapId(1),
+            attempts: vec![MapAttemptRef { map: MapId(0), attempt: AttemptId(1) }],
+        }
+        .into()
+    };
+    let read_back = |cap: Vec<u8>| {
+        let (outsider, worker, msg) = (outsider.clone(), worker.clone(), open(&key_a));
+        async move {
+            let (_s, mut recv) = outsider.open_as(&worker, &msg, &cap, &[]).await?;
+            let (mut out, mut body) = (Vec::new(), Vec::new());
+            loop {
+                match shuffle_proto::frame::read_frame(&mut recv, &Default::default(), &mut body).await? {
+                    Some(Message::Chunk(_)) => {
+                        for r in StreamRecords::new(&body, 1 << 26) {
+                            BatchView::parse_exact(r?.batch, 1 << 26)?.decode_into(&mut out)?;
+                        }
+                    }
+                    Some(Message::EndOfStream(_)) => return anyhow::Ok(Ok(out)),
+                    Some(Message::WireError(e)) => return anyhow::Ok(Err(e.code())),
+                    other => anyhow::bail!("unexpected {other:?}"),
+                }
+            }
+        }
+    };
+    assert_eq!(read_back(plan_a.capability.clone()).await?, Ok(raw.clone()));
+
+    // B, with every credential it has, against A's data.
+    let b_secret = encoded(&c.tenant(1)?);
+    let plan_b: ReadPlan = b_master.call_typed(get_plan(&asg_b.shuffle)).await?;
+    for (what, auth) in [
+        ("B's write capability", asg_b.capability.clone()),
+        ("B's read capability", plan_b.capability.clone()),
+        ("B's app token", encoded(&token_b)),
+        ("B's tenant secret", b_secret.clone()),
+    ] {
+        assert_eq!(
+            refused(&outsider, &worker, &push(&key_a, 9), &auth, &batch).await,
+            Some(ErrorCode::Unauthorized),
+            "push with {what}"
+        );
+        assert_eq!(read_back(auth.clone()).await?, Err(ErrorCode::Unauthorized), "read with {what}");
+    }
+    let master = c.master_addr.clone();
+    let b_calls: Vec<Message> = vec![
+        get_plan(&key_a),
+        GetAssignment { shuffle: key_a.clone() }.into(),
+        RegisterShuffle {
+            shuffle: ShuffleKey::new(app_a.clone(), 5, 0),
+            num_maps: 1,
+            num_partitions: 1,
+            replication: 1,
+        }
+        .into(),
+        CommitMap { shuffle: key_a.clone(), map: MapId(0), attempt: AttemptId(2), partitions: vec![] }.into(),
+        UnregisterShuffle { shuffle: key_a.clone() }.into(),
+        UnregisterApp { app: app_a.clone() }.into(),
+        AppHeartbeat { app: app_a.clone() }.into(),
+    ];
+    for m in &b_calls {
+        for (what, auth) in [("token", encoded(&token_b)), ("secret", b_secret.clone()), ("none", Vec::new())] {
+            assert_eq!(
+                refused(&outsider, &master, m, &auth, &[]).await,
+                Some(ErrorCode::Unauthorized),
+                "{} with B's {what}",
+                m.name()
+            );
+        }
+    }
+    // B cannot take A's app id, and sees only its own app in listings.
+    let take = RegisterApp { app: app_a.clone(), lease_ms: 1000 }.into();
+    assert_eq!(refused(&outsider, &master, &take, &b_secret, &[]).await, Some(ErrorCode::Unauthorized));
+    let apps: AppList = b_master.call_typed(ListApps {}).await?;
+    assert_eq!(apps.apps.iter().map(|a| a.app.as_str().to_string()).collect::<Vec<_>>(), vec!["app-b".to_string()]);
+    let shuffles: ShuffleList = b_master.call_typed(ListShuffles {}).await?;
+    assert!(shuffles.shuffles.iter().all(|s| s.shuffle.app.as_str() == "app-b") && !shuffles.shuffles.is_empty());
+
+    // Capabilities, forged or misused, checked by the worker alone.
+    let keys = SigningKeys::load(&c.auth.signing_keys)?;
+    let cap = |app: &AppId, shuffle_id, generation, rights, expires| {
+        keys.sign(&Claims {
+            tenant: "tenant-a".into(),
+            app: app.clone(),
+            scope: Scope::Shuffle { shuffle_id, generation, rights },
+            expires_unix_ms: expires,
+        })
+        .unwrap()
+    };
+    let later = now_unix_ms() + 600_000;
+    let expired = cap(&app_a, 0, 0, RIGHT_WRITE | RIGHT_READ, now_unix_ms() - 1);
+    let other_shuffle = cap(&app_a, 1, 0, RIGHT_WRITE | RIGHT_READ, later);
+    let other_generation = cap(&app_a, 0, 1, RIGHT_WRITE | RIGHT_READ, later);
+    let Credential::Token { key_id, claims, signature } = cap(&app_a, 0, 0, RIGHT_READ, later) else { unreachable!() };
+    let mut forged = claims.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let tampered = Credential::Token { key_id, claims: forged, signature };
+    let foreign = SigningKeys::parse(&SigningKeys::generate_file(1)?)?.sign(&Claims {
+        tenant: "tenant-a".into(),
+        app: app_a.clone(),
+        scope: Scope::Shuffle { shuffle_id: 0, generation: 0, rights: RIGHT_WRITE | RIGHT_READ },
+        expires_unix_ms: later,
+    })?;
+    for (what, c) in [
+        ("expired", &expired),
+        ("for another shuffle", &other_shuffle),
+        ("for another generation", &other_generation),
+        ("tampered", &tampered),
+        ("signed by a foreign key", &foreign),
+    ] {
+        assert_eq!(
+            refused(&outsider, &worker, &push(&key_a, 9), &encoded(c), &batch).await,
+            Some(ErrorCode::Unauthorized),
+            "push with a capability {what}"
+        );
+        assert_eq!(read_back(encoded(c)).await?, Err(ErrorCode::Unauthorized), "read with a capability {what}");
+    }
+    // A read capability does not write; a write capability does not read.
+    assert_eq!(
+        refused(&outsider, &worker, &push(&key_a, 9), &plan_a.capability, &batch).await,
+        Some(ErrorCode::Unauthorized)
+    );
+    assert_eq!(read_back(asg_a.capability.clone()).await?, Err(ErrorCode::Unauthorized));
+    // The same capability, replayed against generation 1 of the same shuffle.
+    let gen1 = ShuffleKey::new(app_a.clone(), 0, 1);
+    let _: ShuffleAssignment = a_master
+        .call_typed(RegisterShuffle { shuffle: gen1.clone(), num_maps: 1, num_partitions: 2, replication: 1 })
+        .await?;
+    assert_eq!(
+        refused(&outsider, &worker, &push(&gen1, 0), &asg_a.capability, &batch).await,
+        Some(ErrorCode::Unauthorized)
+    );
+
+    // Operators: worker administration and status need the admin credential.
+    let w0 = WorkerId::new("w0")?;
+    let admin_calls: Vec<Message> = vec![
+        GetStatus {}.into(),
+        DecommissionWorker { worker: w0.clone() }.into(),
+        RecommissionWorker { worker: w0.clone() }.into(),
+        RemoveWorker { worker: w0.clone() }.into(),
+        ListShuffles {}.into(),
+        ListApps {}.into(),
+    ];
+    for m in &admin_calls {
+        for (what, auth) in [("nothing", Vec::new()), ("a tenant secret", b_secret.clone())] {
+            assert_eq!(
+                refused(&outsider, &master, m, &auth, &[]).await,
+                Some(ErrorCode::Unauthorized),
+                "{} with {what}",
+                m.name()
+            );
+        }
+    }
+    for m in &admin_calls[4..] {
+        assert_eq!(refused(&outsider, &master, m, &[], &[]).await, Some(ErrorCode::Unauthorized));
+    }
+    let admin = c.outsider(Some(&c.admin()?))?;
+    let st: ClusterStatus = admin.call_typed(GetStatus {}).await?;
+    assert!(st.workers.iter().all(|w| w.state == WorkerState::Active), "no refused call drained a worker");
+    let all: AppList = admin.call_typed(ListApps {}).await?;
+    assert_eq!(all.apps.len(), 2);
+
+    // Nothing changed for A: its plan and its data are as committed.
+    let again: ReadPlan = a_master.call_typed(get_plan(&key_a)).await?;
+    assert_eq!(again.partitions, plan_a.partitions);
+    assert_eq!(read_back(again.capability).await?, Ok(raw));
+    c.shutdown().await;
+    Ok(())
+}
+
+/// Resident memory of this process (the cluster runs in it), from /proc.
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Peers announce frames far larger than they send, then stall: the node's memory stays
+/// bounded by what arrived (and its budgets), not by what was announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_frames_that_stall_do_not_grow_a_node() -> anyhow::Result<()> {
+    let c = Cluster::start(1).await?;
+    let worker = c.workers.values().next().map(|w| w.addr.to_string()).unwrap_or_default();
+    let before = rss_bytes();
+    const CONNS: usize = 16;
+    const STREAMS: usize = 8;
+    const ANNOUNCED: u32 = 60 << 20;
+    const SENT: usize = 256 << 10;
+    let mut held = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..CONNS {
+        // A fresh client endpoint per connection: separate QUIC connections.
+        let client = Client::new(&Tls::load(&c.ca_only())?, ClientOptions::default())?;
+        let conn = client.connection(&worker).await?;
+        for _ in 0..STREAMS {
+            let (mut send, recv) = conn.open_bi().await?;
+            let header = shuffle_proto::frame::FrameHeader { kind: 50, meta_len: 64, body_len: ANNOUNCED, auth_len: 0 };
+            send.write_all(&header.encode()).await?;
+            // Part of what was announced, then nothing more.
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.write_all(&vec![0x5a; SENT])).await;
+            held.push((send, recv));
+        }
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rss_bytes();
+    let grew = during.saturating_sub(before);
+    let announced = (CONNS * STREAMS) as u64 * u64::from(ANNOUNCED);
+    println!(
+        "RSS before {} MiB, while {} streams announce {} MiB in all and stall: {} MiB (+{} MiB)",
+        before >> 20,
+        CONNS * STREAMS,
+        announced >> 20,
+        during >> 20,
+        grew >> 20
+    );
+    // What could arrive: each connection's flow-control window; nothing of what was announced.
+    assert!(grew < 256 << 20, "a node grew by {} MiB for frames that never arrived", grew >> 20);
+    drop(held);
+    drop(clients);
+    // The node still serves.
+    let st = c.status().await?;
+    assert_eq!(st.workers.len(), 1);
     c.shutdown().await;
     Ok(())
 }

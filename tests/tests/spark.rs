@@ -86,6 +86,7 @@ async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> any
         .arg(format!("spark.shoal.master.endpoints={}", cluster.master_addrs.join(",")))
         .arg(format!("spark.shoal.tls.ca={}", ca.display()))
         .arg(format!("spark.shoal.objectStore.url={}", cluster.object_store))
+        .arg(format!("spark.shoal.auth.credentialFile={}", cluster.auth.tenants[0].1.display()))
         .arg("spark.shoal.network.timeout=5s")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -94,7 +95,7 @@ async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> any
         .spawn()?;
     let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
     let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
-    let client = cluster.shuffle_client()?;
+    let client = cluster.node_shuffle_client()?;
 
     let mut passed = Vec::new();
     let mut result = false;
@@ -223,6 +224,7 @@ async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result
         .arg(format!("spark.shoal.master.endpoints={}", cluster.master_addrs.join(",")))
         .arg(format!("spark.shoal.tls.ca={}", ca.display()))
         .arg(format!("spark.shoal.objectStore.url={}", cluster.object_store))
+        .arg(format!("spark.shoal.auth.credentialFile={}", cluster.auth.tenants[0].1.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
@@ -259,6 +261,8 @@ async fn native_errors_keep_their_kind_across_jni() -> anyhow::Result<()> {
         tokio::process::Command::new("java")
             .args(["-cp", &classpath, "io.shoal.spark.NativeChecks", &cluster.master_addrs.join(",")])
             .arg(&ca)
+            .arg(&cluster.auth.tenants[0].1)
+            .arg(&cluster.auth.tenants[1].1)
             .kill_on_drop(true)
             .output(),
     )

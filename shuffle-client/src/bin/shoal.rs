@@ -37,6 +37,16 @@ struct Conn {
     /// Skip server verification (throwaway local clusters only).
     #[arg(long)]
     tls_insecure: bool,
+    /// A file holding the admin credential (name:secret); else SHOAL_CREDENTIAL is used.
+    #[arg(long, env = "SHOAL_CREDENTIAL_FILE")]
+    credential_file: Option<PathBuf>,
+    /// A node certificate (PEM), with --tls-key: call as a cluster node instead of an admin
+    /// (what a worker's preStop hook does with its own certificate).
+    #[arg(long, env = "SHOAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The node certificate's private key (PEM).
+    #[arg(long, env = "SHOAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -76,6 +86,41 @@ enum Cmd {
     Certs {
         #[command(subcommand)]
         cmd: CertsCmd,
+    },
+    /// Authentication material: signing keys, tenant and admin credentials.
+    Auth {
+        #[command(subcommand)]
+        cmd: AuthCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthCmd {
+    /// Make a new cluster's material in --out: signing-keys.toml and principals.toml for the
+    /// masters, and NAME.credential (mode 0600) for each tenant and the admin.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// A tenant to admit (repeat or comma separate).
+        #[arg(long, value_delimiter = ',', default_value = "spark")]
+        tenant: Vec<String>,
+        /// The admin's name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// A new secret for one principal: writes NAME.credential (mode 0600) in --out and prints
+    /// the line to add to principals.toml (under [tenants], or [admins] with --admin).
+    Principal {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A new signing key for rotation: prints the `ID = "seed"` line for signing-keys.toml.
+    Key {
+        #[arg(long)]
+        id: u32,
     },
 }
 
@@ -182,8 +227,10 @@ fn print_out(text: &str) -> anyhow::Result<()> {
 }
 
 fn connect(conn: &Conn) -> anyhow::Result<MasterClient> {
-    let tls = cli::tls_source(conn.tls_ca.clone(), conn.tls_insecure).map_err(anyhow::Error::msg)?;
-    let client = Client::new(&Tls::load(&tls)?, ClientOptions::default())?;
+    let node = conn.tls_cert.clone().zip(conn.tls_key.clone());
+    let tls = cli::tls_source(conn.tls_ca.clone(), conn.tls_insecure, node).map_err(anyhow::Error::msg)?;
+    let cred = cli::credential(conn.credential_file.as_deref())?;
+    let client = Client::new(&Tls::load(&tls)?, ClientOptions::default())?.with_credential(cred.as_ref())?;
     Ok(MasterClient::new(client, conn.masters.clone(), Duration::from_secs(10))?)
 }
 
@@ -259,6 +306,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Certs { cmd: CertsCmd::Node { ca_dir, name, dns, ip, days, out } } => {
             let w = certs::make_node(&ca_dir, &out, &certs::node_spec(name, dns, ip, days))?;
             print_out(&format!("wrote {} and {}\n", w.cert.display(), w.key.display()))?;
+        }
+        Cmd::Auth { cmd: AuthCmd::Init { out, tenant, admin } } => {
+            let tenants: Vec<&str> = tenant.iter().map(String::as_str).collect();
+            let f = shuffle_proto::auth::init_auth_dir(&out, &tenants, &admin)?;
+            print_out(&format!(
+                "masters: {} and {}\nadmin credential: {}\n{}",
+                f.principals.display(),
+                f.signing_keys.display(),
+                f.admin.display(),
+                f.tenants.iter().map(|(t, p)| format!("tenant {t}: {}\n", p.display())).collect::<String>()
+            ))?;
+        }
+        Cmd::Auth { cmd: AuthCmd::Principal { name, admin, out } } => {
+            let (cred, line) = shuffle_proto::auth::Principals::new_secret(&name)?;
+            std::fs::create_dir_all(&out)?;
+            let path = out.join(format!("{name}.credential"));
+            shuffle_proto::auth::write_private(&path, &format!("{cred}\n"))?;
+            let table = if admin { "[admins]" } else { "[tenants]" };
+            print_out(&format!("wrote {}\nadd under {table} in principals.toml:\n{line}\n", path.display()))?;
+        }
+        Cmd::Auth { cmd: AuthCmd::Key { id } } => {
+            let file = shuffle_proto::auth::SigningKeys::generate_file(id)?;
+            let line = file.lines().find(|l| l.starts_with(&format!("{id} ="))).unwrap_or_default();
+            print_out(&format!("{line}\n"))?;
         }
         Cmd::Local { cmd: LocalCmd::Up { masters, workers, data_dir, object_store, base_port } } => {
             let exe = std::env::current_exe()?;

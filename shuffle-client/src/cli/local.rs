@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use shuffle_proto::auth::{init_auth_dir, Credential};
 use shuffle_proto::messages::{ClusterStatus, GetStatus, WorkerState};
 use shuffle_proto::transport::{generate_cluster_tls, Client, ClientOptions, MasterClient, Tls, TlsSource};
 
@@ -38,6 +39,10 @@ pub struct ClusterFile {
     pub master_endpoints: String,
     pub object_store: String,
     pub tls_ca: PathBuf,
+    /// The admin's credential file, for `shoal --credential-file`.
+    pub admin_credential: PathBuf,
+    /// The `spark` tenant's credential file, for Spark drivers.
+    pub tenant_credential: PathBuf,
     pub spark_conf: Vec<String>,
 }
 
@@ -90,6 +95,9 @@ impl LocalUp {
         std::fs::create_dir_all(self.data_dir.join("logs"))?;
         let data_dir = std::fs::canonicalize(&self.data_dir)?;
         let tls = generate_cluster_tls(&data_dir.join("tls"))?;
+        // Authentication is on here too: a tenant for Spark, an admin for the CLI.
+        let auth = init_auth_dir(&data_dir.join("auth"), &["spark"], "admin")?;
+        let tenant_credential = auth.tenants.first().map(|(_, p)| p.clone()).context("no tenant credential")?;
         let object_store =
             self.object_store.clone().unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()));
         let port = |i: usize| -> anyhow::Result<u16> {
@@ -118,6 +126,12 @@ impl LocalUp {
                 data_dir.join(format!("master-{id}")).display().to_string(),
             ];
             args.extend(tls_args(&tls));
+            args.extend([
+                "--auth-principals".into(),
+                auth.principals.display().to_string(),
+                "--auth-signing-keys".into(),
+                auth.signing_keys.display().to_string(),
+            ]);
             let log = data_dir.join("logs").join(format!("master-{id}.log"));
             let child = spawn(&master_bin, &args, &log)?;
             masters.push(NodeInfo { id: id.to_string(), role: "master", addr: addr.clone(), pid: child.id(), log });
@@ -156,8 +170,18 @@ impl LocalUp {
             format!("spark.shoal.master.endpoints={endpoints}"),
             format!("spark.shoal.tls.ca={}", ca.display()),
             format!("spark.shoal.objectStore.url={object_store}"),
+            format!("spark.shoal.auth.credentialFile={}", tenant_credential.display()),
         ];
-        let file = ClusterFile { masters, workers, master_endpoints: endpoints, object_store, tls_ca: ca, spark_conf };
+        let file = ClusterFile {
+            masters,
+            workers,
+            master_endpoints: endpoints,
+            object_store,
+            tls_ca: ca,
+            admin_credential: auth.admin.clone(),
+            tenant_credential,
+            spark_conf,
+        };
         let mut running = Running { file, children };
         if let Err(e) = running.wait_ready(self.workers).await {
             running.stop();
@@ -171,7 +195,8 @@ impl LocalUp {
 impl Running {
     async fn wait_ready(&mut self, workers: usize) -> anyhow::Result<()> {
         let tls = Tls::load(&TlsSource::CaOnly { ca: self.file.tls_ca.clone() })?;
-        let client = Client::new(&tls, ClientOptions::default())?;
+        let admin = Credential::load_secret_file(&self.file.admin_credential)?;
+        let client = Client::new(&tls, ClientOptions::default())?.with_credential(Some(&admin))?;
         let endpoints: Vec<String> = self.file.master_endpoints.split(',').map(String::from).collect();
         let mc = MasterClient::new(client, endpoints, Duration::from_secs(2))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -230,8 +255,10 @@ impl Running {
             s.push_str(&format!("{:<7} {:<16} {:<22} pid {}\n", n.role, n.id, n.addr, n.pid));
         }
         s.push_str(&format!(
-            "\nmaster endpoints: {}\nobject store:     {}\n\nSpark settings:\n",
-            f.master_endpoints, f.object_store
+            "\nmaster endpoints: {}\nobject store:     {}\nadmin credential: {} (shoal ... --credential-file)\n\nSpark settings:\n",
+            f.master_endpoints,
+            f.object_store,
+            f.admin_credential.display()
         ));
         for line in &f.spark_conf {
             s.push_str(&format!("  --conf {line}\n"));

@@ -11,13 +11,38 @@ pub mod status;
 
 use shuffle_proto::transport::{TlsSource, TransportError};
 
-/// How the CLI authenticates masters.
-pub fn tls_source(ca: Option<std::path::PathBuf>, insecure: bool) -> Result<TlsSource, String> {
+/// How the CLI authenticates masters, and itself: with a node certificate and key (a worker's
+/// preStop hook, which has them mounted) the CLI speaks as a cluster node.
+pub fn tls_source(
+    ca: Option<std::path::PathBuf>,
+    insecure: bool,
+    node: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<TlsSource, String> {
     match (ca, insecure) {
-        (Some(ca), false) => Ok(TlsSource::CaOnly { ca }),
+        (Some(ca), false) => Ok(match node {
+            Some((cert, key)) => TlsSource::Files { cert, key, ca },
+            None => TlsSource::CaOnly { ca },
+        }),
         (None, true) => Ok(TlsSource::Insecure),
         (Some(_), true) => Err("--tls-ca and --tls-insecure exclude each other".into()),
         (None, false) => Err("give --tls-ca (the cluster CA) or --tls-insecure".into()),
+    }
+}
+
+/// The credential the CLI presents: a file (`--credential-file`, `SHOAL_CREDENTIAL_FILE`), or
+/// else the `SHOAL_CREDENTIAL` environment variable (`name:secret`). Never a flag: flags show
+/// in process listings and shell history.
+pub fn credential(file: Option<&std::path::Path>) -> anyhow::Result<Option<shuffle_proto::auth::Credential>> {
+    use shuffle_proto::auth::Credential;
+    if let Some(f) = file {
+        return Ok(Some(Credential::load_secret_file(f)?));
+    }
+    match std::env::var("SHOAL_CREDENTIAL") {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(
+            Credential::parse_secret(&t)
+                .map_err(|e| anyhow::anyhow!("SHOAL_CREDENTIAL: {e} (expected name:secret)"))?,
+        )),
+        _ => Ok(None),
     }
 }
 

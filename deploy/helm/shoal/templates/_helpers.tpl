@@ -109,13 +109,57 @@ tls_ca = {{ printf "%s/%s" (include "shoal.tls.dir" .) .Values.tls.caKey | toJso
 {{- end -}}
 {{- end -}}
 
-{{/* The `shoal` CLI's TLS flags. */}}
+{{/* The `shoal` CLI's TLS flags inside a Shoal pod: trust the cluster CA and present the
+     mounted node certificate, so the CLI calls as a cluster node (which may make any call,
+     admin calls included) and the pods need no admin credential. */}}
 {{- define "shoal.tls.cliFlags" -}}
 {{- if .Values.tls.insecure -}}
 --tls-insecure
 {{- else -}}
---tls-ca {{ printf "%s/%s" (include "shoal.tls.dir" .) .Values.tls.caKey }}
+--tls-ca {{ printf "%s/%s" (include "shoal.tls.dir" .) .Values.tls.caKey }} --tls-cert {{ printf "%s/%s" (include "shoal.tls.dir" .) .Values.tls.certKey }} --tls-key {{ printf "%s/%s" (include "shoal.tls.dir" .) .Values.tls.keyKey }}
 {{- end -}}
+{{- end -}}
+
+{{- define "shoal.auth.dir" -}}/etc/shoal/auth{{- end -}}
+
+{{/* TOML lines for the master's application authentication. */}}
+{{- define "shoal.auth.toml" -}}
+{{- $a := .Values.auth -}}
+{{- if $a.enabled -}}
+auth_principals = {{ printf "%s/principals.toml" (include "shoal.auth.dir" .) | toJson }}
+auth_signing_keys = {{ printf "%s/signing-keys.toml" (include "shoal.auth.dir" .) | toJson }}
+{{- with $a.tokenTtl }}
+token_ttl = {{ . | toJson }}
+{{- end }}
+{{- with $a.capabilityTtl }}
+capability_ttl = {{ . | toJson }}
+{{- end }}
+{{- else -}}
+auth_disabled = true
+{{- end -}}
+{{- end -}}
+
+{{/* The auth Secret, masters only: the two files the masters read, nothing else. */}}
+{{- define "shoal.auth.volume" -}}
+{{- if .Values.auth.enabled -}}
+- name: auth
+  secret:
+    secretName: {{ .Values.auth.secretName }}
+    defaultMode: 0440
+    items:
+      - key: principals.toml
+        path: principals.toml
+      - key: signing-keys.toml
+        path: signing-keys.toml
+{{- end }}
+{{- end -}}
+
+{{- define "shoal.auth.mount" -}}
+{{- if .Values.auth.enabled -}}
+- name: auth
+  mountPath: {{ include "shoal.auth.dir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* A map of settings as TOML lines; strings are quoted (a JSON string is a TOML string),

@@ -18,18 +18,36 @@ final class ShoalApp {
   private static long client;
   private static ShoalConf conf;
   private static String registeredApp;
+  /** The token Shoal gave this driver's application; handed to executors in shuffle handles. */
+  private static String appToken = "";
   private static ScheduledExecutorService heartbeat;
 
   private ShoalApp() {}
 
-  /** The process's client, opened on first use. */
+  /** The process's client, opened on first use (on the driver, with its tenant credential). */
   static long client(ShoalConf c) throws ShoalException {
+    return client(c, null);
+  }
+
+  /**
+   * The process's client; an executor opens it with the app token from a shuffle handle. A
+   * process that already has one (the driver, or local mode) keeps it: it speaks for the same
+   * application.
+   */
+  static long client(ShoalConf c, String token) throws ShoalException {
     synchronized (LOCK) {
       if (client == 0) {
-        client = ShoalNative.clientOpen(c.nativeSettings());
+        client = ShoalNative.clientOpen(c.nativeSettings(token));
         conf = c;
       }
       return client;
+    }
+  }
+
+  /** The app token this driver received ("" before registration or without authentication). */
+  static String appToken() {
+    synchronized (LOCK) {
+      return appToken;
     }
   }
 
@@ -41,7 +59,7 @@ final class ShoalApp {
         return;
       }
       long h = client(c);
-      ShoalNative.registerApp(h, app, c.appLeaseMs);
+      appToken = ShoalNative.registerApp(h, app, c.appLeaseMs);
       registeredApp = app;
       heartbeat =
           Executors.newSingleThreadScheduledExecutor(
@@ -65,7 +83,10 @@ final class ShoalApp {
       // recomputed through FetchFailed).
       LOG.warn("Shoal no longer knows {} ({}); registering it again", app, e.getMessage());
       try {
-        ShoalNative.registerApp(h, app, conf.appLeaseMs);
+        String token = ShoalNative.registerApp(h, app, conf.appLeaseMs);
+        synchronized (LOCK) {
+          appToken = token;
+        }
       } catch (ShoalException again) {
         LOG.warn("Could not register {} with Shoal again: {}", app, again.getMessage());
       }

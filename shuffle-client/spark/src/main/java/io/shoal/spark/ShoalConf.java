@@ -20,6 +20,7 @@ final class ShoalConf implements java.io.Serializable {
   static final String CLIENT_THREADS = "spark.shoal.client.threads";
   static final String APP_LEASE = "spark.shoal.app.lease";
   static final String LOG_LEVEL = "spark.shoal.log.level";
+  static final String CREDENTIAL_FILE = "spark.shoal.auth.credentialFile";
 
   /** The largest chunk the native client accepts (its batch limit). */
   static final long MAX_CHUNK = 64L << 20;
@@ -37,6 +38,8 @@ final class ShoalConf implements java.io.Serializable {
   final int clientThreads;
   final long appLeaseMs;
   final String logLevel;
+  /** The driver's tenant credential ({@code name:secret}); never the secret itself. */
+  final String credentialFile;
 
   ShoalConf(SparkConf conf) {
     endpoints = conf.get(ENDPOINTS, "").trim();
@@ -68,11 +71,22 @@ final class ShoalConf implements java.io.Serializable {
       throw new IllegalArgumentException(APP_LEASE + " must be at least 4s");
     }
     logLevel = conf.get(LOG_LEVEL, "warn");
+    credentialFile = conf.get(CREDENTIAL_FILE, "").trim();
   }
 
-  /** The settings lines the native client parses (and checks again). */
-  String nativeSettings() {
+  /**
+   * The settings lines the native client parses (and checks again). With an app token (an
+   * executor, from the shuffle handle) the client speaks for the application; without one (the
+   * driver) it presents the tenant credential from {@link #CREDENTIAL_FILE} or the
+   * SHOAL_CREDENTIAL environment variable.
+   */
+  String nativeSettings(String appToken) {
     StringBuilder s = new StringBuilder();
+    if (appToken != null && !appToken.isEmpty()) {
+      s.append("app_token=").append(appToken).append('\n');
+    } else if (!credentialFile.isEmpty()) {
+      s.append("credential_file=").append(credentialFile).append('\n');
+    }
     s.append("masters=").append(endpoints).append('\n');
     if (!tlsCa.isEmpty()) {
       s.append("tls.ca=").append(tlsCa).append('\n');

@@ -49,7 +49,8 @@ final class ShoalNative {
   /** Opens (or shares) a client for {@code key=value} settings lines. */
   static native long clientOpen(String settings) throws ShoalException;
 
-  static native void registerApp(long client, String app, long leaseMs) throws ShoalException;
+  /** Registers the application with the client's tenant credential; returns the app token for executors ("" without authentication). */
+  static native String registerApp(long client, String app, long leaseMs) throws ShoalException;
 
   static native void appHeartbeat(long client, String app) throws ShoalException;
 

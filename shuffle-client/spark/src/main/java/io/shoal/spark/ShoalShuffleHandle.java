@@ -23,14 +23,34 @@ public class ShoalShuffleHandle<K, V, C> extends BaseShuffleHandle<K, V, C> {
   final int numMaps;
   final int numPartitions;
   final ShoalConf conf;
+  /** The application's Shoal token: what executors present to the masters. */
+  final String appToken;
 
   ShoalShuffleHandle(
-      int shuffleId, ShuffleDependency<K, V, C> dependency, String appId, int numMaps, int numPartitions, ShoalConf conf) {
+      int shuffleId,
+      ShuffleDependency<K, V, C> dependency,
+      String appId,
+      int numMaps,
+      int numPartitions,
+      ShoalConf conf,
+      String appToken) {
     super(shuffleId, dependency);
     this.appId = appId;
     this.numMaps = numMaps;
     this.numPartitions = numPartitions;
     this.conf = conf;
+    this.appToken = appToken;
+  }
+
+  /** This process's client, speaking for the handle's application. */
+  long client() throws ShoalException {
+    return ShoalApp.client(conf, appToken);
+  }
+
+  @Override
+  public String toString() {
+    // The token stays out of logs.
+    return "ShoalShuffleHandle(" + shuffleId() + ", " + appId + ")";
   }
 
   /** The location a MapStatus of this generation names. */

@@ -53,7 +53,7 @@ public class ShoalShuffleManager implements BlockingShuffleManager {
         throw new IllegalStateException("Shoal refused shuffle " + shuffleId + ": " + e.getMessage(), e);
       }
     }
-    return new ShoalShuffleHandle<>(shuffleId, dependency, app, numMaps, numPartitions, conf);
+    return new ShoalShuffleHandle<>(shuffleId, dependency, app, numMaps, numPartitions, conf, ShoalApp.appToken());
   }
 
   @Override

@@ -209,7 +209,7 @@ final class ShoalShuffleReader<K, C> implements ShuffleReader<K, C> {
           current = reads.get(next++);
           reader =
               ShoalNative.readerOpen(
-                  ShoalApp.client(handle.conf),
+                  handle.client(),
                   handle.appId,
                   handle.shuffleId(),
                   current.generation,

@@ -84,7 +84,7 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       long start = System.nanoTime();
       writer =
           ShoalNative.writerOpen(
-              ShoalApp.client(handle.conf),
+              handle.client(),
               handle.appId,
               handle.shuffleId(),
               generation,

@@ -38,12 +38,26 @@ public final class NativeChecks {
   public static void main(String[] args) throws Exception {
     String masters = args[0];
     String ca = args[1];
+    String credA = args[2];
+    String credB = args[3];
     String app = "native-checks";
 
     expect(ShoalConfigException.class, "colour", () -> ShoalNative.clientOpen("masters=" + masters + "\ncolour=blue"));
     expect(ShoalConfigException.class, "no master", () -> ShoalNative.clientOpen("tls.ca=" + ca));
-    long h = ShoalNative.clientOpen("masters=" + masters + "\ntls.ca=" + ca + "\ncall_timeout_ms=5000");
-    ShoalNative.registerApp(h, app, 60_000);
+    String base = "masters=" + masters + "\ntls.ca=" + ca + "\ncall_timeout_ms=5000\n";
+    expect(ShoalConfigException.class, "credential file", () -> ShoalNative.clientOpen(base + "credential_file=/nonexistent"));
+    long anonymous = ShoalNative.clientOpen(base + "runtime_threads=1");
+    expect(ShoalRejectedException.class, "tenant credential", () -> ShoalNative.registerApp(anonymous, app, 60_000));
+    long h = ShoalNative.clientOpen(base + "credential_file=" + credA);
+    String token = ShoalNative.registerApp(h, app, 60_000);
+    if (token.isEmpty()) {
+      throw new AssertionError("registration with a tenant credential gave no app token");
+    }
+    // Another tenant's application can neither take this app id nor touch its shuffles.
+    long other = ShoalNative.clientOpen(base + "credential_file=" + credB);
+    expect(ShoalRejectedException.class, "another tenant", () -> ShoalNative.registerApp(other, app, 60_000));
+    ShoalNative.registerApp(other, app + "-b", 60_000);
+    expect(ShoalRejectedException.class, "another application", () -> ShoalNative.registerShuffle(other, app, 1, 0, 2, 2, 1));
     expect(ShoalRejectedException.class, "", () -> ShoalNative.registerShuffle(h, "no-such-app", 1, 0, 2, 2, 1));
     expect(ShoalConfigException.class, "negative", () -> ShoalNative.registerShuffle(h, app, -1, 0, 2, 2, 1));
     ShoalNative.registerShuffle(h, app, 1, 0, 2, 2, 1);

@@ -102,7 +102,7 @@ async fn segments_and_a_cluster_on_s3() {
     for id in ["w0", "w1"] {
         c.stop_worker(id).await;
     }
-    let sc = c.shuffle_client().unwrap();
+    let sc = c.node_shuffle_client().unwrap();
     for p in 0..2u32 {
         let mut s = sc.read_partition(&k, p, 0, 2);
         let mut n = 0;

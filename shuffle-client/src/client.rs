@@ -203,3 +203,32 @@ impl ShuffleClient {
         PartitionStream::open(self.clone(), shuffle.clone(), partition, start, end, Some(only))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shuffle_proto::auth::{Claims, Scope, SigningKeys, RIGHT_WRITE};
+
+    use super::*;
+
+    #[test]
+    fn a_capability_is_replaced_before_it_runs_out() {
+        let keys = SigningKeys::parse(&SigningKeys::generate_file(1).unwrap()).unwrap();
+        let cap = |expires_unix_ms| {
+            keys.sign(&Claims {
+                tenant: "t".into(),
+                app: AppId::new("a").unwrap(),
+                scope: Scope::Shuffle { shuffle_id: 1, generation: 0, rights: RIGHT_WRITE },
+                expires_unix_ms,
+            })
+            .unwrap()
+            .encode()
+            .unwrap()
+        };
+        let now = 1_000_000_000;
+        assert!(capability_lasts(&cap(now + 2 * CAPABILITY_MARGIN_MS), now, CAPABILITY_MARGIN_MS));
+        assert!(!capability_lasts(&cap(now + CAPABILITY_MARGIN_MS / 2), now, CAPABILITY_MARGIN_MS));
+        assert!(!capability_lasts(&cap(now - 1), now, CAPABILITY_MARGIN_MS));
+        assert!(!capability_lasts(b"garbage", now, CAPABILITY_MARGIN_MS), "unreadable: fetch a fresh one");
+        assert!(capability_lasts(&[], now, CAPABILITY_MARGIN_MS), "no authentication, nothing to refresh");
+    }
+}

@@ -133,16 +133,13 @@ wire! {
         pub bytes: u64,
     }
 
-    /// Work the master hands a worker in a heartbeat reply.
+    /// Work the master hands a worker in a heartbeat reply. What the worker should *be*
+    /// (active, draining, decommissioned) is not a command: every reply carries it whole.
     pub enum WorkerCommand {
         /// Every map committed: spill the partitions of this shuffle that you own.
         Seal { shuffle: ShuffleKey },
         /// Drop local data of this shuffle.
         DeleteShuffle { shuffle: ShuffleKey },
-        /// Spill everything, report, then exit.
-        Decommission,
-        /// Take new partitions again.
-        Recommission,
     }
 
     pub struct MasterInfo {
@@ -295,7 +292,8 @@ wire! {
         pub capacity_bytes: u64,
         pub held: Vec<HeldPartition>,
     }
-    pub struct WorkerRegistered { pub heartbeat_interval_ms: u64, pub auth: AuthKeys }
+    /// `desired`: what the worker should be now (a restarted draining worker drains on).
+    pub struct WorkerRegistered { pub heartbeat_interval_ms: u64, pub auth: AuthKeys, pub desired: WorkerState }
     pub struct WorkerHeartbeat {
         pub worker: WorkerId,
         pub bytes_held: u64,
@@ -303,7 +301,9 @@ wire! {
         /// Shuffles with local data: the reply says which to seal or delete.
         pub shuffles: Vec<ShuffleKey>,
     }
-    pub struct HeartbeatReply { pub commands: Vec<WorkerCommand>, pub auth: AuthKeys }
+    /// `desired` is level-triggered: the worker's state as the master records it, in every
+    /// reply, so a lost or repeated reply changes nothing and a recommission is never missed.
+    pub struct HeartbeatReply { pub commands: Vec<WorkerCommand>, pub auth: AuthKeys, pub desired: WorkerState }
 
     /// A draining worker holds no data any more: what the master still lists on it had none
     /// (or was lost).
@@ -418,7 +418,6 @@ validate_fields!(PartitionReadPlan => |s| s.sources.iter().try_for_each(Validate
 validate_fields!(HeldPartition => |s| s.shuffle.validate());
 validate_fields!(WorkerCommand => |s| match s {
     WorkerCommand::Seal { shuffle } | WorkerCommand::DeleteShuffle { shuffle } => shuffle.validate(),
-    WorkerCommand::Decommission | WorkerCommand::Recommission => Ok(()),
 });
 validate_fields!(RegisterApp => |s| s.app.validate());
 validate_fields!(AppRegistered => |s| {

@@ -320,18 +320,19 @@ impl MasterService {
                 WorkerRegistered {
                     heartbeat_interval_ms: self.opts.heartbeat_interval.as_millis() as u64,
                     auth: self.auth_keys(),
+                    desired: self.read_state(|s| s.desired_state(&m.worker))?,
                 }
                 .into()
             }
             Message::WorkerHeartbeat(m) => {
                 self.leader_only()?;
-                let commands = self.read_state(|s| match s.workers.get(&m.worker) {
+                let (commands, desired) = self.read_state(|s| match s.workers.get(&m.worker) {
                     Some(w) if w.state != WorkerState::Lost => {
                         let mut c = s.commands_for(&m.worker, &m.shuffles);
                         if let Ok(mut sent) = self.purged.lock() {
                             c.extend(s.purge_commands(&mut sent, PURGES_PER_HEARTBEAT));
                         }
-                        Ok(c)
+                        Ok((c, w.state.clone()))
                     }
                     _ => Err(WireError::new(ErrorCode::UnknownWorker, format!("worker {} must register", m.worker))),
                 })??;
@@ -339,7 +340,7 @@ impl MasterService {
                 if let Ok(mut r) = self.reported.lock() {
                     r.insert(m.worker.clone(), Reported { bytes_held: m.bytes_held, partitions: m.partitions });
                 }
-                HeartbeatReply { commands, auth: self.auth_keys() }.into()
+                HeartbeatReply { commands, auth: self.auth_keys(), desired }.into()
             }
             Message::ReportSegment(m) => {
                 let cmd = Command::ReportSegment {

@@ -848,16 +848,13 @@ impl MasterState {
     }
 
     /// Commands for a worker's heartbeat, given the shuffles it reports local data of.
+    /// What a worker should be: its recorded state (Lost for one the master does not know).
+    pub fn desired_state(&self, worker: &WorkerId) -> WorkerState {
+        self.workers.get(worker).map(|w| w.state.clone()).unwrap_or(WorkerState::Lost)
+    }
+
     pub fn commands_for(&self, worker: &WorkerId, held: &[ShuffleKey]) -> Vec<WorkerCommand> {
         let mut out = Vec::new();
-        match self.workers.get(worker).map(|w| &w.state) {
-            // A decommissioned worker hears it too: it may have held nothing, and stops now.
-            Some(WorkerState::Decommissioning | WorkerState::Decommissioned) => out.push(WorkerCommand::Decommission),
-            Some(WorkerState::Lost) | None => {
-                // Its data was written off; it must re-register before it may serve again.
-            }
-            _ => {}
-        }
         for key in held {
             match self.shuffles.get(key) {
                 None => out.push(WorkerCommand::DeleteShuffle { shuffle: key.clone() }),

@@ -225,7 +225,7 @@ fn decommission_moves_writes_then_finishes_after_spill() {
     commit(&mut st, 1, 0, 1, vec![stat(p, 8, loc.epoch)]);
     st.apply(Command::Decommission { worker: w("w1") });
     assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioning);
-    assert_eq!(st.commands_for(&w("w1"), &[]), vec![WorkerCommand::Decommission]);
+    assert_eq!(st.desired_state(&w("w1")), WorkerState::Decommissioning);
     let now = st.assignment(&key(1)).unwrap().locations[p as usize].clone();
     assert_eq!(now.primary.id, w("w2"));
     // New placements avoid the draining worker.
@@ -246,7 +246,7 @@ fn decommission_moves_writes_then_finishes_after_spill() {
         last: true,
     });
     assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioned);
-    assert_eq!(st.commands_for(&w("w1"), &[]), vec![WorkerCommand::Decommission], "so its process stops");
+    assert_eq!(st.desired_state(&w("w1")), WorkerState::Decommissioned, "so its process stops");
     assert_eq!(st.spilled_bytes_of(&w("w1")), 8);
     let plan = st.read_plan(&key(1), p, p + 1, 0, 2).unwrap();
     assert_eq!(plan.partitions[0].segments, vec![seg]);
@@ -445,4 +445,19 @@ fn removed_shuffles_objects_are_handed_out_for_deletion_once() {
         st.purge_commands(&mut std::collections::HashSet::new(), 10),
         vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }]
     );
+}
+
+#[test]
+fn the_desired_state_follows_decommission_and_recommission() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 2, 1);
+    let loc = a.locations.iter().find(|l| l.primary.id == w("w1")).unwrap().clone();
+    commit(&mut st, 1, 0, 1, vec![stat(loc.partition.0, 8, loc.epoch)]);
+    assert_eq!(st.desired_state(&w("w1")), WorkerState::Active);
+    st.apply(Command::Decommission { worker: w("w1") });
+    assert_eq!(st.desired_state(&w("w1")), WorkerState::Decommissioning, "it holds committed data");
+    assert_eq!(st.apply(Command::Recommission { worker: w("w1") }), CommandResult::Ack);
+    assert_eq!(st.desired_state(&w("w1")), WorkerState::Active, "every later heartbeat says so");
+    assert_eq!(st.desired_state(&w("nobody")), WorkerState::Lost);
+    st.check_invariants().unwrap();
 }

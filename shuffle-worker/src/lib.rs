@@ -5,6 +5,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod core;
 pub mod metrics;
 pub mod node;
 pub mod spill;

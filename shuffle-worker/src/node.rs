@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::buffer::{AttemptFilter, BatchKey, Buffer, ScanRange, ScannedKeys};
+use crate::core::{CoreLimits, Delete, Lifecycle, PartKey, SpillKind, SpillStart, Step, WorkerCore};
 use crate::metrics::Metrics;
 use crate::spill::{is_garbage, plan_pressure_spill, SweepFacts};
 
@@ -117,10 +118,9 @@ struct Inner {
     master: MasterClient,
     assignments: Mutex<HashMap<ShuffleKey, Arc<ShuffleAssignment>>>,
     fetch_lock: tokio::sync::Mutex<()>,
-    draining: AtomicBool,
+    /// Every decision about pushes, spills and the worker's lifecycle (see [`crate::core`]).
+    core: Mutex<WorkerCore>,
     spilling: Mutex<HashSet<ShuffleKey>>,
-    /// Partitions being spilled now: one spill per partition at a time.
-    in_spill: Arc<Mutex<HashSet<(ShuffleKey, u32)>>>,
     nonce: AtomicU64,
     metrics: Metrics,
     done: watch::Sender<bool>,
@@ -140,6 +140,9 @@ pub struct WorkerNode {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     done: watch::Receiver<bool>,
 }
+
+/// How long a drain spill waits for pushes in flight to its partition before trying later.
+const SPILL_FENCE_WAIT: Duration = Duration::from_secs(30);
 
 fn werr(code: ErrorCode, msg: impl Into<String>) -> WireError {
     WireError::new(code, msg)
@@ -162,6 +165,7 @@ impl WorkerNode {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
+        let limits = CoreLimits { max_buffered_bytes: cfg.max_buffered_bytes };
         let inner = Arc::new(Inner {
             cfg,
             buffer,
@@ -169,9 +173,8 @@ impl WorkerNode {
             master,
             assignments: Default::default(),
             fetch_lock: Default::default(),
-            draining: AtomicBool::new(false),
+            core: Mutex::new(WorkerCore::new(limits)),
             spilling: Default::default(),
-            in_spill: Default::default(),
             nonce: AtomicU64::new(nonce),
             metrics: Metrics::default(),
             done: done_tx,
@@ -207,7 +210,7 @@ impl WorkerNode {
                 let (bound, task) = serve_http(a, move |path| match (path, weak.upgrade()) {
                     ("/metrics", Some(i)) => Page::ok("text/plain; version=0.0.4", i.scrape()),
                     ("/healthz", Some(_)) => Page::ok("text/plain", "ok\n".into()),
-                    ("/readyz", Some(i)) if !i.draining.load(Ordering::SeqCst) => {
+                    ("/readyz", Some(i)) if i.core().ready() => {
                         Page::ok("text/plain", "ready\n".into())
                     }
                     ("/readyz", Some(_)) => Page { status: 503, content_type: "text/plain", body: "draining\n".into() },
@@ -280,7 +283,7 @@ impl Inner {
         self.metrics.encode()
     }
 
-    async fn register(&self) -> Result<(), TransportError> {
+    async fn register(self: &Arc<Self>) -> Result<(), TransportError> {
         let held = self
             .buffer
             .partitions()
@@ -298,7 +301,55 @@ impl Inner {
             })
             .await?;
         self.set_auth(&reply.auth);
+        self.follow(reply.desired);
         Ok(())
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, WorkerCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the master's desired state and carries out what the core decides.
+    fn follow(self: &Arc<Self>, desired: WorkerState) {
+        let steps = self.core().desired(desired, self.buffer.bytes_held());
+        for step in steps {
+            match step {
+                Step::StartDrain => {
+                    info!(worker = %self.cfg.id, bytes = self.buffer.bytes_held(), "decommissioning: draining to the object store")
+                }
+                Step::Resume => info!(worker = %self.cfg.id, "recommissioned: taking pushes again"),
+                Step::ReportDrained => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        // Nothing left here: partitions the master still lists on this worker
+                        // had no data. The next heartbeat reply says Decommissioned.
+                        if let Err(e) = me.master.call_typed::<Ack>(DrainComplete { worker: me.cfg.id.clone() }).await {
+                            warn!("could not report the drain complete: {e}");
+                        }
+                    });
+                }
+                Step::Stop => {
+                    info!(worker = %self.cfg.id, "decommissioned: all data is in the object store");
+                    let _ = self.done.send(true);
+                }
+                Step::Register => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = Box::pin(me.register()).await {
+                            warn!("re-registration failed: {e}");
+                        }
+                    });
+                }
+            }
+        }
+        // While draining, every heartbeat spills what is still here (spills of a shuffle run
+        // once at a time, so repeating this is harmless).
+        if self.core().lifecycle() == Lifecycle::Draining {
+            for shuffle in self.buffer.shuffles() {
+                let me = self.clone();
+                tokio::spawn(async move { me.spill_shuffle(shuffle, SpillKind::Drain).await });
+            }
+        }
     }
 
     /// Takes the masters' current keys (rotation) and whether capabilities are required.
@@ -342,9 +393,7 @@ impl Inner {
                     for cmd in reply.commands {
                         self.clone().command(cmd);
                     }
-                    if self.draining.load(Ordering::SeqCst) {
-                        self.check_drained().await;
-                    }
+                    self.follow(reply.desired);
                 }
                 Err(TransportError::Remote(e)) if e.code() == ErrorCode::UnknownWorker => {
                     warn!("the master does not know this worker (declared lost?): registering again");
@@ -370,7 +419,7 @@ impl Inner {
             for i in plan {
                 let (shuffle, p, bytes) = parts[i].clone();
                 debug!(%shuffle, partition = p, bytes, "buffer over its watermark: spilling early");
-                match self.spill_partition(&shuffle, p, true).await {
+                match self.spill_partition(&shuffle, p, SpillKind::Pressure).await {
                     Ok(()) | Err(SpillError::InProgress) => {}
                     Err(e) => warn!(%shuffle, partition = p, "early spill failed: {e}"),
                 }
@@ -459,7 +508,7 @@ impl Inner {
     fn command(self: Arc<Self>, cmd: WorkerCommand) {
         match cmd {
             WorkerCommand::Seal { shuffle } => {
-                tokio::spawn(async move { self.spill_shuffle(shuffle).await });
+                tokio::spawn(async move { self.spill_shuffle(shuffle, SpillKind::Seal).await });
             }
             WorkerCommand::DeleteShuffle { shuffle } => {
                 tokio::spawn(async move {
@@ -472,40 +521,6 @@ impl Inner {
                         Err(e) => warn!(%shuffle, "object delete failed: {e}"),
                     }
                 });
-            }
-            WorkerCommand::Decommission => {
-                if !self.draining.swap(true, Ordering::SeqCst) {
-                    info!(worker = %self.cfg.id, bytes = self.buffer.bytes_held(), "decommissioning: draining to the object store");
-                }
-                for shuffle in self.buffer.shuffles() {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.spill_shuffle(shuffle).await });
-                }
-            }
-            WorkerCommand::Recommission => {
-                if self.draining.swap(false, Ordering::SeqCst) {
-                    info!(worker = %self.cfg.id, "recommissioned");
-                }
-            }
-        }
-    }
-
-    async fn check_drained(&self) {
-        let spilling = !self.spilling.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
-            || !self.in_spill.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-        if self.buffer.bytes_held() > 0 || spilling {
-            return;
-        }
-        // Nothing left here: partitions the master still lists on this worker had no data.
-        if let Err(e) = self.master.call_typed::<Ack>(DrainComplete { worker: self.cfg.id.clone() }).await {
-            warn!("could not report the drain complete: {e}");
-            return;
-        }
-        if let Ok(st) = self.master.call_typed::<ClusterStatus>(GetStatus {}).await {
-            let done = st.workers.iter().any(|w| w.id == self.cfg.id && w.state == WorkerState::Decommissioned);
-            if done {
-                info!(worker = %self.cfg.id, "decommissioned: all data is in the object store");
-                let _ = self.done.send(true);
             }
         }
     }
@@ -541,14 +556,17 @@ impl Inner {
     }
 
     async fn push(&self, push: PushBatch, body: Vec<u8>) -> Result<PushAck, WireError> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(werr(ErrorCode::Decommissioning, "worker is draining"));
-        }
         BatchView::parse_exact(&body, DEFAULT_MAX_BATCH_RAW).map_err(WireError::from)?;
-        if self.buffer.bytes_held().saturating_add(body.len() as u64) > self.cfg.max_buffered_bytes {
-            self.metrics.backpressure.inc();
-            return Err(werr(ErrorCode::Busy, "buffer is over its watermark"));
+        let part = (push.shuffle.clone(), push.partition.0);
+        let admitted = self.core().admit_push(&part, body.len() as u64, self.buffer.bytes_held());
+        if let Err((code, why)) = admitted {
+            if code == ErrorCode::Busy {
+                self.metrics.backpressure.inc();
+            }
+            return Err(werr(code, why));
         }
+        // Counted in flight until stored or failed: a drain spill of this partition waits.
+        let _in_flight = InFlight { inner: self, part };
         let a = self.assignment(&push.shuffle, push.partition.0, push.epoch.0).await?;
         if a.state != ShuffleState::Writing {
             return Err(werr(ErrorCode::ShuffleNotWriting, format!("shuffle {} is {:?}", push.shuffle, a.state)));
@@ -667,7 +685,7 @@ impl Inner {
     }
 
     /// Spills every local partition of a shuffle (once at a time per shuffle).
-    async fn spill_shuffle(self: Arc<Self>, shuffle: ShuffleKey) {
+    async fn spill_shuffle(self: Arc<Self>, shuffle: ShuffleKey, kind: SpillKind) {
         if !self.spilling.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone()) {
             return;
         }
@@ -676,7 +694,7 @@ impl Inner {
         for p in parts {
             let mut delay = Duration::from_millis(100);
             loop {
-                match self.spill_partition(&shuffle, p, false).await {
+                match self.spill_partition(&shuffle, p, kind).await {
                     Ok(()) => break,
                     Err(e) if e.retryable() => {
                         warn!(%shuffle, partition = p, "spill failed, retrying in {delay:?}: {e}");
@@ -693,11 +711,11 @@ impl Inner {
         self.spilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
     }
 
-    /// Spills one partition. `early`: under pressure, while the partition may still take
-    /// pushes: everything scanned goes (every attempt), exactly those keys are deleted, and
-    /// the worker stays a read source for what arrives next.
-    async fn spill_partition(&self, shuffle: &ShuffleKey, partition: u32, early: bool) -> Result<(), SpillError> {
-        let _guard = SpillGuard::take(&self.in_spill, shuffle, partition).ok_or(SpillError::InProgress)?;
+    /// Spills one partition, as the core allows: under pressure everything scanned goes
+    /// (every attempt), exactly those keys are deleted, and the worker stays a read source for
+    /// what arrives next; at seal only committed attempts go and the partition is dropped; in
+    /// a drain the spill waits until no push to the partition is in flight.
+    async fn spill_partition(&self, shuffle: &ShuffleKey, partition: u32, kind: SpillKind) -> Result<(), SpillError> {
         let plan: Result<ReadPlan, SpillError> = self
             .master
             .call_typed(GetReadPlan {
@@ -720,6 +738,22 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
+        let part: PartKey = (shuffle.clone(), partition);
+        let writing = plan.state == ShuffleState::Writing;
+        let deadline = tokio::time::Instant::now() + SPILL_FENCE_WAIT;
+        let (delete, last) = loop {
+            let start = self.core().begin_spill(&part, kind, writing);
+            match start {
+                SpillStart::Go { delete, last } => break (delete, last),
+                SpillStart::Busy => return Err(SpillError::InProgress),
+                SpillStart::Skip => return Ok(()),
+                SpillStart::Wait if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                SpillStart::Wait => return Err(SpillError::InProgress),
+            }
+        };
+        let _run = SpillRun { inner: self, part };
         let Some(pp) = plan.partitions.first() else { return Ok(()) };
         if !pp
             .sources
@@ -733,7 +767,7 @@ impl Inner {
         }
         // A sealed shuffle keeps only committed attempts; a writing one (drain) keeps all,
         // since its maps may still commit.
-        let filter = if early || plan.state == ShuffleState::Writing {
+        let filter = if kind == SpillKind::Pressure || writing {
             AttemptFilter::All
         } else {
             AttemptFilter::Only(pp.expected.iter().map(|m| (m.map.0, m.attempt.0)).collect())
@@ -756,7 +790,7 @@ impl Inner {
             shuffle: shuffle.clone(),
             partition: PartitionId(partition),
             segment,
-            last: !early,
+            last,
         };
         match self.master.call_typed::<Ack>(report).await {
             Ok(_) => {}
@@ -766,10 +800,9 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         }
-        if early {
-            self.buffer.delete_keys(shuffle, partition, &scanned)?;
-        } else {
-            self.buffer.delete_partition(shuffle, partition)?;
+        match delete {
+            Delete::Scanned => self.buffer.delete_keys(shuffle, partition, &scanned)?,
+            Delete::Partition => self.buffer.delete_partition(shuffle, partition)?,
         }
         self.metrics.bytes_spilled.inc_by(spilled);
         self.metrics.segments.inc();
@@ -778,22 +811,27 @@ impl Inner {
     }
 }
 
-/// Marks a partition as being spilled until dropped.
-struct SpillGuard {
-    set: Arc<Mutex<HashSet<(ShuffleKey, u32)>>>,
-    key: (ShuffleKey, u32),
+/// An admitted push, counted in flight until dropped (stored, failed or cancelled).
+struct InFlight<'a> {
+    inner: &'a Inner,
+    part: PartKey,
 }
 
-impl SpillGuard {
-    fn take(set: &Arc<Mutex<HashSet<(ShuffleKey, u32)>>>, shuffle: &ShuffleKey, partition: u32) -> Option<SpillGuard> {
-        let key = (shuffle.clone(), partition);
-        set.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()).then(|| SpillGuard { set: set.clone(), key })
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.inner.core().push_done(&self.part);
     }
 }
 
-impl Drop for SpillGuard {
+/// A running spill of a partition, ended when dropped (done, failed or cancelled).
+struct SpillRun<'a> {
+    inner: &'a Inner,
+    part: PartKey,
+}
+
+impl Drop for SpillRun<'_> {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        self.inner.core().end_spill(&self.part);
     }
 }
 

@@ -1,0 +1,452 @@
+//! The worker's decisions, as a pure state machine: which pushes are admitted, when a
+//! partition may be spilled and what is deleted after, what the master's desired state means
+//! for this process, and when a drain is complete. The process around it (`node.rs`) only
+//! executes what it decides; nothing here does I/O or reads a clock.
+//!
+//! Invariants (checked by the property tests below over random histories):
+//! - A push is admitted only while the worker is Active and under its buffer limit; every
+//!   admitted push is counted in flight for its partition until it is stored or failed.
+//! - An acknowledged batch is deleted only if a spill's scan read it (so it is in the segment
+//!   the master recorded), or its shuffle is sealed and the spill covers the whole partition
+//!   (a sealed shuffle takes no committed data any more).
+//! - A drain spill of a still-writing partition starts only once the worker refuses pushes
+//!   and none is in flight for the partition, so its scan sees every acknowledged batch.
+//! - At most one spill per partition runs at a time.
+//! - The master's desired state is level-triggered: the same state repeated changes nothing,
+//!   Active after Draining resumes taking pushes (recommission), Decommissioned stops the
+//!   process, Lost makes it register again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shuffle_proto::messages::WorkerState;
+use shuffle_proto::{ErrorCode, ShuffleKey};
+
+/// A partition of a shuffle on this worker.
+pub type PartKey = (ShuffleKey, u32);
+
+/// What this worker is doing, as it follows the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Active,
+    /// Refuses pushes and spills everything it holds.
+    Draining,
+    /// The master recorded the drain complete: the process stops.
+    Decommissioned,
+    /// The master wrote this worker off: it must register again before serving pushes.
+    Lost,
+}
+
+/// What the process must do after the master's desired state arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Refuse pushes from now on and spill every local partition.
+    StartDrain,
+    /// A drain was called off: take pushes again.
+    Resume,
+    /// Report the drain complete to the master (nothing left here).
+    ReportDrained,
+    /// The master calls this worker decommissioned: stop the process.
+    Stop,
+    /// Register with the master again.
+    Register,
+}
+
+/// Why a spill is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpillKind {
+    /// The buffer is over its high watermark; the partition may keep taking pushes.
+    Pressure,
+    /// The shuffle is sealed: every map committed.
+    Seal,
+    /// The worker drains.
+    Drain,
+}
+
+/// What to delete locally once the segment is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delete {
+    /// Exactly the keys the scan read.
+    Scanned,
+    /// Every key of the partition (sealed shuffles only).
+    Partition,
+}
+
+/// Whether a spill may start now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpillStart {
+    /// Scan and upload now; `last`: the segment completes this worker's copy of the partition.
+    Go { delete: Delete, last: bool },
+    /// Pushes admitted before the drain are still being stored: ask again shortly.
+    Wait,
+    /// Another spill of the partition is running.
+    Busy,
+    /// Not needed any more (a drain called off): skip it.
+    Skip,
+}
+
+/// Limits the core decides with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreLimits {
+    /// Pushes are refused with `Busy` past this many buffered bytes.
+    pub max_buffered_bytes: u64,
+}
+
+/// The worker's decision state.
+#[derive(Clone, Debug)]
+pub struct WorkerCore {
+    limits: CoreLimits,
+    lifecycle: Lifecycle,
+    inflight: BTreeMap<PartKey, u32>,
+    spilling: BTreeSet<PartKey>,
+}
+
+impl WorkerCore {
+    pub fn new(limits: CoreLimits) -> WorkerCore {
+        WorkerCore { limits, lifecycle: Lifecycle::Active, inflight: BTreeMap::new(), spilling: BTreeSet::new() }
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle
+    }
+
+    /// Whether the worker takes pushes (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.lifecycle == Lifecycle::Active
+    }
+
+    pub fn in_flight(&self, key: &PartKey) -> u32 {
+        self.inflight.get(key).copied().unwrap_or(0)
+    }
+
+    pub fn spills_running(&self) -> usize {
+        self.spilling.len()
+    }
+
+    /// The master's desired state for this worker, from a registration or heartbeat reply.
+    /// `held`: bytes buffered locally now.
+    pub fn desired(&mut self, want: WorkerState, held: u64) -> Vec<Step> {
+        let mut steps = Vec::new();
+        match (want, self.lifecycle) {
+            (WorkerState::Active, Lifecycle::Active) => {}
+            (WorkerState::Active, _) => {
+                self.lifecycle = Lifecycle::Active;
+                steps.push(Step::Resume);
+            }
+            (WorkerState::Decommissioning, Lifecycle::Active | Lifecycle::Lost) => {
+                self.lifecycle = Lifecycle::Draining;
+                steps.push(Step::StartDrain);
+            }
+            (WorkerState::Decommissioning, Lifecycle::Draining) => {}
+            // The master moved on already; follow it.
+            (WorkerState::Decommissioning, Lifecycle::Decommissioned) => {}
+            (WorkerState::Decommissioned, Lifecycle::Decommissioned) => {}
+            (WorkerState::Decommissioned, _) => {
+                self.lifecycle = Lifecycle::Decommissioned;
+                steps.push(Step::Stop);
+            }
+            (WorkerState::Lost, Lifecycle::Lost) => {}
+            (WorkerState::Lost, _) => {
+                self.lifecycle = Lifecycle::Lost;
+                steps.push(Step::Register);
+            }
+        }
+        if self.drained(held) {
+            steps.push(Step::ReportDrained);
+        }
+        steps
+    }
+
+    /// Whether a push of `len` bytes to `key` is taken, with `held` bytes buffered now. An
+    /// admitted push must be followed by [`WorkerCore::push_done`].
+    pub fn admit_push(&mut self, key: &PartKey, len: u64, held: u64) -> Result<(), (ErrorCode, &'static str)> {
+        match self.lifecycle {
+            Lifecycle::Active => {}
+            Lifecycle::Draining | Lifecycle::Decommissioned => {
+                return Err((ErrorCode::Decommissioning, "worker is draining"))
+            }
+            Lifecycle::Lost => return Err((ErrorCode::PartitionNotOwned, "worker is registering again")),
+        }
+        if held.saturating_add(len) > self.limits.max_buffered_bytes {
+            return Err((ErrorCode::Busy, "buffer is over its watermark"));
+        }
+        *self.inflight.entry(key.clone()).or_default() += 1;
+        Ok(())
+    }
+
+    /// An admitted push was stored (or failed before it was).
+    pub fn push_done(&mut self, key: &PartKey) {
+        if let Some(n) = self.inflight.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.inflight.remove(key);
+            }
+        }
+    }
+
+    /// Whether a spill of `key` may start; `writing`: the shuffle still takes commits. A `Go`
+    /// must be followed by [`WorkerCore::end_spill`].
+    pub fn begin_spill(&mut self, key: &PartKey, kind: SpillKind, writing: bool) -> SpillStart {
+        if self.spilling.contains(key) {
+            return SpillStart::Busy;
+        }
+        let go = match kind {
+            SpillKind::Pressure => SpillStart::Go { delete: Delete::Scanned, last: false },
+            SpillKind::Seal if !writing => SpillStart::Go { delete: Delete::Partition, last: true },
+            // A seal the worker heard of before its assignment caught up: keep what may follow.
+            SpillKind::Seal => SpillStart::Go { delete: Delete::Scanned, last: false },
+            SpillKind::Drain if self.lifecycle != Lifecycle::Draining => SpillStart::Skip,
+            SpillKind::Drain if !writing => SpillStart::Go { delete: Delete::Partition, last: true },
+            SpillKind::Drain if self.in_flight(key) > 0 => SpillStart::Wait,
+            // No push can be admitted any more and none is in flight: the scan sees every
+            // acknowledged batch. Deleting only what it read still keeps whatever a later
+            // recommission lets in.
+            SpillKind::Drain => SpillStart::Go { delete: Delete::Scanned, last: true },
+        };
+        if matches!(go, SpillStart::Go { .. }) {
+            self.spilling.insert(key.clone());
+        }
+        go
+    }
+
+    /// A spill that started has ended, done or failed.
+    pub fn end_spill(&mut self, key: &PartKey) {
+        self.spilling.remove(key);
+    }
+
+    /// A draining worker holds nothing and has nothing running: the drain is complete.
+    pub fn drained(&self, held: u64) -> bool {
+        self.lifecycle == Lifecycle::Draining && held == 0 && self.spilling.is_empty() && self.inflight.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+    use shuffle_proto::AppId;
+
+    use super::*;
+
+    fn key(s: u32, p: u32) -> PartKey {
+        (ShuffleKey::new(AppId::new("a").unwrap(), s, 0), p)
+    }
+
+    const LIMITS: CoreLimits = CoreLimits { max_buffered_bytes: 1 << 20 };
+
+    /// One thing that happens to a worker.
+    #[derive(Clone, Debug)]
+    enum Ev {
+        Desired(u8),
+        /// A push to partition (shuffle, partition) arrives.
+        Push(u32, u32),
+        /// The oldest in-flight push is stored and acknowledged.
+        Store,
+        /// The oldest in-flight push fails before it is stored.
+        Fail,
+        Spill(u32, u32, u8),
+        /// The oldest running spill: scan now (what it uploads), and finish.
+        Scan,
+        Finish,
+        Seal(u32),
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            (0u8..4).prop_map(Ev::Desired),
+            (0u32..2, 0u32..2).prop_map(|(s, p)| Ev::Push(s, p)),
+            (0u32..2).prop_map(|s| Ev::Push(s, 0)),
+            Just(Ev::Store),
+            Just(Ev::Store),
+            Just(Ev::Fail),
+            (0u32..2, 0u32..2, 0u8..3).prop_map(|(s, p, k)| Ev::Spill(s, p, k)),
+            (0u32..2).prop_map(|s| Ev::Spill(s, 0, 2)),
+            Just(Ev::Scan),
+            Just(Ev::Finish),
+            (0u32..2).prop_map(Ev::Seal),
+        ]
+    }
+
+    fn state(i: u8) -> WorkerState {
+        [WorkerState::Active, WorkerState::Decommissioning, WorkerState::Decommissioned, WorkerState::Lost][i as usize].clone()
+    }
+
+    /// The executor and the store, modelled: batches are numbers; a spill scans at some point
+    /// after it starts and deletes at its end.
+    #[derive(Default)]
+    struct World {
+        next: u64,
+        inflight: Vec<(PartKey, u64)>,
+        stored: BTreeMap<PartKey, BTreeSet<u64>>,
+        /// Acknowledged batches of a shuffle while it was writing: the ones that may count.
+        needed: BTreeSet<(PartKey, u64)>,
+        /// Batches in a recorded segment.
+        spilled: BTreeSet<(PartKey, u64)>,
+        /// Running spills: key, delete scope, what the scan read (None: not yet scanned), and
+        /// for a spill that completes the worker's copy (`last`) the newest batch admitted
+        /// before it started.
+        spills: Vec<(PartKey, Delete, Option<BTreeSet<u64>>, Option<u64>)>,
+        sealed: BTreeSet<u32>,
+        /// Per partition: the newest batch a finished `last` segment had to cover.
+        released: BTreeMap<PartKey, u64>,
+    }
+
+    impl World {
+        fn held(&self) -> u64 {
+            self.stored.values().map(|s| s.len() as u64).sum()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn random_histories_keep_every_acknowledged_batch_and_follow_the_master(
+            events in proptest::collection::vec(ev(), 1..120)
+        ) {
+            let mut core = WorkerCore::new(LIMITS);
+            let mut w = World::default();
+            for e in events {
+                match e {
+                    Ev::Desired(i) => {
+                        let before = core.lifecycle();
+                        let steps = core.desired(state(i), w.held());
+                        if state(i) == WorkerState::Active && before != Lifecycle::Active {
+                            prop_assert!(steps.contains(&Step::Resume));
+                        }
+                        // Repeating the same desired state changes nothing.
+                        let again = core.desired(state(i), w.held());
+                        prop_assert!(again.iter().all(|s| *s == Step::ReportDrained));
+                    }
+                    Ev::Push(s, p) => {
+                        let k = key(s, p);
+                        let was = core.lifecycle();
+                        if core.admit_push(&k, 1, w.held()).is_ok() {
+                            prop_assert_eq!(was, Lifecycle::Active, "admitted while not active");
+                            w.next += 1;
+                            w.inflight.push((k, w.next));
+                        }
+                    }
+                    Ev::Store | Ev::Fail => {
+                        if !w.inflight.is_empty() {
+                            let (k, b) = w.inflight.remove(0);
+                            core.push_done(&k);
+                            if matches!(e, Ev::Store) {
+                                w.stored.entry(k.clone()).or_default().insert(b);
+                                if !w.sealed.contains(&k.0.shuffle_id) {
+                                    // Stored after a `last` segment that should have held it.
+                                    prop_assert!(w.released.get(&k).is_none_or(|r| b > *r), "batch {b} landed after its partition's last segment");
+                                    w.needed.insert((k, b));
+                                }
+                            }
+                        }
+                    }
+                    Ev::Spill(s, p, kind) => {
+                        let k = key(s, p);
+                        let kind = [SpillKind::Pressure, SpillKind::Seal, SpillKind::Drain][kind as usize];
+                        if kind == SpillKind::Seal && !w.sealed.contains(&s) {
+                            continue;
+                        }
+                        let writing = !w.sealed.contains(&s);
+                        match core.begin_spill(&k, kind, writing) {
+                            SpillStart::Go { delete, last } => {
+                                prop_assert!(!w.spills.iter().any(|s| s.0 == k), "two spills of a partition");
+                                if delete == Delete::Partition {
+                                    prop_assert!(!writing, "whole-partition delete of a writing shuffle");
+                                }
+                                let covers = (last && writing).then_some(w.next);
+                                w.spills.push((k, delete, None, covers));
+                            }
+                            SpillStart::Wait => prop_assert!(core.in_flight(&k) > 0),
+                            SpillStart::Busy | SpillStart::Skip => {}
+                        }
+                    }
+                    Ev::Scan => {
+                        if let Some(sp) = w.spills.iter_mut().find(|s| s.2.is_none()) {
+                            // Pushes in flight are stored in any order relative to a scan.
+                            sp.2 = Some(w.stored.get(&sp.0).cloned().unwrap_or_default());
+                        }
+                    }
+                    Ev::Finish => {
+                        if let Some(i) = w.spills.iter().position(|s| s.2.is_some()) {
+                            let (k, delete, scanned, covers) = w.spills.remove(i);
+                            let scanned = scanned.unwrap_or_default();
+                            for b in &scanned {
+                                w.spilled.insert((k.clone(), *b));
+                            }
+                            // After a `last` segment the master reads this partition from the
+                            // store only: every batch admitted before the spill began must be
+                            // in it, not just kept locally.
+                            if let Some(upto) = covers {
+                                let r = w.released.entry(k.clone()).or_default();
+                                *r = (*r).max(upto);
+                                for (nk, b) in &w.needed {
+                                    if *nk == k && *b <= upto && !w.sealed.contains(&k.0.shuffle_id) {
+                                        prop_assert!(w.spilled.contains(&(k.clone(), *b)), "batch {b} missed by a last segment");
+                                    }
+                                }
+                            }
+                            let local = w.stored.entry(k.clone()).or_default();
+                            match delete {
+                                Delete::Scanned => local.retain(|b| !scanned.contains(b)),
+                                Delete::Partition => local.clear(),
+                            }
+                            core.end_spill(&k);
+                        }
+                    }
+                    Ev::Seal(s) => {
+                        // A shuffle seals once its maps committed; later pushes never count.
+                        w.sealed.insert(s);
+                    }
+                }
+                // The invariant: every batch that may count is local or in a recorded segment,
+                // unless its shuffle sealed (a sealed shuffle's data went whole into segments).
+                for (k, b) in &w.needed {
+                    let local = w.stored.get(k).is_some_and(|s| s.contains(b));
+                    let in_segment = w.spilled.contains(&(k.clone(), *b));
+                    prop_assert!(
+                        local || in_segment || w.sealed.contains(&k.0.shuffle_id),
+                        "acknowledged batch {b} of {k:?} was deleted unspilled"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_drain_waits_for_pushes_in_flight_then_completes() {
+        let mut c = WorkerCore::new(LIMITS);
+        let k = key(0, 0);
+        c.admit_push(&k, 10, 0).unwrap();
+        assert_eq!(c.desired(WorkerState::Decommissioning, 10), vec![Step::StartDrain]);
+        assert_eq!(c.admit_push(&k, 10, 10).unwrap_err().0, ErrorCode::Decommissioning);
+        assert_eq!(c.begin_spill(&k, SpillKind::Drain, true), SpillStart::Wait, "a push is still being stored");
+        c.push_done(&k);
+        assert_eq!(c.begin_spill(&k, SpillKind::Drain, true), SpillStart::Go { delete: Delete::Scanned, last: true });
+        assert_eq!(c.begin_spill(&k, SpillKind::Drain, true), SpillStart::Busy);
+        assert!(!c.drained(0), "a spill is running");
+        c.end_spill(&k);
+        assert!(c.drained(0));
+        assert!(!c.drained(1));
+        assert_eq!(c.desired(WorkerState::Decommissioning, 0), vec![Step::ReportDrained]);
+        assert_eq!(c.desired(WorkerState::Decommissioned, 0), vec![Step::Stop]);
+        assert_eq!(c.desired(WorkerState::Decommissioned, 0), vec![]);
+    }
+
+    #[test]
+    fn recommission_returns_the_worker_to_pushes() {
+        let mut c = WorkerCore::new(LIMITS);
+        let k = key(0, 0);
+        c.desired(WorkerState::Decommissioning, 0);
+        assert!(!c.ready());
+        assert_eq!(c.desired(WorkerState::Active, 0), vec![Step::Resume]);
+        assert!(c.ready());
+        assert!(c.admit_push(&k, 1, 0).is_ok());
+        assert_eq!(c.begin_spill(&k, SpillKind::Drain, true), SpillStart::Skip, "the drain was called off");
+        // Lost: register again, refuse pushes meanwhile; the master's Active resumes them.
+        assert_eq!(c.desired(WorkerState::Lost, 0), vec![Step::Register]);
+        assert_eq!(c.admit_push(&k, 1, 0).unwrap_err().0, ErrorCode::PartitionNotOwned);
+        assert_eq!(c.desired(WorkerState::Active, 0), vec![Step::Resume]);
+        assert_eq!(c.admit_push(&k, LIMITS.max_buffered_bytes, 1).unwrap_err().0, ErrorCode::Busy);
+    }
+}

@@ -33,6 +33,25 @@ pub enum BufferError {
     CorruptKey(String),
 }
 
+impl BufferError {
+    /// The error a pusher sees: `DiskFull` (retryable) when the disk has no room, else a
+    /// fixed message; the detail stays in the worker's log.
+    pub fn wire(&self) -> shuffle_proto::WireError {
+        use shuffle_proto::{ErrorCode, WireError};
+        match self {
+            BufferError::Db(e) if is_no_space(&e.to_string()) => {
+                WireError::new(ErrorCode::DiskFull, "the worker's disk is full")
+            }
+            _ => WireError::new(ErrorCode::Internal, "storing the batch failed"),
+        }
+    }
+}
+
+/// Whether a storage error's text says the disk is full (RocksDB reports ENOSPC as text).
+pub fn is_no_space(text: &str) -> bool {
+    text.contains("No space left on device") || text.contains("NoSpace")
+}
+
 /// The key prefix of one shuffle.
 pub fn shuffle_prefix(k: &ShuffleKey) -> Vec<u8> {
     let app = k.app.as_str().as_bytes();

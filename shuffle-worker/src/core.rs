@@ -268,7 +268,8 @@ mod tests {
     }
 
     fn state(i: u8) -> WorkerState {
-        [WorkerState::Active, WorkerState::Decommissioning, WorkerState::Decommissioned, WorkerState::Lost][i as usize].clone()
+        [WorkerState::Active, WorkerState::Decommissioning, WorkerState::Decommissioned, WorkerState::Lost][i as usize]
+            .clone()
     }
 
     /// The executor and the store, modelled: batches are numbers; a spill scans at some point

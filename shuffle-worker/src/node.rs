@@ -210,9 +210,7 @@ impl WorkerNode {
                 let (bound, task) = serve_http(a, move |path| match (path, weak.upgrade()) {
                     ("/metrics", Some(i)) => Page::ok("text/plain; version=0.0.4", i.scrape()),
                     ("/healthz", Some(_)) => Page::ok("text/plain", "ok\n".into()),
-                    ("/readyz", Some(i)) if i.core().ready() => {
-                        Page::ok("text/plain", "ready\n".into())
-                    }
+                    ("/readyz", Some(i)) if i.core().ready() => Page::ok("text/plain", "ready\n".into()),
                     ("/readyz", Some(_)) => Page { status: 503, content_type: "text/plain", body: "draining\n".into() },
                     _ => Page::not_found(),
                 })
@@ -594,10 +592,17 @@ impl Inner {
         };
         let buffer = self.buffer.clone();
         let len = body.len() as u64;
-        tokio::task::spawn_blocking(move || buffer.put(&key, &body))
-            .await
-            .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?;
+        let stored = tokio::task::spawn_blocking(move || {
+            // Fault tests slow or fail the store here, with the push admitted and in flight.
+            fail::fail_point!("worker-before-put", |_| Err(crate::buffer::BufferError::CorruptKey("failpoint".into())));
+            buffer.put(&key, &body)
+        })
+        .await
+        .map_err(|_| werr(ErrorCode::Internal, "storing the batch failed"))?;
+        if let Err(e) = stored {
+            warn!("storing a batch failed: {e}");
+            return Err(e.wire());
+        }
         self.metrics.bytes_pushed.inc_by(len);
         Ok(PushAck { seq: push.seq })
     }
@@ -784,6 +789,7 @@ impl Inner {
         }
         let scanned = keys.await.map_err(|e| SpillError::Scan(e.to_string()))?;
         let segment = upload.finish().await?;
+        fail::fail_point!("worker-after-upload", |_| Err(SpillError::Scan("failpoint after upload".into())));
         let spilled = segment.index_offset;
         let report = ReportSegment {
             worker: self.cfg.id.clone(),
@@ -800,6 +806,7 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         }
+        fail::fail_point!("worker-after-report", |_| Err(SpillError::Scan("failpoint after report".into())));
         match delete {
             Delete::Scanned => self.buffer.delete_keys(shuffle, partition, &scanned)?,
             Delete::Partition => self.buffer.delete_partition(shuffle, partition)?,

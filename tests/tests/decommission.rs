@@ -116,3 +116,125 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
     assert!(!list.contains(&format!("\"{first}\"")) && list.contains(&format!("\"{active}\"")), "{list}");
     cluster.stop();
 }
+
+/// Recommission reaches the worker process: a worker whose drain cannot finish (its object
+/// store is broken) is recommissioned, takes pushes again, and everything reads back once the
+/// store is repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recommissioned_worker_takes_pushes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = bin_path("shoal").unwrap().parent().unwrap().to_path_buf();
+    let objects = dir.path().join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    let up = LocalUp {
+        masters: 1,
+        workers: 2,
+        data_dir: dir.path().join("c"),
+        object_store: Some(format!("file://{}", objects.display())),
+        base_port: 0,
+        bin_dir,
+    };
+    let mut cluster = up.start().await.unwrap();
+    let masters = cluster.file.master_endpoints.clone();
+    let ca = cluster.file.tls_ca.display().to_string();
+    let admin = cluster.file.admin_credential.display().to_string();
+    let shoal = |args: &[&str]| {
+        std::process::Command::new(bin_path("shoal").unwrap())
+            .args(args)
+            .args(["--masters", &masters, "--tls-ca", &ca, "--credential-file", &admin])
+            .output()
+            .unwrap()
+    };
+    let mut cfg =
+        ClientConfig::new(masters.split(',').map(String::from).collect(), TlsSource::CaOnly { ca: ca.clone().into() });
+    cfg.object_store = Some(format!("file://{}", objects.display()));
+    cfg.credential = Some(shuffle_proto::auth::Credential::load_secret_file(&cluster.file.tenant_credential).unwrap());
+    cfg.batch_bytes = 16 << 10;
+    let sc = ShuffleClient::new(cfg).unwrap();
+    let app = AppId::new("app-recommission").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let write = |k: ShuffleKey, m: u32| {
+        let sc = sc.clone();
+        async move {
+            let a = sc.assignment(&k).await.unwrap();
+            let mut w = sc.map_writer(&a, MapId(m), AttemptId(m as u64));
+            for p in 0..4 {
+                w.write(p, &rows(m, p, 200, 5)).await.unwrap();
+            }
+            assert!(w.commit().await.unwrap().accepted);
+        }
+    };
+    // One of two maps written: the shuffle keeps writing, its data stays on the workers.
+    let k1 = ShuffleKey::new(app.clone(), 0, 0);
+    let a1 = sc.register_shuffle(&k1, 2, 4, 1).await.unwrap();
+    write(k1.clone(), 0).await;
+    let target = a1.locations[0].primary.id.to_string();
+
+    // A broken store: the drain cannot finish.
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::write(&objects, b"not a directory").unwrap();
+    let out = shoal(&["worker", "decommission", &target]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = |out: std::process::Output| -> String {
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let w = st["workers"].as_array().unwrap().iter().find(|w| w["id"] == target.as_str()).cloned().unwrap();
+        w["state"].as_str().unwrap().to_string()
+    };
+    assert_eq!(state(shoal(&["status", "--output", "json"])), "decommissioning");
+    let out = shoal(&["worker", "recommission", &target]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(state(shoal(&["status", "--output", "json"])), "active");
+
+    // The process itself takes pushes again: a raw push to a partition it owns is acked.
+    let k2 = ShuffleKey::new(app.clone(), 1, 0);
+    let a2 = sc.register_shuffle(&k2, 2, 4, 1).await.unwrap();
+    let loc =
+        a2.locations.iter().find(|l| l.primary.id.as_str() == target).expect("the worker gets placements").clone();
+    let client = shuffle_proto::transport::Client::new(
+        &shuffle_proto::transport::Tls::load(&TlsSource::CaOnly { ca: ca.clone().into() }).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let mut batch = Vec::new();
+    shuffle_proto::batch::encode_batch(b"probe", shuffle_proto::batch::Codec::Lz4, &mut batch).unwrap();
+    let push = shuffle_proto::messages::PushBatch {
+        shuffle: k2.clone(),
+        partition: loc.partition,
+        map: MapId(9),
+        attempt: AttemptId(9),
+        seq: 0,
+        epoch: loc.epoch,
+        flags: 0,
+    };
+    let ack = eventually(Duration::from_secs(10), "the recommissioned worker acks a push", || {
+        let (client, addr, push, cap, batch) =
+            (client.clone(), loc.primary.addr.clone(), push.clone(), a2.capability.clone(), batch.clone());
+        async move {
+            let (reply, _) = client.call_as(&addr, &push.into(), &cap, &batch).await.ok()?;
+            reply.expect::<shuffle_proto::messages::PushAck>().ok()
+        }
+    })
+    .await;
+    assert!(ack.is_ok(), "still refused after recommission");
+    assert!(cluster.exited(&target).is_none(), "the worker process runs on");
+
+    // Store repaired: every shuffle completes and reads back exact.
+    std::fs::remove_file(&objects).unwrap();
+    std::fs::create_dir_all(&objects).unwrap();
+    write(k1.clone(), 1).await;
+    write(k2.clone(), 0).await;
+    write(k2.clone(), 1).await;
+    for k in [&k1, &k2] {
+        for p in 0..4u32 {
+            let mut s = sc.read_partition_maps(k, p, &[0, 1]);
+            let mut got = Vec::new();
+            while let Some(b) = s.next().await.unwrap() {
+                got.extend(b);
+            }
+            let want: Vec<u8> = (0..2).flat_map(|m| rows(m, p, 200, 5)).collect();
+            assert_same_units(&got, &want, 100, &format!("{k} partition {p}"));
+        }
+    }
+    cluster.stop();
+}

@@ -39,7 +39,7 @@ impl BufferError {
     pub fn wire(&self) -> shuffle_proto::WireError {
         use shuffle_proto::{ErrorCode, WireError};
         match self {
-            BufferError::Db(e) if is_no_space(&e.to_string()) => {
+            BufferError::Db(e) if is_no_space(e.as_ref()) => {
                 WireError::new(ErrorCode::DiskFull, "the worker's disk is full")
             }
             _ => WireError::new(ErrorCode::Internal, "storing the batch failed"),

@@ -272,6 +272,10 @@ mod tests {
             .clone()
     }
 
+    /// A running spill in the model: key, delete scope, what its scan read, and what a `last`
+    /// segment must cover.
+    type ModelSpill = (PartKey, Delete, Option<BTreeSet<u64>>, Option<u64>);
+
     /// The executor and the store, modelled: batches are numbers; a spill scans at some point
     /// after it starts and deletes at its end.
     #[derive(Default)]
@@ -286,7 +290,7 @@ mod tests {
         /// Running spills: key, delete scope, what the scan read (None: not yet scanned), and
         /// for a spill that completes the worker's copy (`last`) the newest batch admitted
         /// before it started.
-        spills: Vec<(PartKey, Delete, Option<BTreeSet<u64>>, Option<u64>)>,
+        spills: Vec<ModelSpill>,
         sealed: BTreeSet<u32>,
         /// Per partition: the newest batch a finished `last` segment had to cover.
         released: BTreeMap<PartKey, u64>,

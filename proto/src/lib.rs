@@ -23,6 +23,7 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod messages;
+pub mod retry;
 #[cfg(feature = "objstore")]
 pub mod objstore;
 pub mod segment;

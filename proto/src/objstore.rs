@@ -190,6 +190,126 @@ pub async fn read_segment(
     Ok(store.get_ranges(&path, &ranges).await?)
 }
 
+/// Reads a segment's selected records (maps `[start_map, end_map)` whose attempt `keep`
+/// accepts) as chunks of whole stream records, one ranged read of at most `chunk_bytes` at a
+/// time: a reader holds one chunk and at most one partial record, whatever the partition's
+/// size. Transient store errors are retried ([`Backoff::STORE_READ`]).
+pub struct SegmentChunks {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    ranges: std::collections::VecDeque<Range<u64>>,
+    /// The start of a record cut by the previous read.
+    carry: Vec<u8>,
+    chunk_bytes: u64,
+}
+
+impl SegmentChunks {
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        seg: &SegmentRef,
+        start_map: u32,
+        end_map: u32,
+        keep: impl Fn(u32, u64) -> bool,
+        chunk_bytes: usize,
+    ) -> Result<SegmentChunks, StoreError> {
+        let mut ranges: std::collections::VecDeque<Range<u64>> = std::collections::VecDeque::new();
+        if seg.end_map.0 > start_map && seg.first_map.0 < end_map {
+            let index = retrying(|| read_index(&*store, seg)).await?;
+            for e in index.iter().filter(|e| e.map >= start_map && e.map < end_map && keep(e.map, e.attempt)) {
+                match ranges.back_mut() {
+                    Some(r) if r.end == e.offset => r.end += e.len,
+                    _ => ranges.push_back(e.offset..e.offset + e.len),
+                }
+            }
+        }
+        let path = Path::from(seg.object_key.as_str());
+        Ok(SegmentChunks { store, path, ranges, carry: Vec::new(), chunk_bytes: chunk_bytes.max(1) as u64 })
+    }
+
+    /// The next chunk of whole records, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        loop {
+            let Some(r) = self.ranges.front().cloned() else {
+                if !self.carry.is_empty() {
+                    return Err(ProtoError::Invalid("a segment range ends inside a record".into()).into());
+                }
+                return Ok(None);
+            };
+            let end = r.end.min(r.start.saturating_add(self.chunk_bytes));
+            let (store, path) = (self.store.clone(), self.path.clone());
+            let got = retrying(|| {
+                let (store, path) = (store.clone(), path.clone());
+                async move { Ok::<_, StoreError>(store.get_range(&path, r.start..end).await?) }
+            })
+            .await?;
+            if got.len() as u64 != end - r.start {
+                return Err(ProtoError::Truncated { need: (end - r.start) as usize, have: got.len() }.into());
+            }
+            match self.ranges.front_mut() {
+                Some(front) if end < front.end => front.start = end,
+                _ => {
+                    self.ranges.pop_front();
+                }
+            }
+            if self.carry.is_empty() {
+                // Usually whole records but the last: hand the prefix over without a copy.
+                let whole = whole_records_len(&got)?;
+                self.carry.extend_from_slice(&got[whole..]);
+                if whole > 0 {
+                    return Ok(Some(got.slice(..whole)));
+                }
+            } else {
+                self.carry.extend_from_slice(&got);
+                let whole = whole_records_len(&self.carry)?;
+                if whole > 0 {
+                    let rest = self.carry.split_off(whole);
+                    return Ok(Some(Bytes::from(std::mem::replace(&mut self.carry, rest))));
+                }
+            }
+        }
+    }
+}
+
+/// The length of the whole stream records at the start of `buf`; a record whose header claims
+/// more than a batch may hold is corrupt.
+fn whole_records_len(buf: &[u8]) -> Result<usize, StoreError> {
+    use crate::batch::{StreamRecord, DEFAULT_MAX_BATCH_RAW};
+    let mut at = 0;
+    loop {
+        match StreamRecord::parse(&buf[at..], DEFAULT_MAX_BATCH_RAW + 64) {
+            Ok((rec, _)) => at += StreamRecord::encoded_len(rec.batch.len()),
+            Err(ProtoError::Truncated { .. }) => return Ok(at),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs `f` until it succeeds, fails for good, or [`Backoff::STORE_READ`] gives up.
+async fn retrying<T, F, Fut>(mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let policy = crate::retry::Backoff::STORE_READ;
+    let start = tokio::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(e) if e.retryable() => {
+                tries += 1;
+                match policy.next_delay(tries, start.elapsed()) {
+                    Some(d) => {
+                        tracing::debug!("object store read failed, retrying in {d:?}: {e}");
+                        tokio::time::sleep(d).await
+                    }
+                    None => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Deletes every object under a shuffle's prefix.
 pub async fn delete_prefix(store: &dyn ObjectStore, prefix: &str) -> Result<usize, StoreError> {
     use futures::TryStreamExt;
@@ -208,6 +328,31 @@ pub async fn delete_prefix(store: &dyn ObjectStore, prefix: &str) -> Result<usiz
 mod tests {
     use super::*;
     use crate::batch::{StreamRecord, StreamRecords};
+
+    /// Chunks of any size give back exactly the records a whole read gives, each chunk whole
+    /// records, none larger than the chunk size plus one record.
+    #[tokio::test]
+    async fn chunked_reads_hold_whole_records_and_match_a_whole_read() {
+        let store = open_store("memory://").unwrap();
+        let recs = records(&[(0, 1), (1, 9), (1, 10), (4, 2)], 40, 700);
+        let mut up = SegmentUpload::new(store.clone(), "a/1.0/00000001/w-1.seg".into(), 1 << 20);
+        up.write_chunk(&recs).await.unwrap();
+        let seg = up.finish().await.unwrap();
+        for (start, end, keep) in [(0, 10, None), (1, 2, Some(10u64)), (5, 9, None)] {
+            let keep = move |_: u32, a: u64| keep.is_none_or(|k| k == a);
+            let whole: Vec<u8> = read_segment(&*store, &seg, start, end, keep).await.unwrap().concat();
+            for chunk in [1usize, 100, 719, 720, 5000, 1 << 20] {
+                let mut c = SegmentChunks::open(store.clone(), &seg, start, end, keep, chunk).await.unwrap();
+                let mut got = Vec::new();
+                while let Some(b) = c.next().await.unwrap() {
+                    assert!(b.len() <= chunk.max(StreamRecord::encoded_len(700)) + StreamRecord::encoded_len(700));
+                    assert_eq!(StreamRecords::new(&b, 1 << 20).map(|r| r.unwrap().batch.len()).sum::<usize>() + 20 * StreamRecords::new(&b, 1 << 20).count(), b.len());
+                    got.extend_from_slice(&b);
+                }
+                assert_eq!(got, whole, "maps {start}..{end}, chunk {chunk}");
+            }
+        }
+    }
 
     fn records(maps: &[(u32, u64)], per: u32, size: usize) -> Vec<u8> {
         let mut out = Vec::new();

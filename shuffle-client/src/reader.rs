@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use shuffle_proto::batch::{BatchView, StreamRecords, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::frame::read_frame;
 use shuffle_proto::messages::*;
-use shuffle_proto::objstore::read_segment;
+use shuffle_proto::objstore::SegmentChunks;
 use shuffle_proto::{FrameLimits, MapId, PartitionId, ShuffleKey};
 use tokio::sync::mpsc;
 
@@ -100,6 +100,9 @@ impl Drop for PartitionStream {
     }
 }
 
+/// Bytes of a spilled segment read at a time.
+const SEGMENT_READ_CHUNK: usize = 8 << 20;
+
 struct Reader {
     client: ShuffleClient,
     shuffle: ShuffleKey,
@@ -179,9 +182,11 @@ impl Reader {
                     self.client.inner.store.clone().ok_or_else(|| {
                         ClientError::Config("data is spilled but no object store is configured".into())
                     })?;
-                let chunks =
-                    read_segment(&*store, seg, self.start_map, self.end_map, |m, a| want.get(&m) == Some(&a)).await?;
-                for c in chunks {
+                // Streamed in bounded chunks: a reader's memory does not grow with the partition.
+                let keep = |m, a| want.get(&m) == Some(&a);
+                let mut chunks =
+                    SegmentChunks::open(store, seg, self.start_map, self.end_map, keep, SEGMENT_READ_CHUNK).await?;
+                while let Some(c) = chunks.next().await? {
                     if !self.records(&c, &want, Source::Segment).await? {
                         return Ok(());
                     }

@@ -23,9 +23,9 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod messages;
-pub mod retry;
 #[cfg(feature = "objstore")]
 pub mod objstore;
+pub mod retry;
 pub mod segment;
 #[cfg(feature = "transport")]
 pub mod settings;

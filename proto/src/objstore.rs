@@ -346,7 +346,11 @@ mod tests {
                 let mut got = Vec::new();
                 while let Some(b) = c.next().await.unwrap() {
                     assert!(b.len() <= chunk.max(StreamRecord::encoded_len(700)) + StreamRecord::encoded_len(700));
-                    assert_eq!(StreamRecords::new(&b, 1 << 20).map(|r| r.unwrap().batch.len()).sum::<usize>() + 20 * StreamRecords::new(&b, 1 << 20).count(), b.len());
+                    assert_eq!(
+                        StreamRecords::new(&b, 1 << 20).map(|r| r.unwrap().batch.len()).sum::<usize>()
+                            + 20 * StreamRecords::new(&b, 1 << 20).count(),
+                        b.len()
+                    );
                     got.extend_from_slice(&b);
                 }
                 assert_eq!(got, whole, "maps {start}..{end}, chunk {chunk}");

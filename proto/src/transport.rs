@@ -37,6 +37,7 @@ use crate::auth::Credential;
 use crate::error::{ErrorCode, ProtoError, WireError};
 use crate::frame::{read_frame, read_header, read_rest, write_request, FrameLimits};
 use crate::messages::{Message, MessageType, ReplyError};
+use crate::retry::Backoff;
 
 /// The TLS name every node certificate carries; clients verify it against the cluster CA.
 pub const CLUSTER_SERVER_NAME: &str = "shoal";
@@ -871,19 +872,28 @@ impl MasterClient {
     /// [`MasterClient::call`] with an explicit encoded credential.
     pub async fn call_as(&self, msg: &Message, auth: &[u8]) -> Result<(Message, Vec<u8>), TransportError> {
         let start = tokio::time::Instant::now();
+        let policy = Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(500),
+            max_tries: u32::MAX,
+            deadline: self.deadline,
+        };
         let mut next = 0usize;
-        let mut backoff = Duration::from_millis(20);
+        let mut tries = 0u32;
+        // Leader hints followed since the last pause: stale hints may point in a circle.
+        let mut hops = 0usize;
         loop {
             let target = self.leader_hint().unwrap_or_else(|| self.masters[next % self.masters.len()].clone());
             let outcome = self.client.call_as(&target, msg, auth, &[]).await;
             let last_err = match outcome {
                 Ok((Message::WireError(e), _)) if e.code() == ErrorCode::NotLeader => {
                     match e.leader_hint.clone().filter(|h| *h != target) {
-                        Some(h) => {
+                        Some(h) if hops <= self.masters.len() => {
+                            hops += 1;
                             self.set_leader(Some(h));
                             continue;
                         }
-                        None => {
+                        _ => {
                             self.set_leader(None);
                             next += 1;
                             TransportError::Remote(e)
@@ -906,12 +916,11 @@ impl MasterClient {
                 }
                 Err(e) => return Err(e),
             };
-            if start.elapsed() + backoff > self.deadline {
-                return Err(last_err);
-            }
-            debug!("master call retry after {backoff:?}: {last_err}");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            tries += 1;
+            hops = 0;
+            let Some(pause) = policy.next_delay(tries, start.elapsed()) else { return Err(last_err) };
+            debug!("master call retry after {pause:?}: {last_err}");
+            tokio::time::sleep(pause).await;
         }
     }
 

@@ -209,3 +209,50 @@ async fn unreachable_peers_fail_fast_and_retryably() {
     let err = client.call("127.0.0.1:9", &Message::Ack(Ack {}), b"").await.unwrap_err();
     assert!(err.retryable() && err.unreachable(), "{err:?}");
 }
+
+/// A master that always points at another one.
+struct Stale {
+    other: std::sync::Mutex<String>,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl Handler for Stale {
+    async fn handle(&self, _: &CallInfo, _: Message, _: Vec<u8>, out: &mut Responder) -> Result<(), ProtoError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hint = self.other.lock().unwrap().clone();
+        out.error(WireError::not_leader(Some(hint))).await
+    }
+}
+
+/// Two masters whose stale hints point at each other: the client pauses between rounds and
+/// gives up at its deadline instead of spinning.
+#[tokio::test]
+async fn stale_leader_hints_in_a_circle_end_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = cluster(dir.path());
+    let opts = ServerOptions::for_tls(&tls);
+    let mut addrs = Vec::new();
+    let mut handlers = Vec::new();
+    for _ in 0..2 {
+        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+        let h = Arc::new(Stale { other: Default::default(), calls: Default::default() });
+        addrs.push(ep.local_addr().unwrap().to_string());
+        tokio::spawn(serve(ep, h.clone(), opts.clone()));
+        handlers.push(h);
+    }
+    *handlers[0].other.lock().unwrap() = addrs[1].clone();
+    *handlers[1].other.lock().unwrap() = addrs[0].clone();
+    let client = Client::new(&tls, ClientOptions::default()).unwrap();
+    let mc = MasterClient::new(client, addrs.clone(), Duration::from_secs(1)).unwrap();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), mc.call(&Message::GetStatus(GetStatus {})))
+        .await
+        .expect("the client spins on circular hints")
+        .unwrap_err();
+    let took = started.elapsed();
+    let calls: u32 = handlers.iter().map(|h| h.calls.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert!(matches!(err, TransportError::Remote(ref e) if e.code() == ErrorCode::NotLeader), "{err:?}");
+    assert!(took < Duration::from_secs(3), "gave up after {took:?}");
+    // A few hops per pause, a handful of pauses in a second: not thousands of calls.
+    assert!(calls < 100, "{calls} calls in {took:?}");
+}

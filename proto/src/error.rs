@@ -9,6 +9,19 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+/// What to do about a failed request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// The same request, to the same place, after a backoff.
+    RetryLater,
+    /// Ask the master where the data goes now, then send it there.
+    Relocate,
+    /// The data is gone: re-run what produced it (Spark: a FetchFailed, then the map stage).
+    Recompute,
+    /// Retrying cannot help: report the failure.
+    Fail,
+}
+
 /// Stable error codes carried on the wire.
 #[derive(
     Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug,
@@ -61,26 +74,29 @@ pub enum ErrorCode {
     TooLarge = 22,
     /// No (or not enough) active workers to place partitions on.
     NoWorkers = 23,
+    /// The peer could not reach a service it needs for this request (a worker its masters):
+    /// retry later.
+    Unavailable = 24,
 }
 
 impl ErrorCode {
+    /// What a caller does about this code: the one classification every retry loop, the
+    /// worker and the Spark plugin branch on.
+    pub fn remedy(self) -> Remedy {
+        use ErrorCode::*;
+        match self {
+            NotLeader | NoLeader | Busy | Timeout | Storage | Internal | NoWorkers | Unavailable => Remedy::RetryLater,
+            StaleEpoch | PartitionNotOwned | Decommissioning | DiskFull => Remedy::Relocate,
+            DataLost | Corrupt | UnknownShuffle => Remedy::Recompute,
+            BadRequest | Malformed | UnsupportedVersion | UnknownApp | UnknownWorker | ShuffleNotWriting
+            | Unauthorized | AlreadyCommitted | TooLarge => Remedy::Fail,
+        }
+    }
+
     /// Whether the same request may succeed if sent again (possibly elsewhere, after asking
     /// the master for a new location).
     pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::NotLeader
-                | ErrorCode::NoLeader
-                | ErrorCode::StaleEpoch
-                | ErrorCode::PartitionNotOwned
-                | ErrorCode::Busy
-                | ErrorCode::DiskFull
-                | ErrorCode::Decommissioning
-                | ErrorCode::Timeout
-                | ErrorCode::Storage
-                | ErrorCode::Internal
-                | ErrorCode::NoWorkers
-        )
+        matches!(self.remedy(), Remedy::RetryLater | Remedy::Relocate)
     }
 
     pub fn as_u16(self) -> u16 {
@@ -90,7 +106,7 @@ impl ErrorCode {
     /// Maps a number from the wire to a code; unknown numbers become `Internal`.
     pub fn from_u16(v: u16) -> ErrorCode {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 23] = [
+        const ALL: [ErrorCode; 24] = [
             Internal,
             BadRequest,
             Malformed,
@@ -114,6 +130,7 @@ impl ErrorCode {
             AlreadyCommitted,
             TooLarge,
             NoWorkers,
+            Unavailable,
         ];
         ALL.into_iter().find(|c| *c as u16 == v).unwrap_or(Internal)
     }
@@ -229,7 +246,7 @@ mod tests {
     fn codes_round_trip_and_unknown_is_internal() {
         for v in 0..64u16 {
             let c = ErrorCode::from_u16(v);
-            if (1..=23).contains(&v) {
+            if (1..=24).contains(&v) {
                 assert_eq!(c.as_u16(), v);
             } else {
                 assert_eq!(c, ErrorCode::Internal);
@@ -250,5 +267,17 @@ mod tests {
         assert!(WireError::not_leader(None).retryable());
         assert!(!WireError::new(ErrorCode::DataLost, "x").retryable());
         assert!(!WireError::new(ErrorCode::Corrupt, "x").retryable());
+    }
+
+    #[test]
+    fn every_code_has_one_remedy_and_retryable_agrees() {
+        for v in 0..64u16 {
+            let c = ErrorCode::from_u16(v);
+            assert_eq!(c.retryable(), matches!(c.remedy(), Remedy::RetryLater | Remedy::Relocate), "{c:?}");
+        }
+        assert_eq!(ErrorCode::DataLost.remedy(), Remedy::Recompute);
+        assert_eq!(ErrorCode::DiskFull.remedy(), Remedy::Relocate);
+        assert_eq!(ErrorCode::Unavailable.remedy(), Remedy::RetryLater);
+        assert_eq!(ErrorCode::from_u16(24), ErrorCode::Unavailable);
     }
 }

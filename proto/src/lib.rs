@@ -32,7 +32,7 @@ pub mod settings;
 #[cfg(feature = "transport")]
 pub mod transport;
 
-pub use error::{ErrorCode, ProtoError, WireError};
+pub use error::{ErrorCode, ProtoError, Remedy, WireError};
 pub use frame::{FrameLimits, PROTOCOL_VERSION};
 pub use ids::{AppId, AttemptId, Epoch, MapId, PartitionId, ShuffleKey, WorkerId};
 pub use messages::{Message, MessageType, ReplyError, Validate};

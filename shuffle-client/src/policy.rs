@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shuffle_proto::ErrorCode;
+use shuffle_proto::{ErrorCode, Remedy};
 
 /// Per-partition staging buffers that hand out a batch once a partition holds `batch_bytes`.
 ///
@@ -96,12 +96,10 @@ impl RetryPolicy {
             // The first miss may be a blip; after that, move the partition.
             return if attempt == 0 { PushAction::RetryAfter(self.backoff(attempt)) } else { PushAction::Relocate };
         }
-        match code {
-            ErrorCode::StaleEpoch | ErrorCode::PartitionNotOwned | ErrorCode::Decommissioning => PushAction::Relocate,
-            ErrorCode::Busy | ErrorCode::Timeout | ErrorCode::Internal | ErrorCode::NoLeader | ErrorCode::NotLeader => {
-                PushAction::RetryAfter(self.backoff(attempt))
-            }
-            _ => PushAction::Fail,
+        match code.remedy() {
+            Remedy::Relocate => PushAction::Relocate,
+            Remedy::RetryLater => PushAction::RetryAfter(self.backoff(attempt)),
+            Remedy::Recompute | Remedy::Fail => PushAction::Fail,
         }
     }
 }
@@ -137,5 +135,12 @@ mod tests {
         assert_eq!(p.on_push_error(0, ErrorCode::ShuffleNotWriting, false), PushAction::Fail);
         assert_eq!(p.on_push_error(0, ErrorCode::Malformed, false), PushAction::Fail);
         assert_eq!(p.on_push_error(11, ErrorCode::Busy, false), PushAction::Fail);
+        // A full disk on one worker: go elsewhere; masters out of reach: wait.
+        assert_eq!(p.on_push_error(0, ErrorCode::DiskFull, false), PushAction::Relocate);
+        assert_eq!(
+            p.on_push_error(0, ErrorCode::Unavailable, false),
+            PushAction::RetryAfter(Duration::from_millis(20))
+        );
+        assert_eq!(p.on_push_error(0, ErrorCode::Unauthorized, false), PushAction::Fail);
     }
 }

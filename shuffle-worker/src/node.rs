@@ -546,7 +546,10 @@ impl Inner {
         let a: ShuffleAssignment =
             self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await.map_err(|e| match e {
                 TransportError::Remote(w) => w,
-                other => werr(ErrorCode::Busy, format!("master unreachable: {other}")),
+                other => {
+                    debug!("assignment fetch failed: {other}");
+                    werr(ErrorCode::Unavailable, "the masters cannot be reached")
+                }
             })?;
         let a = Arc::new(a);
         self.assignments.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone(), a.clone());

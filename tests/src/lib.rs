@@ -306,6 +306,16 @@ impl Cluster {
     }
 }
 
+/// Resident memory of this process, from /proc (0 where there is none).
+pub fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 /// Deterministic test records: `n` rows of about 100 bytes, tagged with map and partition.
 pub fn rows(map: u32, partition: u32, n: u32, salt: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(n as usize * 100);

@@ -9,15 +9,6 @@ use std::time::Duration;
 use shoal_tests::*;
 use shuffle_proto::*;
 
-fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_spilled_partition_reads_back_in_bounded_memory() {
     let total: u64 = std::env::var("SHOAL_BIG_PARTITION_BYTES")

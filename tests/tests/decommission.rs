@@ -21,6 +21,19 @@ fn shoal_decommission(masters: &str, ca: &str, admin: &str, id: &str) -> tokio::
     })
 }
 
+/// Runs `shoal ARGS` against a local cluster as its admin.
+fn shoal_admin(file: &shuffle_client::cli::local::ClusterFile, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin_path("shoal").unwrap())
+        .args(args)
+        .args(["--masters", &file.master_endpoints])
+        .arg("--tls-ca")
+        .arg(&file.tls_ca)
+        .arg("--credential-file")
+        .arg(&file.admin_credential)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_one_worker_while_writing_and_another_after_seal() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,20 +111,13 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
     }
 
     // Scaling in for good: a decommissioned worker can be removed, an active one cannot.
-    let shoal = |args: &[&str]| {
-        std::process::Command::new(bin_path("shoal").unwrap())
-            .args(args)
-            .args(["--masters", &masters, "--tls-ca", &ca, "--credential-file", &admin])
-            .output()
-            .unwrap()
-    };
     let active = cluster.file.workers.iter().map(|w| w.id.clone()).find(|w| *w != first && *w != second).unwrap();
-    let refused = shoal(&["worker", "remove", &active]);
+    let refused = shoal_admin(&cluster.file, &["worker", "remove", &active]);
     assert!(!refused.status.success(), "an active worker must be decommissioned first");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("decommission it first"));
-    let removed = shoal(&["worker", "remove", &first]);
+    let removed = shoal_admin(&cluster.file, &["worker", "remove", &first]);
     assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
-    let list = shoal(&["workers", "list", "--output", "json"]);
+    let list = shoal_admin(&cluster.file, &["workers", "list", "--output", "json"]);
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(!list.contains(&format!("\"{first}\"")) && list.contains(&format!("\"{active}\"")), "{list}");
     cluster.stop();
@@ -137,14 +143,6 @@ async fn a_recommissioned_worker_takes_pushes_again() {
     let mut cluster = up.start().await.unwrap();
     let masters = cluster.file.master_endpoints.clone();
     let ca = cluster.file.tls_ca.display().to_string();
-    let admin = cluster.file.admin_credential.display().to_string();
-    let shoal = |args: &[&str]| {
-        std::process::Command::new(bin_path("shoal").unwrap())
-            .args(args)
-            .args(["--masters", &masters, "--tls-ca", &ca, "--credential-file", &admin])
-            .output()
-            .unwrap()
-    };
     let mut cfg =
         ClientConfig::new(masters.split(',').map(String::from).collect(), TlsSource::CaOnly { ca: ca.clone().into() });
     cfg.object_store = Some(format!("file://{}", objects.display()));
@@ -173,7 +171,7 @@ async fn a_recommissioned_worker_takes_pushes_again() {
     // A broken store: the drain cannot finish.
     std::fs::remove_dir_all(&objects).unwrap();
     std::fs::write(&objects, b"not a directory").unwrap();
-    let out = shoal(&["worker", "decommission", &target]);
+    let out = shoal_admin(&cluster.file, &["worker", "decommission", &target]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let state = |out: std::process::Output| -> String {
@@ -181,10 +179,10 @@ async fn a_recommissioned_worker_takes_pushes_again() {
         let w = st["workers"].as_array().unwrap().iter().find(|w| w["id"] == target.as_str()).cloned().unwrap();
         w["state"].as_str().unwrap().to_string()
     };
-    assert_eq!(state(shoal(&["status", "--output", "json"])), "decommissioning");
-    let out = shoal(&["worker", "recommission", &target]);
+    assert_eq!(state(shoal_admin(&cluster.file, &["status", "--output", "json"])), "decommissioning");
+    let out = shoal_admin(&cluster.file, &["worker", "recommission", &target]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(state(shoal(&["status", "--output", "json"])), "active");
+    assert_eq!(state(shoal_admin(&cluster.file, &["status", "--output", "json"])), "active");
 
     // The process itself takes pushes again: a raw push to a partition it owns is acked.
     let k2 = ShuffleKey::new(app.clone(), 1, 0);

@@ -200,6 +200,8 @@ pub struct SegmentChunks {
     ranges: std::collections::VecDeque<Range<u64>>,
     /// The start of a record cut by the previous read.
     carry: Vec<u8>,
+    /// Whole records read together with the end of a cut one, handed over next.
+    pending: Option<Bytes>,
     chunk_bytes: u64,
 }
 
@@ -223,11 +225,21 @@ impl SegmentChunks {
             }
         }
         let path = Path::from(seg.object_key.as_str());
-        Ok(SegmentChunks { store, path, ranges, carry: Vec::new(), chunk_bytes: chunk_bytes.max(1) as u64 })
+        Ok(SegmentChunks {
+            store,
+            path,
+            ranges,
+            carry: Vec::new(),
+            pending: None,
+            chunk_bytes: chunk_bytes.max(1) as u64,
+        })
     }
 
     /// The next chunk of whole records, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
         loop {
             let Some(r) = self.ranges.front().cloned() else {
                 if !self.carry.is_empty() {
@@ -251,23 +263,57 @@ impl SegmentChunks {
                     self.ranges.pop_front();
                 }
             }
-            if self.carry.is_empty() {
-                // Usually whole records but the last: hand the prefix over without a copy.
-                let whole = whole_records_len(&got)?;
-                self.carry.extend_from_slice(&got[whole..]);
-                if whole > 0 {
-                    return Ok(Some(got.slice(..whole)));
+            // Only the record cut by the previous read is copied (to join its two halves);
+            // every whole record after it is handed over in place.
+            let mut got = got;
+            let mut joined = None;
+            if !self.carry.is_empty() {
+                let need = record_remainder(&self.carry, &got)?;
+                if got.len() < need {
+                    self.carry.extend_from_slice(&got);
+                    continue;
                 }
-            } else {
-                self.carry.extend_from_slice(&got);
-                let whole = whole_records_len(&self.carry)?;
-                if whole > 0 {
-                    let rest = self.carry.split_off(whole);
-                    return Ok(Some(Bytes::from(std::mem::replace(&mut self.carry, rest))));
+                self.carry.extend_from_slice(&got[..need]);
+                joined = Some(Bytes::from(std::mem::take(&mut self.carry)));
+                got = got.slice(need..);
+            }
+            let whole = whole_records_len(&got)?;
+            self.carry.extend_from_slice(&got[whole..]);
+            let rest = (whole > 0).then(|| got.slice(..whole));
+            match (joined, rest) {
+                (Some(j), Some(r)) => {
+                    self.pending = Some(r);
+                    return Ok(Some(j));
                 }
+                (Some(c), None) | (None, Some(c)) => return Ok(Some(c)),
+                (None, None) => {}
             }
         }
     }
+}
+
+/// How many bytes of `next` complete the record whose start is `carry`.
+fn record_remainder(carry: &[u8], next: &[u8]) -> Result<usize, StoreError> {
+    use crate::batch::{DEFAULT_MAX_BATCH_RAW, STREAM_RECORD_HEADER_LEN};
+    let mut header = [0u8; STREAM_RECORD_HEADER_LEN];
+    let have = carry.len().min(STREAM_RECORD_HEADER_LEN);
+    header[..have].copy_from_slice(&carry[..have]);
+    let from_next = (STREAM_RECORD_HEADER_LEN - have).min(next.len());
+    header[have..have + from_next].copy_from_slice(&next[..from_next]);
+    if have + from_next < STREAM_RECORD_HEADER_LEN {
+        // Not even the header is complete: everything `next` holds belongs to the record.
+        return Ok(usize::MAX);
+    }
+    let len = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
+    if len > DEFAULT_MAX_BATCH_RAW + 64 {
+        return Err(ProtoError::TooLarge {
+            what: "stream record",
+            len: len.into(),
+            max: (DEFAULT_MAX_BATCH_RAW + 64).into(),
+        }
+        .into());
+    }
+    Ok((STREAM_RECORD_HEADER_LEN + len as usize).saturating_sub(carry.len()))
 }
 
 /// The length of the whole stream records at the start of `buf`; a record whose header claims

@@ -567,7 +567,7 @@ impl Inner {
             return Err(werr(code, why));
         }
         // Counted in flight until stored or failed: a drain spill of this partition waits.
-        let _in_flight = InFlight { inner: self, part };
+        let _in_flight = CoreHold { inner: self, part, end: WorkerCore::push_done };
         let a = self.assignment(&push.shuffle, push.partition.0, push.epoch.0).await?;
         if a.state != ShuffleState::Writing {
             return Err(werr(ErrorCode::ShuffleNotWriting, format!("shuffle {} is {:?}", push.shuffle, a.state)));
@@ -761,7 +761,7 @@ impl Inner {
                 SpillStart::Wait => return Err(SpillError::InProgress),
             }
         };
-        let _run = SpillRun { inner: self, part };
+        let _run = CoreHold { inner: self, part, end: WorkerCore::end_spill };
         let Some(pp) = plan.partitions.first() else { return Ok(()) };
         if !pp
             .sources
@@ -821,27 +821,17 @@ impl Inner {
     }
 }
 
-/// An admitted push, counted in flight until dropped (stored, failed or cancelled).
-struct InFlight<'a> {
+/// Something the core counts for a partition (an admitted push, a running spill), told to
+/// the core as ended when dropped: done, failed or cancelled alike.
+struct CoreHold<'a> {
     inner: &'a Inner,
     part: PartKey,
+    end: fn(&mut WorkerCore, &PartKey),
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for CoreHold<'_> {
     fn drop(&mut self) {
-        self.inner.core().push_done(&self.part);
-    }
-}
-
-/// A running spill of a partition, ended when dropped (done, failed or cancelled).
-struct SpillRun<'a> {
-    inner: &'a Inner,
-    part: PartKey,
-}
-
-impl Drop for SpillRun<'_> {
-    fn drop(&mut self) {
-        self.inner.core().end_spill(&self.part);
+        (self.end)(&mut self.inner.core(), &self.part);
     }
 }
 

@@ -301,6 +301,17 @@ impl Cluster {
             .await?)
     }
 
+    /// Waits until partition `partition` of `key` is read from the object store only: spilled
+    /// and held by no worker.
+    pub async fn wait_spilled(&self, key: &ShuffleKey, partition: u32, timeout: Duration) -> anyhow::Result<()> {
+        eventually(timeout, "the partition spilled", || async {
+            let plan = self.plan(key, partition, partition + 1).await.ok()?;
+            let p = plan.partitions.first()?;
+            (p.sources.is_empty() && !p.segments.is_empty()).then_some(())
+        })
+        .await
+    }
+
     pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
         Ok(self.mc.call_typed(GetStatus {}).await?)
     }

@@ -32,13 +32,7 @@ async fn a_huge_spilled_partition_reads_back_in_bounded_memory() {
         seed += 1;
     }
     assert!(w.commit().await.unwrap().accepted);
-    eventually(Duration::from_secs(600), "the partition spilled", || async {
-        let plan = c.plan(&k, 0, 1).await.ok()?;
-        let p = &plan.partitions[0];
-        (p.sources.is_empty() && !p.segments.is_empty()).then_some(())
-    })
-    .await
-    .unwrap();
+    c.wait_spilled(&k, 0, Duration::from_secs(600)).await.unwrap();
     c.stop_worker("w0").await;
 
     let before = rss_bytes();

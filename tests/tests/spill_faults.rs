@@ -43,13 +43,7 @@ async fn a_spill_failing_after_upload_or_after_report_loses_nothing() {
             assert!(w.commit().await.unwrap().accepted);
         }
         // Sealed: the worker spills, fails once at the failpoint, and spills again.
-        eventually(Duration::from_secs(30), "the partition spilled", || async {
-            let plan = c.plan(&k, 0, 1).await.ok()?;
-            let p = &plan.partitions[0];
-            (p.sources.is_empty() && !p.segments.is_empty()).then_some(())
-        })
-        .await
-        .unwrap();
+        c.wait_spilled(&k, 0, Duration::from_secs(30)).await.unwrap();
         let plan = c.plan(&k, 0, 1).await.unwrap();
         assert_eq!(plan.partitions[0].segments.len(), 1, "{point}: one recorded segment");
         let dir = objects.join("app-faults").join(format!("{i}.0"));

@@ -762,6 +762,19 @@ impl Inner {
             }
         };
         let _run = CoreHold { inner: self, part, end: WorkerCore::end_spill };
+        // The plan read before this spill could start may predate another spill of the
+        // partition that ended meanwhile: read it again, or that spill's recorded segment would
+        // look unrecorded to the garbage collection below.
+        let plan: ReadPlan = self
+            .master
+            .call_typed(GetReadPlan {
+                shuffle: shuffle.clone(),
+                start_partition: PartitionId(partition),
+                end_partition: PartitionId(partition + 1),
+                start_map: shuffle_proto::MapId(0),
+                end_map: shuffle_proto::MapId(u32::MAX),
+            })
+            .await?;
         let Some(pp) = plan.partitions.first() else { return Ok(()) };
         if !pp
             .sources

@@ -339,6 +339,7 @@ pub struct PublicKey {
 
 /// Wall-clock milliseconds since the Unix epoch: the time tokens expire by. Read at the edges
 /// and passed in, so every check stays a pure function.
+#[allow(clippy::disallowed_methods)] // the one wall-clock read for expiry checks
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

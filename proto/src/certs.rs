@@ -270,6 +270,7 @@ fn subject_alt_names(spec: &NodeCertSpec) -> Result<Vec<SanType>, CertError> {
     Ok(sans)
 }
 
+#[allow(clippy::disallowed_methods)] // certificates are dated by the wall clock
 fn set_validity(params: &mut CertificateParams, days: u32) -> Result<(), CertError> {
     if days == 0 || days > MAX_VALIDITY_DAYS {
         return Err(CertError::Invalid(format!("validity of {days} days: give 1 to {MAX_VALIDITY_DAYS}")));

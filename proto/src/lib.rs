@@ -1,15 +1,27 @@
-//! `shuffle-proto`: the vocabulary every Shoal component speaks.
+//! `shuffle-proto`: the vocabulary every Shoal component speaks, and the I/O they share.
 //!
+//! Pure (no I/O, no clock, no randomness; decoders never panic on bytes from a peer and
+//! return a [`ProtoError`]):
 //! - [`ids`]: id newtypes ([`AppId`], [`ShuffleKey`], [`PartitionId`], ...).
 //! - [`messages`]: every request and reply, archived with rkyv and validated on read.
-//! - [`frame`]: how a message and its raw body travel on a stream.
+//! - [`frame`]: how a message and its raw body travel on a stream (read and written on the
+//!   caller's stream).
 //! - [`batch`]: compressed, checksummed batches and the stream records readers receive.
 //! - [`segment`]: the layout of spilled objects.
-//! - [`auth`]: credentials, signed tokens and per-shuffle capabilities.
-//! - [`error`]: decode errors and the wire error codes, each with a `retryable` flag.
+//! - [`keys`]: ordered key encodings.
+//! - [`error`]: decode errors, the wire error codes and the one classification
+//!   ([`Remedy`]) every caller branches on.
+//! - [`retry`]: the backoff policy ([`retry::Backoff`]); its runner sleeps on tokio's clock.
 //!
-//! Nothing here does I/O beyond reading and writing frames on a caller's stream, and nothing
-//! here panics on bytes from a peer: every decoder returns a [`ProtoError`].
+//! I/O at the edges, behind features:
+//! - `transport`: [`transport`] (QUIC client and server loop), [`http`] (status pages),
+//!   [`certs`] and [`auth`] (TLS material, credentials and capabilities; they read the wall
+//!   clock to check expiry), [`settings`] (configuration files).
+//! - `objstore`: [`objstore`] (stores by URL, segment upload and bounded reads, and the
+//!   retry, metrics and fault layers).
+//!
+//! Determinism is enforced by lint: `clippy.toml` bans reading the wall clock or thread-local
+//! randomness; the few edge functions that must are marked where they do.
 
 #[cfg(feature = "transport")]
 pub mod auth;

@@ -647,6 +647,7 @@ impl RateLimitedLog {
     }
 
     /// Whether to log now; returns how many lines were held back since the last one.
+    #[allow(clippy::disallowed_methods)] // log rate limiting, no decision depends on it
     pub fn allow(&self) -> Option<usize> {
         static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         let now = ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + self.every_ms;

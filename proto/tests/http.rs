@@ -1,4 +1,5 @@
 //! The HTTP endpoint on loopback: normal answers, and the limits on what a peer can make it hold.
+#![allow(clippy::disallowed_methods)] // tests measure and wait on the real clock
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
 //! The QUIC transport on loopback: calls, typed errors, malformed input, verification.
+#![allow(clippy::disallowed_methods)] // tests measure and wait on the real clock
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use shuffle_proto::retry::Backoff;
 use shuffle_proto::{ErrorCode, Remedy};
 
 /// Per-partition staging buffers that hand out a batch once a partition holds `batch_bytes`.
@@ -61,44 +62,39 @@ impl PartitionBuffers {
 pub enum PushAction {
     /// Send the same batch to the same worker after a pause.
     RetryAfter(Duration),
-    /// Ask the master for the partition's current location, then send it there.
-    Relocate,
+    /// Ask the master for the partition's current location, then send it there (after the
+    /// pause, if the master has nowhere else yet).
+    Relocate(Duration),
     /// Give up: the map attempt fails.
     Fail,
 }
 
-/// Bounded retries with exponential backoff.
+/// Bounded retries of one batch: [`Backoff::PUSH`] unless configured otherwise.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
+    pub backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 12, base_delay: Duration::from_millis(20), max_delay: Duration::from_secs(2) }
+        Self { backoff: Backoff::PUSH }
     }
 }
 
 impl RetryPolicy {
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.base_delay.saturating_mul(1u32 << attempt.min(16));
-        exp.min(self.max_delay)
-    }
-
-    /// `code` is the failure's wire code; `unreachable` says the worker could not be reached.
-    pub fn on_push_error(&self, attempt: u32, code: ErrorCode, unreachable: bool) -> PushAction {
-        if attempt + 1 >= self.max_attempts {
+    /// `attempt` (from 0) failed after `elapsed` since the first try, with the wire `code`;
+    /// `unreachable` says the worker could not be reached.
+    pub fn on_push_error(&self, attempt: u32, elapsed: Duration, code: ErrorCode, unreachable: bool) -> PushAction {
+        let Some(pause) = self.backoff.next_delay(attempt.saturating_add(1), elapsed) else {
             return PushAction::Fail;
-        }
+        };
         if unreachable {
             // The first miss may be a blip; after that, move the partition.
-            return if attempt == 0 { PushAction::RetryAfter(self.backoff(attempt)) } else { PushAction::Relocate };
+            return if attempt == 0 { PushAction::RetryAfter(pause) } else { PushAction::Relocate(pause) };
         }
         match code.remedy() {
-            Remedy::Relocate => PushAction::Relocate,
-            Remedy::RetryLater => PushAction::RetryAfter(self.backoff(attempt)),
+            Remedy::Relocate => PushAction::Relocate(pause),
+            Remedy::RetryLater => PushAction::RetryAfter(pause),
             Remedy::Recompute | Remedy::Fail => PushAction::Fail,
         }
     }
@@ -126,21 +122,25 @@ mod tests {
     #[test]
     fn retries_back_off_relocate_and_give_up() {
         let p = RetryPolicy::default();
-        assert_eq!(p.on_push_error(0, ErrorCode::Busy, false), PushAction::RetryAfter(Duration::from_millis(20)));
-        assert_eq!(p.on_push_error(3, ErrorCode::Busy, false), PushAction::RetryAfter(Duration::from_millis(160)));
-        assert_eq!(p.on_push_error(10, ErrorCode::Busy, false), PushAction::RetryAfter(Duration::from_secs(2)));
-        assert_eq!(p.on_push_error(0, ErrorCode::StaleEpoch, false), PushAction::Relocate);
-        assert_eq!(p.on_push_error(0, ErrorCode::Timeout, true), PushAction::RetryAfter(Duration::from_millis(20)));
-        assert_eq!(p.on_push_error(1, ErrorCode::Timeout, true), PushAction::Relocate);
-        assert_eq!(p.on_push_error(0, ErrorCode::ShuffleNotWriting, false), PushAction::Fail);
-        assert_eq!(p.on_push_error(0, ErrorCode::Malformed, false), PushAction::Fail);
-        assert_eq!(p.on_push_error(11, ErrorCode::Busy, false), PushAction::Fail);
+        const Z: Duration = Duration::ZERO;
+        let ms = Duration::from_millis;
+        assert_eq!(p.on_push_error(0, Z, ErrorCode::Busy, false), PushAction::RetryAfter(Duration::from_millis(20)));
+        assert_eq!(p.on_push_error(3, Z, ErrorCode::Busy, false), PushAction::RetryAfter(Duration::from_millis(160)));
+        assert_eq!(p.on_push_error(10, Z, ErrorCode::Busy, false), PushAction::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(p.on_push_error(0, Z, ErrorCode::StaleEpoch, false), PushAction::Relocate(ms(20)));
+        assert_eq!(p.on_push_error(0, Z, ErrorCode::Timeout, true), PushAction::RetryAfter(Duration::from_millis(20)));
+        assert_eq!(p.on_push_error(1, Z, ErrorCode::Timeout, true), PushAction::Relocate(ms(40)));
+        assert_eq!(p.on_push_error(0, Z, ErrorCode::ShuffleNotWriting, false), PushAction::Fail);
+        assert_eq!(p.on_push_error(0, Z, ErrorCode::Malformed, false), PushAction::Fail);
+        assert_eq!(p.on_push_error(11, Z, ErrorCode::Busy, false), PushAction::Fail);
         // A full disk on one worker: go elsewhere; masters out of reach: wait.
-        assert_eq!(p.on_push_error(0, ErrorCode::DiskFull, false), PushAction::Relocate);
+        assert_eq!(p.on_push_error(0, Z, ErrorCode::DiskFull, false), PushAction::Relocate(ms(20)));
         assert_eq!(
-            p.on_push_error(0, ErrorCode::Unavailable, false),
+            p.on_push_error(0, Z, ErrorCode::Unavailable, false),
             PushAction::RetryAfter(Duration::from_millis(20))
         );
-        assert_eq!(p.on_push_error(0, ErrorCode::Unauthorized, false), PushAction::Fail);
+        assert_eq!(p.on_push_error(0, Z, ErrorCode::Unauthorized, false), PushAction::Fail);
+        let past = p.backoff.deadline;
+        assert_eq!(p.on_push_error(0, past, ErrorCode::Busy, false), PushAction::Fail, "past the deadline");
     }
 }

@@ -11,18 +11,27 @@
 //!   be spilled by now) and reading resumes, skipping batches already returned.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use shuffle_proto::batch::{BatchView, StreamRecords, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::frame::read_frame;
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::SegmentChunks;
+use shuffle_proto::retry::Backoff;
 use shuffle_proto::{FrameLimits, MapId, PartitionId, ShuffleKey};
 use tokio::sync::mpsc;
 
 use crate::client::ShuffleClient;
 use crate::error::ClientError;
 
-const ROUNDS: usize = 3;
+/// Planning again after every source of a partition failed: a relocation or a spill may
+/// have moved it meanwhile.
+const PLAN_AGAIN: Backoff = Backoff {
+    base: Duration::from_millis(200),
+    max: Duration::from_secs(2),
+    max_tries: 3,
+    deadline: Duration::from_secs(30),
+};
 
 /// Totals of a finished read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,13 +165,14 @@ impl Reader {
     }
 
     async fn run(&mut self) -> Result<(), ClientError> {
-        let mut expected: Vec<MapOutput> = Vec::new();
-        for round in 0..ROUNDS {
+        let started = tokio::time::Instant::now();
+        let mut tries = 0;
+        let expected = loop {
             let (pp, capability) = self.plan().await?;
             if pp.lost {
                 return Err(self.lost("its worker was lost before the data was spilled".into()));
             }
-            expected = pp.expected.clone();
+            let mut expected: Vec<MapOutput> = pp.expected.clone();
             if let Some(only) = &self.only {
                 expected.retain(|m| only.contains(&m.map.0));
                 if expected.len() != only.len() {
@@ -203,14 +213,17 @@ impl Reader {
                 }
             }
             match failed {
-                None => break,
-                Some(e) if round + 1 == ROUNDS => return Err(self.lost(format!("no source could serve it: {e}"))),
+                None => break expected,
                 Some(e) => {
+                    tries += 1;
+                    let Some(pause) = PLAN_AGAIN.next_delay(tries, started.elapsed()) else {
+                        return Err(self.lost(format!("no source could serve it: {e}")));
+                    };
                     tracing::debug!(partition = self.partition, "a source failed, planning again: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << round)).await;
+                    tokio::time::sleep(pause).await;
                 }
             }
-        }
+        };
         for m in &expected {
             let got = self.got.get(&m.map.0).copied().unwrap_or_default();
             if got != (m.bytes, m.crc_sum, m.batches) {

@@ -297,15 +297,15 @@ impl Push {
                 *self.capability.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(fresh.capability.as_slice());
                 continue;
             }
-            let action = policy.on_push_error(attempt, err.code(), err.unreachable());
+            let action = policy.on_push_error(attempt, started.elapsed(), err.code(), err.unreachable());
             debug!(partition = %self.header.partition, seq = self.header.seq, ?action, "push failed: {err}");
             match action {
                 PushAction::RetryAfter(d) => tokio::time::sleep(d).await,
-                PushAction::Relocate => {
+                PushAction::Relocate(pause) => {
                     if err.unreachable() {
                         inner.client.forget(&self.location.primary.addr).await;
                     }
-                    let r: Relocated = self
+                    let relocated: Result<Relocated, ClientError> = self
                         .client
                         .master(Relocate {
                             shuffle: self.header.shuffle.clone(),
@@ -313,12 +313,18 @@ impl Push {
                             failed_epoch: self.location.epoch,
                             failed_worker: self.location.primary.id.clone(),
                         })
-                        .await?;
-                    if r.location.epoch == self.location.epoch {
-                        // Nowhere else to go yet: pause before the next try.
-                        tokio::time::sleep(policy.backoff(attempt)).await;
+                        .await;
+                    match relocated {
+                        Ok(r) if r.location.epoch != self.location.epoch => self.location = r.location,
+                        // Nowhere else to go yet (the partition stays, or no other worker is
+                        // active, as when the only worker restarts): pause, then try again.
+                        Ok(_) => tokio::time::sleep(pause).await,
+                        Err(e) if e.retryable() => {
+                            debug!(partition = %self.header.partition, "cannot relocate yet: {e}");
+                            tokio::time::sleep(pause).await
+                        }
+                        Err(e) => return Err(e),
                     }
-                    self.location = r.location;
                 }
                 PushAction::Fail => {
                     return Err(ClientError::AttemptFailed(format!(

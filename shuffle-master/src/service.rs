@@ -35,6 +35,7 @@ pub trait Clock: Send + Sync + 'static {
 pub struct MonotonicClock(std::time::Instant);
 
 impl Default for MonotonicClock {
+    #[allow(clippy::disallowed_methods)] // the clock every decision is given
     fn default() -> Self {
         Self(std::time::Instant::now())
     }

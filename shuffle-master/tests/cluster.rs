@@ -1,5 +1,6 @@
 //! Three masters on loopback: replication, leader failover, catch-up after restart (through a
 //! snapshot when the log was purged), and worker-loss detection.
+#![allow(clippy::disallowed_methods)] // tests measure and wait on the real clock
 
 use std::collections::BTreeMap;
 use std::path::Path;

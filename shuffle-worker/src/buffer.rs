@@ -31,6 +31,9 @@ pub enum BufferError {
     Db(#[from] rocksdb::Error),
     #[error("corrupt key in the buffer: {0}")]
     CorruptKey(String),
+    /// A fault test failed this step on purpose (failpoints).
+    #[error("injected fault at {0}")]
+    Injected(&'static str),
 }
 
 impl BufferError {

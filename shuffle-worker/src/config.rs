@@ -10,9 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 pub use shuffle_proto::settings::SettingError;
 use shuffle_proto::settings::{bad, duration, parse_toml, size, TlsSettings};
-use shuffle_proto::WorkerId;
-
-use crate::node::WorkerConfig;
+use shuffle_proto::transport::TlsSource;
+use shuffle_proto::{ProtoError, WorkerId};
 
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 pub struct WorkerSettings {
@@ -58,6 +57,67 @@ pub struct WorkerSettings {
     /// Objects younger than this are never swept, e.g. "15m".
     #[arg(long, env = "SHOAL_SWEEP_GRACE")]
     pub sweep_grace: Option<String>,
+}
+
+/// A worker's resolved settings.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: WorkerId,
+    pub listen: SocketAddr,
+    /// The address clients and the master use to reach this worker.
+    pub advertise: String,
+    pub masters: Vec<String>,
+    pub data_dir: PathBuf,
+    pub object_store: String,
+    pub tls: TlsSource,
+    /// Pushes are refused with `Busy` once this many bytes are buffered.
+    pub max_buffered_bytes: u64,
+    /// Above this many buffered bytes the largest partitions are spilled early...
+    pub spill_high_bytes: u64,
+    /// ...until the buffer is under this many.
+    pub spill_low_bytes: u64,
+    /// fsync the WAL before acknowledging (survives machine crashes, not just process crashes).
+    pub sync_writes: bool,
+    pub read_chunk_bytes: usize,
+    pub upload_part_bytes: usize,
+    pub heartbeat_interval: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// How often to sweep the object store for garbage (None: never).
+    pub sweep_interval: Option<Duration>,
+    /// Objects younger than this are never swept.
+    pub sweep_grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn local(
+        id: &str,
+        listen: SocketAddr,
+        masters: Vec<String>,
+        data_dir: PathBuf,
+        object_store: String,
+        tls: TlsSource,
+    ) -> Result<Self, ProtoError> {
+        Ok(Self {
+            id: WorkerId::new(id)?,
+            listen,
+            advertise: listen.to_string(),
+            masters,
+            data_dir,
+            object_store,
+            tls,
+            max_buffered_bytes: 64 << 30,
+            spill_high_bytes: 48 << 30,
+            spill_low_bytes: 32 << 30,
+            sync_writes: false,
+            read_chunk_bytes: 1 << 20,
+            upload_part_bytes: 8 << 20,
+            heartbeat_interval: Duration::from_secs(1),
+            http_listen: None,
+            sweep_interval: Some(Duration::from_secs(3600)),
+            sweep_grace: Duration::from_secs(900),
+        })
+    }
 }
 
 pub const KEYS: &[&str] = &[

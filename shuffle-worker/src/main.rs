@@ -22,6 +22,9 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info".into()))
         .init();
+    // Fault-test builds take failpoints from FAILPOINTS (e.g. "worker-after-put=return(crash)").
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let args = Args::parse();
     let file: WorkerSettings =
         shuffle_proto::settings::read_toml_file(args.config.as_ref(), KEYS).map_err(anyhow::Error::msg)?;

@@ -1,15 +1,54 @@
 //! The worker's Prometheus metrics.
 
+use std::time::Duration;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use shuffle_proto::objstore::layers::{StoreObserver, StoreOp};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    pub op: &'static str,
+    pub kind: &'static str,
+}
+
+/// Object-store calls: latency by operation, failed tries by operation and error kind.
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    pub latency: Family<StoreLabels, Histogram, fn() -> Histogram>,
+    pub errors: Family<StoreErrorLabels, Counter>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        // 1 ms .. ~65 s
+        let histogram: fn() -> Histogram = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        Self { latency: Family::new_with_constructor(histogram), errors: Family::default() }
+    }
+}
+
+impl StoreObserver for StoreMetrics {
+    fn observe(&self, op: StoreOp, elapsed: Duration, error: Option<&'static str>) {
+        let op = op.as_str();
+        self.latency.get_or_create(&StoreLabels { op }).observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            self.errors.get_or_create(&StoreErrorLabels { op, kind }).inc();
+        }
+    }
 }
 
 /// Every metric a worker exports. Counters are cheap to bump from the data path.
@@ -24,6 +63,7 @@ pub struct Metrics {
     pub backpressure: Counter,
     pub segments: Counter,
     pub errors: Family<ErrorLabels, Counter>,
+    pub store: StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -40,6 +80,7 @@ impl Default for Metrics {
             backpressure: Counter::default(),
             segments: Counter::default(),
             errors: Family::default(),
+            store: StoreMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("pushed_bytes", "Batch bytes accepted from map tasks", m.bytes_pushed.clone());
@@ -51,6 +92,12 @@ impl Default for Metrics {
         registry.register("backpressure_events", "Pushes refused with Busy", m.backpressure.clone());
         registry.register("segments_written", "Segments uploaded", m.segments.clone());
         registry.register("errors", "Requests that ended in an error, by kind", m.errors.clone());
+        registry.register("store_call_seconds", "Object-store calls (each try), by operation", m.store.latency.clone());
+        registry.register(
+            "store_errors",
+            "Object-store tries that failed, by operation and kind",
+            m.store.errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

@@ -165,6 +165,30 @@ impl Cluster {
         Ok(cfg)
     }
 
+    /// Flags that start worker `id` of this cluster as a process (`shuffle-worker`).
+    pub fn worker_args(&self, id: &str, listen: &str) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            id.into(),
+            "--listen".into(),
+            listen.into(),
+            "--masters".into(),
+            self.master_addrs.join(","),
+            "--data-dir".into(),
+            self.worker_dir(id).display().to_string(),
+            "--object-store".into(),
+            self.object_store.clone(),
+            "--heartbeat-interval".into(),
+            "200ms".into(),
+        ];
+        if let TlsSource::Files { cert, key, ca } = &self.tls {
+            for (flag, path) in [("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)] {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
+        args
+    }
+
     pub fn worker_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join(id)
     }
@@ -317,6 +341,23 @@ impl Cluster {
     }
 }
 
+/// How many segment objects (`*.seg`) lie under `dir`, at any depth.
+pub fn segment_objects(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "seg") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// Resident memory of this process, from /proc (0 where there is none).
 pub fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -373,9 +414,22 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, bin: &str, args: &[String], log: &std::path::Path) -> anyhow::Result<Proc> {
-        let out = std::fs::File::create(log)?;
+        Self::spawn_env(name, bin, args, &[], log)
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables; the log is appended to, so a
+    /// restarted process keeps its history.
+    pub fn spawn_env(
+        name: &str,
+        bin: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Proc> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = std::process::Command::new(bin_path(bin)?)
             .args(args)
+            .envs(env.iter().copied())
             .env("SHOAL_LOG", "info")
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -1,28 +1,13 @@
-//! A spill that fails between its steps (upload, report to the master, local delete), through
-//! failpoints: nothing acknowledged is lost, readers get every committed byte exactly once, and
-//! an object the master never recorded is deleted on the next spill of the partition. (Its own
-//! test binary: failpoints are process-wide.)
+//! A spill that fails between its steps (upload, report to the master, local delete), and an
+//! object store that fails a share of its calls and is slow, through failpoints: nothing
+//! acknowledged is lost, readers get every committed byte exactly once, and an object the
+//! master never recorded is deleted on the next spill of the partition. (Its own test binary:
+//! failpoints are process-wide.)
 
 use std::time::Duration;
 
 use shoal_tests::*;
 use shuffle_proto::*;
-
-fn seg_files(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "seg") {
-                n += 1;
-            }
-        }
-    }
-    n
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spill_failing_after_upload_or_after_report_loses_nothing() {
@@ -48,10 +33,10 @@ async fn a_spill_failing_after_upload_or_after_report_loses_nothing() {
         assert_eq!(plan.partitions[0].segments.len(), 1, "{point}: one recorded segment");
         let dir = objects.join("app-faults").join(format!("{i}.0"));
         eventually(Duration::from_secs(10), "only recorded objects are left", || async {
-            (seg_files(&dir) == 1).then_some(())
+            (segment_objects(&dir) == 1).then_some(())
         })
         .await
-        .unwrap_or_else(|_| panic!("{point}: {} segment objects, the master recorded 1", seg_files(&dir)));
+        .unwrap_or_else(|_| panic!("{point}: {} segment objects, the master recorded 1", segment_objects(&dir)));
         let mut s = sc.read_partition(&k, 0, 0, 2);
         let mut got = Vec::new();
         while let Some(b) = s.next().await.unwrap() {
@@ -61,6 +46,55 @@ async fn a_spill_failing_after_upload_or_after_report_loses_nothing() {
         assert_same_units(&got, &want, 100, point);
         fail::remove(point);
     }
+    c.shutdown().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failing_a_fifth_of_its_calls_delays_spills_and_loses_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let mut c = Cluster::start(0).await.unwrap();
+    let mut cfg = c.worker_config("w0").unwrap();
+    // Small parts: every segment is a multipart upload of several parts.
+    cfg.upload_part_bytes = 256 << 10;
+    c.workers.insert("w0".into(), shuffle_worker::node::WorkerNode::start(cfg).await.unwrap());
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-flaky-store").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    const MAPS: u32 = 2;
+    const PARTS: u32 = 4;
+    for point in ["object-store-put", "object-store-part", "object-store-complete", "object-store-list"] {
+        fail::cfg(point, "20%return").unwrap();
+    }
+    fail::cfg("object-store-get", "50%sleep(30)").unwrap();
+    let k = ShuffleKey::new(app.clone(), 0, 0);
+    let a = sc.register_shuffle(&k, MAPS, PARTS, 1).await.unwrap();
+    let data = |m: u32, p: u32| -> Vec<u8> { (0..8).flat_map(|r| rows(m, p, 1000, r)).collect() };
+    for m in 0..MAPS {
+        let mut w = sc.map_writer(&a, MapId(m), AttemptId(u64::from(m)));
+        for p in 0..PARTS {
+            w.write(p, &data(m, p)).await.unwrap();
+        }
+        assert!(w.commit().await.unwrap().accepted);
+    }
+    for p in 0..PARTS {
+        c.wait_spilled(&k, p, Duration::from_secs(120)).await.unwrap();
+        let mut s = sc.read_partition(&k, p, 0, MAPS);
+        let mut got = Vec::new();
+        while let Some(b) = s.next().await.unwrap() {
+            got.extend(b);
+        }
+        let want: Vec<u8> = (0..MAPS).flat_map(|m| data(m, p)).collect();
+        assert_same_units(&got, &want, 100, &format!("partition {p}"));
+    }
+    let metrics = c.workers["w0"].metrics().encode();
+    let failed: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("shoal_worker_store_errors_total{") && l.contains("kind=\"generic\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    println!("store tries failed and retried: {failed}");
+    assert!(failed > 0, "the faults fired and were counted:\n{metrics}");
     c.shutdown().await;
     scenario.teardown();
 }

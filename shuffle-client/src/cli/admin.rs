@@ -1,6 +1,6 @@
 //! Operator commands: workers, shuffles, apps, and decommission with progress.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use shuffle_proto::messages::*;
@@ -126,7 +126,7 @@ pub async fn decommission(
     wait: Option<Duration>,
     mut progress: impl FnMut(u64, u64),
 ) -> anyhow::Result<DrainReport> {
-    let t0 = Instant::now();
+    let t0 = tokio::time::Instant::now();
     let held =
         |st: &ClusterStatus| st.workers.iter().find(|w| &w.id == worker).map(|w| (w.bytes_held, w.state.clone()));
     let before: ClusterStatus = mc.call_typed(GetStatus {}).await?;

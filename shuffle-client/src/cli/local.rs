@@ -226,12 +226,12 @@ impl Running {
                 let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             }
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for (name, c) in &mut self.children {
             loop {
                 match c.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    Ok(None) if tokio::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                     _ => {
                         eprintln!("{name} did not stop in time; killing it");
                         let _ = c.kill();

@@ -4,9 +4,14 @@
 //! S3-protocol stores; endpoint, region and keys come from the standard `AWS_*` environment
 //! variables, never flags), `memory://` (tests).
 //!
+//! Every store is opened wrapped in [`layers`]: retries of repeatable calls, per-call metrics,
+//! and (in fault-test builds) failpoints.
+//!
 //! Invariants: a segment becomes visible only whole (one put below the part size, else a
 //! multipart upload whose parts are all `part_size` bytes but the last, so stores with a 5 MiB
 //! minimum part accept it); an upload that fails is aborted, leaving no partial object.
+
+pub mod layers;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -37,8 +42,29 @@ impl StoreError {
     }
 }
 
-/// Opens the store a URL names.
+/// Opens the store a URL names, wrapped in [`layers`]; `observer` gets every call's latency
+/// and outcome.
+pub fn open_store_observed(
+    url: &str,
+    observer: Option<Arc<dyn layers::StoreObserver>>,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let mut store = open_base(url)?;
+    if cfg!(feature = "failpoints") {
+        store = Arc::new(layers::FaultyStore::new(store));
+    }
+    if let Some(o) = observer {
+        store = Arc::new(layers::Instrumented::new(store, o));
+    }
+    Ok(Arc::new(layers::Retrying::new(store, crate::retry::Backoff::STORE_CALL)))
+}
+
+/// Opens the store a URL names, wrapped in [`layers`] (no metrics).
 pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    open_store_observed(url, None)
+}
+
+/// The store a URL names, unwrapped.
+fn open_base(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let bad = |reason: &str| StoreError::Url { url: url.to_string(), reason: reason.to_string() };
     if let Some(dir) = url.strip_prefix("file://") {
         if !dir.starts_with('/') {
@@ -59,7 +85,18 @@ pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
         if bucket.is_empty() {
             return Err(bad("no bucket"));
         }
-        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Quick HTTP-level retries (5xx, throttling, timeouts) here; longer outages are the
+        // job of the layers above and of the callers' own retries.
+        let http_retries = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(100),
+                max_backoff: std::time::Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(30),
+        };
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(http_retries);
         if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")) {
             b = b.with_allow_http(ep.starts_with("http://")).with_endpoint(ep);
         }
@@ -331,29 +368,15 @@ fn whole_records_len(buf: &[u8]) -> Result<usize, StoreError> {
 }
 
 /// Runs `f` until it succeeds, fails for good, or [`Backoff::STORE_READ`] gives up.
-async fn retrying<T, F, Fut>(mut f: F) -> Result<T, StoreError>
+async fn retrying<T, F, Fut>(f: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let policy = crate::retry::Backoff::STORE_READ;
-    let start = tokio::time::Instant::now();
-    let mut tries = 0;
-    loop {
-        match f().await {
-            Err(e) if e.retryable() => {
-                tries += 1;
-                match policy.next_delay(tries, start.elapsed()) {
-                    Some(d) => {
-                        tracing::debug!("object store read failed, retrying in {d:?}: {e}");
-                        tokio::time::sleep(d).await
-                    }
-                    None => return Err(e),
-                }
-            }
-            other => return other,
-        }
-    }
+    crate::retry::retry(&crate::retry::Backoff::STORE_READ, f, StoreError::retryable, |e, d| {
+        tracing::debug!("object store read failed, retrying in {d:?}: {e}")
+    })
+    .await
 }
 
 /// Deletes every object under a shuffle's prefix.

@@ -1,0 +1,256 @@
+//! A worker process: a thin executor around [`WorkerCore`], which makes every decision about
+//! pushes, spills and the worker's lifecycle. This module wires the parts and owns the shared
+//! state; each concern lives in its own file:
+//!
+//! - [`server`]: the QUIC data server: authorization, push checks and stores, partition reads.
+//! - [`membership`]: registration, heartbeats, the master's desired state and commands.
+//! - [`spilling`]: seal, drain and pressure spills to the object store.
+//! - [`sweep`]: collecting objects nobody will read.
+//!
+//! Invariants:
+//! - A push is checked before anything is written: batch header sane, shuffle writing,
+//!   partition owned by this worker at an epoch not older than the push's, space available.
+//!   A push that fails a check writes nothing and gets a typed error whose code says what the
+//!   client should do ([`shuffle_proto::Remedy`]).
+//! - Spill order: upload the segment, then record it in the master, then delete exactly the
+//!   keys the segment holds. A crash in between leaves either an unrecorded object (garbage) or
+//!   data both local and spilled (the master's record decides which one readers use).
+//! - A draining worker takes no pushes, spills everything it holds once no push to the
+//!   partition is in flight, and stops once the master calls it Decommissioned.
+
+mod membership;
+mod server;
+mod spilling;
+mod sweep;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use shuffle_proto::auth::Verifier;
+use shuffle_proto::http::{serve_http, Page};
+use shuffle_proto::messages::ShuffleAssignment;
+use shuffle_proto::objstore::open_store_observed;
+use shuffle_proto::retry::{retry, Backoff};
+use shuffle_proto::transport::{
+    serve, server_endpoint, Client, ClientOptions, MasterClient, ServerOptions, Tls, TransportError,
+};
+use shuffle_proto::ShuffleKey;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::buffer::Buffer;
+pub use crate::config::WorkerConfig;
+use crate::core::{CoreLimits, PartKey, WorkerCore};
+use crate::metrics::Metrics;
+pub use spilling::SpillError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("buffer: {0}")]
+    Buffer(#[from] crate::buffer::BufferError),
+    #[error("object store: {0}")]
+    Store(#[from] shuffle_proto::objstore::StoreError),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// What every part of the worker shares.
+struct Inner {
+    cfg: WorkerConfig,
+    buffer: Arc<Buffer>,
+    store: Arc<dyn ObjectStore>,
+    master: MasterClient,
+    assignments: Mutex<HashMap<ShuffleKey, Arc<ShuffleAssignment>>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    /// Every decision about pushes, spills and the worker's lifecycle (see [`crate::core`]).
+    core: Mutex<WorkerCore>,
+    spilling: Mutex<HashSet<ShuffleKey>>,
+    nonce: AtomicU64,
+    metrics: Metrics,
+    done: watch::Sender<bool>,
+    /// Checks capabilities offline with the masters' public keys.
+    verifier: Arc<Verifier>,
+    /// Whether pushes and reads need a capability; the masters say so (and it stays on
+    /// until they do).
+    auth_required: AtomicBool,
+}
+
+/// A running worker.
+pub struct WorkerNode {
+    inner: Arc<Inner>,
+    pub addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    done: watch::Receiver<bool>,
+}
+
+impl WorkerNode {
+    pub async fn start(cfg: WorkerConfig) -> Result<WorkerNode, WorkerError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| WorkerError::Config(format!("{}: {e}", cfg.data_dir.display())))?;
+        let buffer = Buffer::open(&cfg.data_dir.join("buffer"), cfg.sync_writes)?;
+        let metrics = Metrics::default();
+        let store = open_store_observed(&cfg.object_store, Some(Arc::new(metrics.store.clone())))?;
+        let tls = Tls::load(&cfg.tls)?;
+        let client = Client::new(&tls, ClientOptions::default())?;
+        let master = MasterClient::new(client, cfg.masters.clone(), Duration::from_secs(30))?;
+        let server_opts = ServerOptions::for_tls(&tls);
+        let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
+        let addr = endpoint.local_addr().map_err(|e| WorkerError::Config(e.to_string()))?;
+        let (done_tx, done_rx) = watch::channel(false);
+        // Segment names must not repeat across restarts on the same data dir.
+        let nonce = shuffle_proto::auth::now_unix_ms().saturating_mul(1000);
+        let limits = CoreLimits { max_buffered_bytes: cfg.max_buffered_bytes };
+        let inner = Arc::new(Inner {
+            cfg,
+            buffer,
+            store,
+            master,
+            assignments: Default::default(),
+            fetch_lock: Default::default(),
+            core: Mutex::new(WorkerCore::new(limits)),
+            spilling: Default::default(),
+            nonce: AtomicU64::new(nonce),
+            metrics,
+            done: done_tx,
+            verifier: Arc::new(Verifier::default()),
+            auth_required: AtomicBool::new(true),
+        });
+        // Masters may come up after their workers (a fresh cluster, a rolling restart): keep
+        // trying while the failure is one that time can fix; a refusal fails the start.
+        retry(
+            &Backoff::REGISTER,
+            || inner.register(),
+            TransportError::retryable,
+            |e, d| warn!("cannot register with the masters yet: {e}; retrying in {d:?}"),
+        )
+        .await?;
+        let server = Arc::new(server::Server(inner.clone()));
+        let mut tasks = vec![
+            tokio::spawn(serve(endpoint.clone(), server, server_opts)),
+            tokio::spawn(inner.clone().heartbeat_loop()),
+            tokio::spawn(inner.clone().pressure_loop()),
+        ];
+        if let Some(every) = inner.cfg.sweep_interval {
+            tasks.push(tokio::spawn(inner.clone().sweep_loop(every)));
+        }
+        let http_addr = match inner.cfg.http_listen {
+            Some(a) => {
+                let (bound, task) = serve_status(&inner, a).await?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
+        info!(worker = %inner.cfg.id, %addr, ?http_addr, held = inner.buffer.bytes_held(), "worker serving");
+        Ok(WorkerNode { inner, addr, http_addr, endpoint, tasks, done: done_rx })
+    }
+
+    pub fn id(&self) -> &shuffle_proto::WorkerId {
+        &self.inner.cfg.id
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn bytes_held(&self) -> u64 {
+        self.inner.buffer.bytes_held()
+    }
+
+    /// Sweeps the object store once, now; returns how many objects were deleted.
+    pub async fn sweep_now(&self) -> Result<usize, spilling::SpillError> {
+        self.inner.sweep().await
+    }
+
+    /// Resolves once a decommission has completed.
+    pub async fn decommissioned(&mut self) {
+        while !*self.done.borrow() {
+            if self.done.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops serving and waits (up to 5 s) until every task let go of the buffer, so the
+    /// RocksDB lock is free when this returns.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.inner.master.client().close();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.inner) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.inner) > 1 {
+            warn!("worker tasks still running at shutdown");
+        }
+    }
+}
+
+/// `/metrics`, `/healthz` and `/readyz` (503 while draining, so Kubernetes stops routing).
+async fn serve_status(
+    inner: &Arc<Inner>,
+    at: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), WorkerError> {
+    let weak = Arc::downgrade(inner);
+    serve_http(at, move |path| match (path, weak.upgrade()) {
+        ("/metrics", Some(i)) => Page::ok("text/plain; version=0.0.4", i.scrape()),
+        ("/healthz", Some(_)) => Page::ok("text/plain", "ok\n".into()),
+        ("/readyz", Some(i)) if i.core().ready() => Page::ok("text/plain", "ready\n".into()),
+        ("/readyz", Some(_)) => Page { status: 503, content_type: "text/plain", body: "draining\n".into() },
+        _ => Page::not_found(),
+    })
+    .await
+    .map_err(|e| WorkerError::Config(format!("http_listen {at}: {e}")))
+}
+
+impl Inner {
+    fn scrape(&self) -> String {
+        self.metrics.bytes_buffered.set(self.buffer.bytes_held() as i64);
+        self.metrics.partitions.set(self.buffer.partitions().len() as i64);
+        self.metrics.encode()
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, WorkerCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a failpoint does: `return` fails the step with `injected`; `return(crash)` aborts the
+/// process on the spot, as a power cut would, so tests can restart it on the same data dir.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn fault<T>(arg: Option<String>, injected: T) -> T {
+    if arg.as_deref() == Some("crash") {
+        std::process::abort();
+    }
+    injected
+}
+
+/// Something the core counts for a partition (an admitted push, a running spill), told to
+/// the core as ended when dropped: done, failed or cancelled alike.
+struct CoreHold<'a> {
+    inner: &'a Inner,
+    part: PartKey,
+    end: fn(&mut WorkerCore, &PartKey),
+}
+
+impl Drop for CoreHold<'_> {
+    fn drop(&mut self) {
+        (self.end)(&mut self.inner.core(), &self.part);
+    }
+}

@@ -1,0 +1,227 @@
+//! The data server: who may call, push checks and stores, partition reads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use shuffle_proto::auth::{now_unix_ms, AuthError, Authenticator, RIGHT_READ, RIGHT_WRITE};
+use shuffle_proto::batch::{BatchView, DEFAULT_MAX_BATCH_RAW};
+use shuffle_proto::messages::*;
+use shuffle_proto::transport::{CallInfo, Handler, Responder, TransportError};
+use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{fault, CoreHold, Inner};
+use crate::buffer::{AttemptFilter, BatchKey, BufferError, ScanRange, ScannedKeys};
+use crate::core::WorkerCore;
+
+/// Chunks of a partition scan, in key order; the scan stops when the receiver is dropped.
+pub(super) type ScanChunks = mpsc::Receiver<Result<(Vec<u8>, u32), BufferError>>;
+
+fn werr(code: ErrorCode, msg: impl Into<String>) -> WireError {
+    WireError::new(code, msg)
+}
+
+pub(super) struct Server(pub(super) Arc<Inner>);
+
+impl Handler for Server {
+    async fn handle(
+        &self,
+        call: &CallInfo,
+        req: Message,
+        body: Vec<u8>,
+        out: &mut Responder,
+    ) -> Result<(), ProtoError> {
+        let shuffle = match &req {
+            Message::PushBatch(p) => Some((&p.shuffle, RIGHT_WRITE)),
+            Message::OpenPartition(o) => Some((&o.shuffle, RIGHT_READ)),
+            _ => None,
+        };
+        if let Some((shuffle, rights)) = shuffle {
+            if let Err(e) = self.0.authorize(call, shuffle, rights) {
+                self.0.metrics.error(e.code());
+                debug!(peer = %call.peer, call = req.name(), "refused: {}", e.message);
+                return out.error(e).await;
+            }
+        }
+        match req {
+            Message::PushBatch(p) => {
+                let t0 = tokio::time::Instant::now();
+                let r = self.0.push(p, body).await;
+                match &r {
+                    Ok(_) => self.0.metrics.push_latency.observe(t0.elapsed().as_secs_f64()),
+                    Err(e) => self.0.metrics.error(e.code()),
+                }
+                out.reply(r).await
+            }
+            Message::OpenPartition(o) => self.0.read(o, out).await,
+            other => out.error(werr(ErrorCode::BadRequest, format!("a worker does not serve {}", other.name()))).await,
+        }
+    }
+}
+
+impl Inner {
+    /// Whether the caller may do `rights` on `shuffle`: a cluster node, or a capability for
+    /// exactly that shuffle generation, signed by a master and not expired.
+    fn authorize(&self, call: &CallInfo, shuffle: &ShuffleKey, rights: u8) -> Result<(), WireError> {
+        if call.node || !self.auth_required.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let authn = Authenticator { verifier: self.verifier.clone(), principals: None };
+        let caller = authn.identify(false, call.credential.as_ref(), now_unix_ms())?;
+        if caller.may(shuffle, rights) {
+            Ok(())
+        } else if call.credential.is_none() {
+            Err(AuthError::Missing.wire())
+        } else {
+            Err(AuthError::Forbidden("this capability is for another shuffle, generation or right").wire())
+        }
+    }
+
+    pub(super) fn forget(&self, shuffle: &ShuffleKey) {
+        self.assignments.lock().unwrap_or_else(|p| p.into_inner()).remove(shuffle);
+    }
+
+    /// The shuffle's assignment, fetched from the master when unknown or older than `epoch`.
+    async fn assignment(
+        &self,
+        shuffle: &ShuffleKey,
+        partition: u32,
+        epoch: u64,
+    ) -> Result<Arc<ShuffleAssignment>, WireError> {
+        let cached = || self.assignments.lock().unwrap_or_else(|p| p.into_inner()).get(shuffle).cloned();
+        let fresh = |a: &ShuffleAssignment| a.locations.get(partition as usize).is_some_and(|l| l.epoch.0 >= epoch);
+        if let Some(a) = cached().filter(|a| fresh(a)) {
+            return Ok(a);
+        }
+        let _one = self.fetch_lock.lock().await;
+        if let Some(a) = cached().filter(|a| fresh(a)) {
+            return Ok(a);
+        }
+        let a: ShuffleAssignment =
+            self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await.map_err(|e| match e {
+                TransportError::Remote(w) => w,
+                other => {
+                    debug!("assignment fetch failed: {other}");
+                    werr(ErrorCode::Unavailable, "the masters cannot be reached")
+                }
+            })?;
+        let a = Arc::new(a);
+        self.assignments.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone(), a.clone());
+        Ok(a)
+    }
+
+    async fn push(&self, push: PushBatch, body: Vec<u8>) -> Result<PushAck, WireError> {
+        BatchView::parse_exact(&body, DEFAULT_MAX_BATCH_RAW).map_err(WireError::from)?;
+        let part = (push.shuffle.clone(), push.partition.0);
+        let admitted = self.core().admit_push(&part, body.len() as u64, self.buffer.bytes_held());
+        if let Err((code, why)) = admitted {
+            if code == ErrorCode::Busy {
+                self.metrics.backpressure.inc();
+            }
+            return Err(werr(code, why));
+        }
+        // Counted in flight until stored or failed: a drain spill of this partition waits.
+        let _in_flight = CoreHold { inner: self, part, end: WorkerCore::push_done };
+        let a = self.assignment(&push.shuffle, push.partition.0, push.epoch.0).await?;
+        if a.state != ShuffleState::Writing {
+            return Err(werr(ErrorCode::ShuffleNotWriting, format!("shuffle {} is {:?}", push.shuffle, a.state)));
+        }
+        let loc = a
+            .locations
+            .get(push.partition.0 as usize)
+            .ok_or_else(|| werr(ErrorCode::BadRequest, format!("partition {} out of range", push.partition)))?;
+        if push.epoch < loc.epoch {
+            return Err(werr(ErrorCode::StaleEpoch, format!("epoch {} is older than {}", push.epoch, loc.epoch)));
+        }
+        let mine = loc.primary.id == self.cfg.id || loc.replica.as_ref().is_some_and(|r| r.id == self.cfg.id);
+        if !mine {
+            return Err(werr(
+                ErrorCode::PartitionNotOwned,
+                format!("partition {} belongs to {}", push.partition, loc.primary.id),
+            ));
+        }
+        let key = BatchKey {
+            shuffle: push.shuffle,
+            partition: push.partition.0,
+            map: push.map.0,
+            attempt: push.attempt.0,
+            seq: push.seq,
+        };
+        let buffer = self.buffer.clone();
+        let len = body.len() as u64;
+        let stored = tokio::task::spawn_blocking(move || {
+            // Fault tests slow, fail or crash the store here, with the push admitted and in
+            // flight, and right after the batch is in the WAL but not yet acknowledged.
+            fail::fail_point!("worker-before-put", |a| fault(a, Err(BufferError::Injected("worker-before-put"))));
+            buffer.put(&key, &body)?;
+            fail::fail_point!("worker-after-put", |a| fault(a, Err(BufferError::Injected("worker-after-put"))));
+            Ok::<(), BufferError>(())
+        })
+        .await
+        .map_err(|_| werr(ErrorCode::Internal, "storing the batch failed"))?;
+        if let Err(e) = stored {
+            warn!("storing a batch failed: {e}");
+            return Err(e.wire());
+        }
+        self.metrics.bytes_pushed.inc_by(len);
+        Ok(PushAck { seq: push.seq })
+    }
+
+    /// Runs a partition scan on a blocking thread, handing chunks over a bounded channel.
+    /// With `record_keys`, the task returns every key it read, for an exact delete later.
+    pub(super) fn scan(
+        &self,
+        range: ScanRange,
+        record_keys: bool,
+    ) -> (ScanChunks, tokio::task::JoinHandle<ScannedKeys>) {
+        let (tx, rx) = mpsc::channel(4);
+        let buffer = self.buffer.clone();
+        let chunk = self.cfg.read_chunk_bytes;
+        let task = tokio::task::spawn_blocking(move || {
+            let mut keys = ScannedKeys::default();
+            let send = |c: &mut Vec<u8>, n| tx.blocking_send(Ok((std::mem::take(c), n))).is_ok();
+            let res = if record_keys {
+                buffer.scan_partition_keys(&range, chunk, send, &mut keys)
+            } else {
+                buffer.scan_partition(&range, chunk, send)
+            };
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(e));
+            }
+            keys
+        });
+        (rx, task)
+    }
+
+    async fn read(&self, req: OpenPartition, out: &mut Responder) -> Result<(), ProtoError> {
+        let attempts: BTreeMap<u32, u64> = req.attempts.iter().map(|a| (a.map.0, a.attempt.0)).collect();
+        let (mut rx, _) = self.scan(
+            ScanRange {
+                shuffle: req.shuffle,
+                partition: req.partition.0,
+                start_map: req.start_map.0,
+                end_map: req.end_map.0,
+                filter: AttemptFilter::Only(attempts),
+            },
+            false,
+        );
+        let (mut records, mut bytes) = (0u64, 0u64);
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok((chunk, n)) => {
+                    out.send(&Message::Chunk(Chunk { records: n }), &chunk).await?;
+                    records += n as u64;
+                    bytes += chunk.len() as u64;
+                }
+                Err(e) => {
+                    warn!("reading a partition failed: {e}");
+                    return out.error(werr(ErrorCode::Internal, "reading the partition failed")).await;
+                }
+            }
+        }
+        self.metrics.bytes_read.inc_by(bytes);
+        out.send(&Message::EndOfStream(EndOfStream { records, bytes }), &[]).await
+    }
+}

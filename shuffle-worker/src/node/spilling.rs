@@ -1,0 +1,229 @@
+//! Spills to the object store: at seal (committed attempts, then the partition is dropped), in
+//! a drain (everything, once no push to the partition is in flight) and under pressure (the
+//! largest partitions, exactly the keys scanned). [`WorkerCore::begin_spill`] decides whether
+//! and how a spill runs; this file only carries it out.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shuffle_proto::messages::*;
+use shuffle_proto::objstore::{SegmentUpload, StoreError};
+use shuffle_proto::retry::{retry, Backoff};
+use shuffle_proto::segment::{segment_key, segment_prefix, shuffle_dir};
+use shuffle_proto::transport::TransportError;
+use shuffle_proto::{ErrorCode, MapId, PartitionId, ShuffleKey};
+use tracing::{debug, info, warn};
+
+use super::{fault, CoreHold, Inner};
+use crate::buffer::{AttemptFilter, BufferError, ScanRange};
+use crate::core::{Delete, PartKey, SpillKind, SpillStart, WorkerCore};
+use crate::spill::plan_pressure_spill;
+
+/// How long a drain spill waits for pushes in flight to its partition before trying later.
+const SPILL_FENCE_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    #[error("another spill of the partition is running")]
+    InProgress,
+    #[error("the scan task stopped")]
+    ScanStopped,
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+}
+
+impl SpillError {
+    fn retryable(&self) -> bool {
+        match self {
+            SpillError::InProgress => true,
+            SpillError::Transport(e) => e.retryable(),
+            SpillError::Store(e) => e.retryable(),
+            SpillError::Buffer(BufferError::Injected(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Inner {
+    /// The master's read plan of `partitions` (every map).
+    pub(super) async fn read_plan(
+        &self,
+        shuffle: &ShuffleKey,
+        partitions: std::ops::Range<u32>,
+    ) -> Result<ReadPlan, TransportError> {
+        self.master
+            .call_typed(GetReadPlan {
+                shuffle: shuffle.clone(),
+                start_partition: PartitionId(partitions.start),
+                end_partition: PartitionId(partitions.end),
+                start_map: MapId(0),
+                end_map: MapId(u32::MAX),
+            })
+            .await
+    }
+
+    /// Spills the largest partitions early while the buffer is over its high watermark.
+    pub(super) async fn pressure_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let parts = self.buffer.partitions();
+            let sizes: Vec<u64> = parts.iter().map(|(_, _, b)| *b).collect();
+            let held = self.buffer.bytes_held();
+            let plan = plan_pressure_spill(&sizes, held, self.cfg.spill_high_bytes, self.cfg.spill_low_bytes);
+            for i in plan {
+                let (shuffle, p, bytes) = parts[i].clone();
+                debug!(%shuffle, partition = p, bytes, "buffer over its watermark: spilling early");
+                match self.spill_partition(&shuffle, p, SpillKind::Pressure).await {
+                    Ok(()) | Err(SpillError::InProgress) => {}
+                    Err(e) => warn!(%shuffle, partition = p, "early spill failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Spills every local partition of a shuffle (once at a time per shuffle). A partition
+    /// whose spill gives up stays local and readable; a drain tries it again next heartbeat.
+    pub(super) async fn spill_shuffle(self: Arc<Self>, shuffle: ShuffleKey, kind: SpillKind) {
+        if !self.spilling.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone()) {
+            return;
+        }
+        let parts: Vec<u32> =
+            self.buffer.partitions().into_iter().filter(|(s, _, _)| *s == shuffle).map(|(_, p, _)| p).collect();
+        for p in parts {
+            let spilled = retry(
+                &Backoff::SPILL,
+                || self.spill_partition(&shuffle, p, kind),
+                SpillError::retryable,
+                |e, d| warn!(%shuffle, partition = p, "spill failed, retrying in {d:?}: {e}"),
+            )
+            .await;
+            if let Err(e) = spilled {
+                warn!(%shuffle, partition = p, "spill failed: {e}");
+            }
+        }
+        self.spilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
+    }
+
+    /// Spills one partition, as the core allows: under pressure everything scanned goes
+    /// (every attempt), exactly those keys are deleted, and the worker stays a read source for
+    /// what arrives next; at seal only committed attempts go and the partition is dropped; in
+    /// a drain the spill waits until no push to the partition is in flight.
+    async fn spill_partition(&self, shuffle: &ShuffleKey, partition: u32, kind: SpillKind) -> Result<(), SpillError> {
+        let plan = match self.read_plan(shuffle, partition..partition + 1).await {
+            Ok(p) => p,
+            Err(TransportError::Remote(w)) if w.code() == ErrorCode::UnknownShuffle => {
+                self.buffer.delete_shuffle(shuffle)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let part: PartKey = (shuffle.clone(), partition);
+        let writing = plan.state == ShuffleState::Writing;
+        let deadline = tokio::time::Instant::now() + SPILL_FENCE_WAIT;
+        let (delete, last) = loop {
+            let start = self.core().begin_spill(&part, kind, writing);
+            match start {
+                SpillStart::Go { delete, last } => break (delete, last),
+                SpillStart::Busy => return Err(SpillError::InProgress),
+                SpillStart::Skip => return Ok(()),
+                SpillStart::Wait if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                SpillStart::Wait => return Err(SpillError::InProgress),
+            }
+        };
+        let _run = CoreHold { inner: self, part, end: WorkerCore::end_spill };
+        // The plan read before this spill could start may predate another spill of the
+        // partition that ended meanwhile: read it again, or that spill's recorded segment would
+        // look unrecorded to the garbage collection below.
+        let plan = self.read_plan(shuffle, partition..partition + 1).await?;
+        let Some(pp) = plan.partitions.first() else { return Ok(()) };
+        if !pp
+            .sources
+            .iter()
+            .any(|s| s.primary.id == self.cfg.id || s.replica.as_ref().is_some_and(|r| r.id == self.cfg.id))
+        {
+            // The master no longer reads this copy (already spilled, or written off).
+            debug!(%shuffle, partition, "local copy is not a read source: dropping it");
+            self.buffer.delete_partition(shuffle, partition)?;
+            return Ok(());
+        }
+        // A sealed shuffle keeps only committed attempts; a writing one (drain) keeps all,
+        // since its maps may still commit.
+        let filter = if kind == SpillKind::Pressure || writing {
+            AttemptFilter::All
+        } else {
+            AttemptFilter::Only(pp.expected.iter().map(|m| (m.map.0, m.attempt.0)).collect())
+        };
+        self.collect_garbage(shuffle, partition, &pp.segments).await;
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        let key = segment_key(shuffle, partition, &self.cfg.id, nonce);
+        let mut upload = SegmentUpload::new(self.store.clone(), key.clone(), self.cfg.upload_part_bytes);
+        let range = ScanRange { shuffle: shuffle.clone(), partition, start_map: 0, end_map: u32::MAX, filter };
+        let (mut rx, keys) = self.scan(range, true);
+        while let Some(item) = rx.recv().await {
+            let (chunk, _) = item?;
+            upload.write_chunk(&chunk).await?;
+        }
+        let scanned = keys.await.map_err(|_| SpillError::ScanStopped)?;
+        let segment = upload.finish().await?;
+        fail::fail_point!("worker-after-upload", |a| fault(
+            a,
+            Err(BufferError::Injected("worker-after-upload").into())
+        ));
+        let spilled = segment.index_offset;
+        let report = ReportSegment {
+            worker: self.cfg.id.clone(),
+            shuffle: shuffle.clone(),
+            partition: PartitionId(partition),
+            segment,
+            last,
+        };
+        match self.master.call_typed::<Ack>(report).await {
+            Ok(_) => {}
+            Err(TransportError::Remote(w)) if w.code() == ErrorCode::UnknownShuffle => {
+                // Removed meanwhile: the object is garbage.
+                let _ = self.store.delete(&object_store::path::Path::from(key.as_str())).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        fail::fail_point!("worker-after-report", |a| fault(
+            a,
+            Err(BufferError::Injected("worker-after-report").into())
+        ));
+        match delete {
+            Delete::Scanned => self.buffer.delete_keys(shuffle, partition, &scanned)?,
+            Delete::Partition => self.buffer.delete_partition(shuffle, partition)?,
+        }
+        self.metrics.bytes_spilled.inc_by(spilled);
+        self.metrics.segments.inc();
+        debug!(%shuffle, partition, bytes = spilled, %key, "partition spilled");
+        Ok(())
+    }
+
+    /// Deletes this worker's objects for the partition that the master never recorded: left by
+    /// a crash between upload and report. Safe because this worker spills a partition once at
+    /// a time, so none of them is an upload in flight.
+    async fn collect_garbage(&self, shuffle: &ShuffleKey, partition: u32, recorded: &[SegmentRef]) {
+        use futures::TryStreamExt;
+        let prefix = segment_prefix(shuffle, partition, &self.cfg.id);
+        let dir = object_store::path::Path::from(shuffle_dir(shuffle));
+        let listed: Result<Vec<object_store::ObjectMeta>, _> = self.store.list(Some(&dir)).try_collect().await;
+        let Ok(objects) = listed else { return };
+        for o in objects {
+            let key = o.location.to_string();
+            if key.starts_with(&prefix) && !recorded.iter().any(|s| s.object_key == key) {
+                info!(%key, "deleting an unrecorded segment");
+                let _ = self.store.delete(&o.location).await;
+                self.metrics.error("garbage_segment");
+            }
+        }
+    }
+}

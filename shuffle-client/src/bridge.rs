@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use shuffle_proto::messages::ShuffleAssignment;
 use shuffle_proto::transport::TlsSource;
-use shuffle_proto::{AppId, AttemptId, ErrorCode, MapId, ShuffleKey};
+use shuffle_proto::{AppId, AttemptId, ErrorCode, MapId, Remedy, ShuffleKey};
 
 use shuffle_proto::auth::{now_unix_ms, Credential};
 
 use crate::client::{capability_lasts, ClientConfig, ShuffleClient, CAPABILITY_MARGIN_MS};
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorKind};
 use crate::reader::PartitionStream;
 use crate::writer::MapWriter;
 
@@ -242,10 +242,62 @@ fn bad_handle(h: i64) -> ClientError {
 }
 
 fn is_code(e: &ClientError, code: ErrorCode) -> bool {
-    match e {
-        ClientError::Transport(t) => t.code() == code,
-        ClientError::Proto(p) => p.code() == code,
-        _ => false,
+    e.code() == Some(code)
+}
+
+/// A failure as the JVM receives it: the exception class of its kind, with the wire code and
+/// the remedy its constructor `(String message, int code, String codeName, int remedy)` takes.
+/// Java only reads these; the classification stays in Rust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JavaError {
+    /// JNI name of the `io.shoal.spark.ShoalException` subclass.
+    pub class: &'static str,
+    /// The wire code's number; 0 when the failure has none.
+    pub code: i32,
+    /// The wire code's name; "none" when the failure has none.
+    pub code_name: String,
+    /// [`remedy_number`] of the remedy.
+    pub remedy: i32,
+}
+
+impl JavaError {
+    pub fn of(e: &ClientError) -> JavaError {
+        let (code, code_name) = match e.code() {
+            Some(c) => (i32::from(c.as_u16()), c.to_string()),
+            None => (0, "none".to_string()),
+        };
+        JavaError { class: exception_class(e.kind()), code, code_name, remedy: remedy_number(e.remedy()) }
+    }
+
+    /// A failed JNI call or a panic: a fault in this process, which a retry does not mend.
+    pub fn internal() -> JavaError {
+        JavaError {
+            class: exception_class(ErrorKind::Internal),
+            code: 0,
+            code_name: "none".to_string(),
+            remedy: remedy_number(Remedy::Fail),
+        }
+    }
+}
+
+/// The number `io.shoal.spark.Remedy.fromNative` maps back; the two must change together.
+pub fn remedy_number(r: Remedy) -> i32 {
+    match r {
+        Remedy::RetryLater => 0,
+        Remedy::Relocate => 1,
+        Remedy::Recompute => 2,
+        Remedy::Fail => 3,
+    }
+}
+
+fn exception_class(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::DataLost => "io/shoal/spark/ShoalDataLostException",
+        ErrorKind::Corrupt => "io/shoal/spark/ShoalCorruptException",
+        ErrorKind::Unavailable => "io/shoal/spark/ShoalUnavailableException",
+        ErrorKind::Rejected => "io/shoal/spark/ShoalRejectedException",
+        ErrorKind::Config => "io/shoal/spark/ShoalConfigException",
+        ErrorKind::Internal => "io/shoal/spark/ShoalInternalException",
     }
 }
 
@@ -566,5 +618,76 @@ mod tests {
         assert_eq!(b.open_streams(), 0);
         let too_many = vec![0u32; MAX_READ_MAPS + 1];
         assert!(matches!(b.open_reader(c, &key, 0, &too_many), Err(ClientError::Config(_))));
+    }
+
+    #[test]
+    fn java_gets_the_class_wire_code_and_remedy_of_each_failure() {
+        use shuffle_proto::transport::TransportError;
+        use shuffle_proto::{ProtoError, WireError};
+
+        let remote = |c| ClientError::remote(WireError::new(c, "x"));
+        let key = ShuffleKey::new(AppId::new("app").unwrap(), 1, 0);
+        let store = |e| ClientError::Store(shuffle_proto::objstore::StoreError::Store(e));
+        let missing = object_store::Error::NotFound { path: "p".into(), source: "gone".into() };
+        let flaky = object_store::Error::Generic { store: "s3", source: "503".into() };
+        let gone = ClientError::DataLost { shuffle: key.clone(), partition: 0, reason: "x".into() };
+        let bad_crc = ClientError::Corrupt { shuffle: key.clone(), partition: 0, reason: "x".into() };
+        let refused_conn = TransportError::Connect { addr: "a".into(), reason: "refused".into() };
+        let bad_id = ProtoError::InvalidId { kind: "app", reason: "empty" };
+        let (lost, corrupt, down) = ("ShoalDataLostException", "ShoalCorruptException", "ShoalUnavailableException");
+        let (refused, config, internal) = ("ShoalRejectedException", "ShoalConfigException", "ShoalInternalException");
+        use Remedy::*;
+        let cases: Vec<(ClientError, &str, i32, &str, Remedy)> = vec![
+            (gone, lost, 15, "DataLost", Recompute),
+            (bad_crc, corrupt, 16, "Corrupt", Recompute),
+            (remote(ErrorCode::DataLost), lost, 15, "DataLost", Recompute),
+            (ClientError::Proto(ProtoError::Checksum { expected: 1, actual: 2 }), corrupt, 16, "Corrupt", Recompute),
+            (store(missing), lost, 15, "DataLost", Recompute),
+            (remote(ErrorCode::Busy), down, 13, "Busy", RetryLater),
+            (remote(ErrorCode::Internal), down, 1, "Internal", RetryLater),
+            (remote(ErrorCode::StaleEpoch), down, 12, "StaleEpoch", Relocate),
+            (remote(ErrorCode::DiskFull), down, 14, "DiskFull", Relocate),
+            (ClientError::Transport(refused_conn), down, 19, "Timeout", RetryLater),
+            (store(flaky), down, 20, "Storage", RetryLater),
+            (ClientError::AttemptFailed("push gave up".into()), down, 0, "none", RetryLater),
+            // Refused, but the data is gone (the shuffle was dropped): recompute, not fail.
+            (remote(ErrorCode::UnknownShuffle), refused, 8, "UnknownShuffle", Recompute),
+            (remote(ErrorCode::Unauthorized), refused, 17, "Unauthorized", Fail),
+            (remote(ErrorCode::UnknownApp), refused, 7, "UnknownApp", Fail),
+            (ClientError::Proto(bad_id), refused, 2, "BadRequest", Fail),
+            (ClientError::Config("colour=blue".into()), config, 0, "none", Fail),
+            (ClientError::BadHandle(7), internal, 0, "none", Fail),
+        ];
+        for (e, class, code, name, remedy) in cases {
+            let j = JavaError::of(&e);
+            let want = JavaError {
+                class: exception_class_named(class),
+                code,
+                code_name: name.into(),
+                remedy: remedy_number(remedy),
+            };
+            assert_eq!(j, want, "{e}");
+        }
+        let panic = JavaError::internal();
+        assert_eq!((panic.class, panic.code, panic.code_name.as_str()), (exception_class_named(internal), 0, "none"));
+        assert_eq!(panic.remedy, remedy_number(Remedy::Fail));
+        // The numbers io.shoal.spark.Remedy.fromNative reads, in its declaration order.
+        let numbers: Vec<i32> = [RetryLater, Relocate, Recompute, Fail].into_iter().map(remedy_number).collect();
+        assert_eq!(numbers, [0, 1, 2, 3]);
+    }
+
+    fn exception_class_named(simple: &str) -> &'static str {
+        [
+            ErrorKind::DataLost,
+            ErrorKind::Corrupt,
+            ErrorKind::Unavailable,
+            ErrorKind::Rejected,
+            ErrorKind::Config,
+            ErrorKind::Internal,
+        ]
+        .into_iter()
+        .map(exception_class)
+        .find(|c| c.strip_prefix("io/shoal/spark/") == Some(simple))
+        .unwrap_or("no such class")
     }
 }

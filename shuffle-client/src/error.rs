@@ -1,9 +1,9 @@
-//! Client errors: a rich enum, and the small [`ErrorKind`] callers (and the Spark plugin)
-//! branch on. `DataLost` and `Corrupt` become Spark's `FetchFailedException`.
+//! Client errors: a rich enum, its wire [`ErrorCode`] and [`Remedy`] (what callers, and the
+//! Spark plugin, branch on), and the small [`ErrorKind`] that names the plugin's exception class.
 
 use shuffle_proto::objstore::StoreError;
 use shuffle_proto::transport::TransportError;
-use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError};
+use shuffle_proto::{ErrorCode, ProtoError, Remedy, ShuffleKey, WireError};
 
 /// What a caller needs to decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,30 @@ impl ClientError {
 
     pub fn retryable(&self) -> bool {
         self.kind() == ErrorKind::Unavailable
+    }
+
+    /// The wire code this failure amounts to; `None` for failures of this process that no code
+    /// describes (configuration, a closed handle, a map attempt given up).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Transport(t) => Some(t.code()),
+            ClientError::Proto(p) => Some(p.code()),
+            ClientError::Store(s) if s.retryable() => Some(ErrorCode::Storage),
+            // Not retryable: the object is missing or unreadable, as `kind` says.
+            ClientError::Store(_) | ClientError::DataLost { .. } => Some(ErrorCode::DataLost),
+            ClientError::Corrupt { .. } => Some(ErrorCode::Corrupt),
+            ClientError::AttemptFailed(_) | ClientError::Config(_) | ClientError::BadHandle(_) => None,
+        }
+    }
+
+    /// What to do about it: the code's remedy; without a code, a failed map attempt may run
+    /// again and anything else cannot succeed by retrying.
+    pub fn remedy(&self) -> Remedy {
+        match (self.code(), self) {
+            (Some(c), _) => c.remedy(),
+            (None, ClientError::AttemptFailed(_)) => Remedy::RetryLater,
+            (None, _) => Remedy::Fail,
+        }
     }
 
     pub(crate) fn remote(e: WireError) -> ClientError {

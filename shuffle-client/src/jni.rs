@@ -3,9 +3,12 @@
 //! Invariants:
 //! - Every entry point goes through [`entry`]: a panic is caught and becomes
 //!   `ShoalInternalException`; no panic unwinds into the JVM.
-//! - Errors become Java exceptions by kind (`ShoalDataLostException`, `ShoalCorruptException`,
-//!   `ShoalUnavailableException`, `ShoalRejectedException`, `ShoalConfigException`,
-//!   `ShoalInternalException`), so the plugin branches on classes, not messages.
+//! - Errors become Java exceptions of their kind's class (`ShoalDataLostException`,
+//!   `ShoalCorruptException`, `ShoalUnavailableException`, `ShoalRejectedException`,
+//!   `ShoalConfigException`, `ShoalInternalException`), built with the wire code (number and
+//!   name) and the [`Remedy`](shuffle_proto::Remedy) that Rust decided ([`JavaError`]); the
+//!   plugin branches on `remedy()`, never on messages. Failures without a wire code
+//!   (configuration, a closed handle, JNI, a panic) carry code 0, "none".
 //! - Arguments from Java are checked before use: negative ids, counts and lengths, buffers that
 //!   are not direct or are shorter than the range named, are `ShoalConfigException`s.
 //! - Bytes cross as direct ByteBuffers: the writer compresses straight from the JVM's memory,
@@ -14,13 +17,13 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use jni::objects::{JByteBuffer, JClass, JIntArray, JString};
+use jni::objects::{JByteBuffer, JClass, JIntArray, JString, JThrowable, JValue};
 use jni::sys::{jint, jlong, jlongArray, jstring};
 use jni::JNIEnv;
 use shuffle_proto::{AppId, ShuffleKey};
 
-use crate::bridge::{Bridge, BridgeConfig, ReadNext, ShuffleShape, MAX_READ_MAPS};
-use crate::error::{ClientError, ErrorKind};
+use crate::bridge::{Bridge, BridgeConfig, JavaError, ReadNext, ShuffleShape, MAX_READ_MAPS};
+use crate::error::ClientError;
 
 enum Failure {
     Client(ClientError),
@@ -46,25 +49,31 @@ impl From<shuffle_proto::ProtoError> for Failure {
     }
 }
 
-fn exception_class(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::DataLost => "io/shoal/spark/ShoalDataLostException",
-        ErrorKind::Corrupt => "io/shoal/spark/ShoalCorruptException",
-        ErrorKind::Unavailable => "io/shoal/spark/ShoalUnavailableException",
-        ErrorKind::Rejected => "io/shoal/spark/ShoalRejectedException",
-        ErrorKind::Config => "io/shoal/spark/ShoalConfigException",
-        ErrorKind::Internal => "io/shoal/spark/ShoalInternalException",
-    }
-}
+/// The signature of the constructor every `ShoalException` subclass has for this side.
+const CONSTRUCTOR: &str = "(Ljava/lang/String;ILjava/lang/String;I)V";
 
-fn throw(env: &mut JNIEnv, class: &str, msg: &str) {
+fn throw(env: &mut JNIEnv, e: &JavaError, msg: &str) {
     if env.exception_check().unwrap_or(false) {
         return;
     }
-    if env.throw_new(class, msg).is_err() && !env.exception_check().unwrap_or(false) {
+    if let Ok(t) = exception(env, e, msg) {
+        if env.throw(t).is_ok() {
+            return;
+        }
+    }
+    // A jar without that constructor, or no memory left: the class and message still go.
+    let _ = env.exception_clear();
+    if env.throw_new(e.class, msg).is_err() && !env.exception_check().unwrap_or(false) {
         // The class itself is missing (a jar without the exception classes): still fail loudly.
         let _ = env.throw_new("java/lang/IllegalStateException", msg);
     }
+}
+
+fn exception<'l>(env: &mut JNIEnv<'l>, e: &JavaError, msg: &str) -> jni::errors::Result<JThrowable<'l>> {
+    let msg = env.new_string(msg)?;
+    let name = env.new_string(&e.code_name)?;
+    let args = [JValue::Object(&msg), JValue::Int(e.code), JValue::Object(&name), JValue::Int(e.remedy)];
+    Ok(JThrowable::from(env.new_object(e.class, CONSTRUCTOR, &args)?))
 }
 
 /// Runs one entry point: catches panics, turns failures into Java exceptions, and returns
@@ -73,11 +82,11 @@ fn entry<T>(env: &mut JNIEnv, fallback: T, f: impl FnOnce(&mut JNIEnv) -> Result
     match catch_unwind(AssertUnwindSafe(|| f(env))) {
         Ok(Ok(v)) => v,
         Ok(Err(Failure::Client(e))) => {
-            throw(env, exception_class(e.kind()), &e.to_string());
+            throw(env, &JavaError::of(&e), &e.to_string());
             fallback
         }
         Ok(Err(Failure::Jni(e))) => {
-            throw(env, "io/shoal/spark/ShoalInternalException", &format!("JNI: {e}"));
+            throw(env, &JavaError::internal(), &format!("JNI: {e}"));
             fallback
         }
         Err(panic) => {
@@ -86,7 +95,7 @@ fn entry<T>(env: &mut JNIEnv, fallback: T, f: impl FnOnce(&mut JNIEnv) -> Result
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown".into());
-            throw(env, "io/shoal/spark/ShoalInternalException", &format!("panic in the Shoal client: {what}"));
+            throw(env, &JavaError::internal(), &format!("panic in the Shoal client: {what}"));
             fallback
         }
     }

@@ -6,7 +6,8 @@
 //! - [`policy`]: the pure batching and retry decisions.
 //! - [`bridge`]: the process-wide handles behind the JNI entry points of the Spark plugin
 //!   (`jni` feature).
-//! - [`ClientError`] with its [`ErrorKind`] (DataLost and Corrupt map to Spark's FetchFailed).
+//! - [`ClientError`] with its wire code and remedy (what callers branch on) and its [`ErrorKind`]
+//!   (the Spark plugin's exception class).
 
 pub mod bridge;
 pub mod cli;

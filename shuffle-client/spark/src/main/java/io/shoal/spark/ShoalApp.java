@@ -77,22 +77,34 @@ final class ShoalApp {
   private static void beat(long h, String app) {
     try {
       ShoalNative.appHeartbeat(h, app);
-    } catch (ShoalRejectedException e) {
-      // The lease ran out while the masters were unreachable and Shoal dropped the
-      // application: register it again, so re-run stages can write (lost shuffles are
-      // recomputed through FetchFailed).
-      LOG.warn("Shoal no longer knows {} ({}); registering it again", app, e.getMessage());
-      try {
-        String token = ShoalNative.registerApp(h, app, conf.appLeaseMs);
-        synchronized (LOCK) {
-          appToken = token;
-        }
-      } catch (ShoalException again) {
-        LOG.warn("Could not register {} with Shoal again: {}", app, again.getMessage());
-      }
     } catch (ShoalException e) {
-      // The next beat retries; the lease allows several misses.
-      LOG.warn("Shoal heartbeat for {} failed: {}", app, e.getMessage());
+      switch (e.remedy()) {
+        case RETRY_LATER:
+        case RELOCATE:
+          // The next beat retries; the lease allows several misses.
+          LOG.warn("Shoal heartbeat for {} failed ({}): {}", app, e.codeName(), e.getMessage());
+          break;
+        case RECOMPUTE:
+        case FAIL:
+        default:
+          // Typically UnknownApp: the lease ran out while the masters were unreachable and
+          // Shoal dropped the application. Register it again, so re-run stages can write (lost
+          // shuffles are recomputed through FetchFailed).
+          LOG.warn("Shoal refused the heartbeat of {} ({}: {}); registering it again", app, e.codeName(), e.getMessage());
+          reregister(h, app);
+          break;
+      }
+    }
+  }
+
+  private static void reregister(long h, String app) {
+    try {
+      String token = ShoalNative.registerApp(h, app, conf.appLeaseMs);
+      synchronized (LOCK) {
+        appToken = token;
+      }
+    } catch (ShoalException again) {
+      LOG.warn("Could not register {} with Shoal again ({}): {}", app, again.codeName(), again.getMessage());
     }
   }
 

@@ -5,4 +5,8 @@ public class ShoalConfigException extends ShoalException {
   public ShoalConfigException(String message) {
     super(message);
   }
+
+  ShoalConfigException(String message, int code, String codeName, int remedy) {
+    super(message, code, codeName, remedy);
+  }
 }

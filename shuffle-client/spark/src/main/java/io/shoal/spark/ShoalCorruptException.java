@@ -5,4 +5,8 @@ public class ShoalCorruptException extends ShoalException {
   public ShoalCorruptException(String message) {
     super(message);
   }
+
+  ShoalCorruptException(String message, int code, String codeName, int remedy) {
+    super(message, code, codeName, remedy);
+  }
 }

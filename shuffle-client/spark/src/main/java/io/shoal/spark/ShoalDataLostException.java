@@ -5,4 +5,8 @@ public class ShoalDataLostException extends ShoalException {
   public ShoalDataLostException(String message) {
     super(message);
   }
+
+  ShoalDataLostException(String message, int code, String codeName, int remedy) {
+    super(message, code, codeName, remedy);
+  }
 }

@@ -5,4 +5,8 @@ public class ShoalInternalException extends ShoalException {
   public ShoalInternalException(String message) {
     super(message);
   }
+
+  ShoalInternalException(String message, int code, String codeName, int remedy) {
+    super(message, code, codeName, remedy);
+  }
 }

@@ -5,4 +5,8 @@ public class ShoalRejectedException extends ShoalException {
   public ShoalRejectedException(String message) {
     super(message);
   }
+
+  ShoalRejectedException(String message, int code, String codeName, int remedy) {
+    super(message, code, codeName, remedy);
+  }
 }

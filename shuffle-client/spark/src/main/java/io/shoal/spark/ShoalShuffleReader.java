@@ -33,8 +33,10 @@ import scala.math.Ordering;
  * <p>Which maps to read, and from which generation, comes from Spark's MapOutputTracker: a map
  * with a zero size for a partition is skipped, and each map is read from the generation its
  * MapStatus names, so a reducer never mixes stage attempts. Aggregation and key ordering follow
- * Spark's own reader. Lost, corrupt or unreachable data becomes a FetchFailedException naming the
- * generation's location, so Spark re-runs those maps.
+ * Spark's own reader. A failed read is decided by its {@link Remedy}: data that is gone
+ * ({@code RECOMPUTE}), or that the native reader could not reach within its own retries and
+ * re-planning ({@code RETRY_LATER}, {@code RELOCATE}), becomes a FetchFailedException naming the
+ * generation's location, so Spark re-runs those maps; {@code FAIL} fails the task.
  */
 final class ShoalShuffleReader<K, C> implements ShuffleReader<K, C> {
   private final ShoalShuffleHandle<K, ?, C> handle;
@@ -240,8 +242,19 @@ final class ShoalShuffleReader<K, C> implements ShuffleReader<K, C> {
     }
 
     private Throwable failure(ShoalException e) {
-      if (!e.needsRecompute() || current == null) {
+      if (current == null) {
         return e;
+      }
+      switch (e.remedy()) {
+        case RECOMPUTE:
+        case RETRY_LATER:
+        case RELOCATE:
+          // The native reader already retried and planned again: what it still cannot serve is
+          // written again under a new generation, wherever the cluster places it now.
+          break;
+        case FAIL:
+        default:
+          return e;
       }
       return new FetchFailedException(
           ShoalShuffleHandle.location(handle.shuffleId(), current.generation),

@@ -33,6 +33,8 @@ import scala.reflect.ClassTag$;
  *       reaches the limit. The native side bounds the pushes in flight.
  *   <li>The native writer is closed exactly once: by the commit in {@code stop(true)} or the abort
  *       in {@code stop(false)} (also after a failed commit).
+ *   <li>A failure fails the task whatever its {@link Remedy}: the native writer has already retried
+ *       and relocated its pushes, and a map task has nothing to fetch again; Spark retries the task.
  * </ul>
  *
  * <p>Serializers whose records can be concatenated (Kryo, Spark SQL's UnsafeRow) share one stream,

@@ -5,4 +5,8 @@ public class ShoalUnavailableException extends ShoalException {
   public ShoalUnavailableException(String message) {
     super(message);
   }
+
+  ShoalUnavailableException(String message, int code, String codeName, int remedy) {
+    super(message, code, codeName, remedy);
+  }
 }

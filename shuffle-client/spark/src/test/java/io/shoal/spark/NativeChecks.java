@@ -5,8 +5,9 @@ import java.nio.charset.StandardCharsets;
 
 /**
  * Checks the native bridge through JNI itself, without Spark: errors arrive as the exception
- * class of their kind, arguments are checked, handles are closed exactly once, and chunks come
- * back whole. Arguments: master endpoints, CA file. Prints {@code NATIVE-CHECKS ok} at the end.
+ * class of their kind, carrying the wire code and remedy the native side chose; arguments are
+ * checked, handles are closed exactly once, and chunks come back whole. Arguments: master
+ * endpoints, CA file, two tenants' credential files. Prints {@code NATIVE-CHECKS ok} at the end.
  */
 public final class NativeChecks {
   private NativeChecks() {}
@@ -16,13 +17,28 @@ public final class NativeChecks {
   }
 
   static void expect(Class<? extends Throwable> kind, String contains, Call c) throws Exception {
+    expect(kind, contains, null, null, c);
+  }
+
+  /** Also checks the wire code's name and the remedy the exception carries (when not null). */
+  static void expect(Class<? extends Throwable> kind, String contains, String codeName, Remedy remedy, Call c)
+      throws Exception {
     try {
       c.run();
     } catch (Throwable t) {
       if (!kind.isInstance(t) || !String.valueOf(t.getMessage()).contains(contains)) {
         throw new AssertionError("expected " + kind.getSimpleName() + " with '" + contains + "', got " + t, t);
       }
-      System.out.println("CHECK " + kind.getSimpleName() + " ok: " + t.getMessage());
+      ShoalException e = (ShoalException) t;
+      if (codeName != null && (!e.codeName().equals(codeName) || (e.code() == 0) != codeName.equals("none"))) {
+        throw new AssertionError("expected code " + codeName + ", got " + e.code() + " " + e.codeName(), t);
+      }
+      if (remedy != null && e.remedy() != remedy) {
+        throw new AssertionError("expected remedy " + remedy + ", got " + e.remedy(), t);
+      }
+      System.out.println(
+          "CHECK " + kind.getSimpleName() + " ok (" + e.code() + " " + e.codeName() + ", " + e.remedy() + "): "
+              + t.getMessage());
       return;
     }
     throw new AssertionError("expected " + kind.getSimpleName() + ", nothing was thrown");
@@ -42,12 +58,12 @@ public final class NativeChecks {
     String credB = args[3];
     String app = "native-checks";
 
-    expect(ShoalConfigException.class, "colour", () -> ShoalNative.clientOpen("masters=" + masters + "\ncolour=blue"));
+    expect(ShoalConfigException.class, "colour", "none", Remedy.FAIL, () -> ShoalNative.clientOpen("masters=" + masters + "\ncolour=blue"));
     expect(ShoalConfigException.class, "no master", () -> ShoalNative.clientOpen("tls.ca=" + ca));
     String base = "masters=" + masters + "\ntls.ca=" + ca + "\ncall_timeout_ms=5000\n";
     expect(ShoalConfigException.class, "credential file", () -> ShoalNative.clientOpen(base + "credential_file=/nonexistent"));
     long anonymous = ShoalNative.clientOpen(base + "runtime_threads=1");
-    expect(ShoalRejectedException.class, "tenant credential", () -> ShoalNative.registerApp(anonymous, app, 60_000));
+    expect(ShoalRejectedException.class, "tenant credential", "Unauthorized", Remedy.FAIL, () -> ShoalNative.registerApp(anonymous, app, 60_000));
     long h = ShoalNative.clientOpen(base + "credential_file=" + credA);
     String token = ShoalNative.registerApp(h, app, 60_000);
     if (token.isEmpty()) {
@@ -73,7 +89,7 @@ public final class NativeChecks {
     if (r.length != 4 || r[0] != 1 || r[2] < 18 || r[2] != r[1] || r[3] != 0) {
       throw new AssertionError("commit returned " + java.util.Arrays.toString(r));
     }
-    expect(ShoalInternalException.class, "closed", () -> ShoalNative.writerCommit(w));
+    expect(ShoalInternalException.class, "closed", "none", Remedy.FAIL, () -> ShoalNative.writerCommit(w));
     expect(ShoalInternalException.class, "closed", () -> ShoalNative.writerAbort(w));
     ShoalNative.writerCommit(ShoalNative.writerOpen(h, app, 1, 0, 2, 2, 1, 1, 2L));
 
@@ -103,7 +119,9 @@ public final class NativeChecks {
 
     // Map 0 committed nothing to partition 1: a reducer told otherwise gets DataLost.
     long lost = ShoalNative.readerOpen(h, app, 1, 0, 1, new int[] {0});
-    expect(ShoalDataLostException.class, "no committed data", () -> ShoalNative.readerNext(lost, any));
+    expect(
+        ShoalDataLostException.class, "no committed data", "DataLost", Remedy.RECOMPUTE,
+        () -> ShoalNative.readerNext(lost, any));
     ShoalNative.readerClose(lost);
     if (ShoalNative.openStreams() != 0) {
       throw new AssertionError(ShoalNative.openStreams() + " streams left open");

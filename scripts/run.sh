@@ -7,7 +7,9 @@ source "$(dirname "$0")/common.sh"
 cd "$SHOAL_ROOT"
 
 step "setup"; "$SHOAL_ROOT/scripts/setup.sh"; step_done "setup"
-step "build"; cargo build --locked -p shuffle-master -p shuffle-worker -p shuffle-client --bins; step_done "build"
+# The same build as scripts/test.sh (same packages, targets and features), so whichever of the
+# two runs first, the other reuses it instead of compiling RocksDB's C++ a second time.
+step "build"; cargo build --workspace --all-targets --locked; step_done "build"
 step "spark plugin"; jar="$("$SHOAL_ROOT/shuffle-client/spark/build.sh" | tail -n 1)"; step_done "spark plugin"
 
 work="$(mktemp -d)"

@@ -22,3 +22,5 @@ pub mod web;
 mod state_tests;
 #[cfg(test)]
 mod store_tests;
+#[cfg(test)]
+mod test_support;

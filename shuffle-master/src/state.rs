@@ -201,6 +201,8 @@ pub struct Counters {
 }
 
 #[derive(Clone, Debug, Default)]
+// Tests compare whole states, derived load and pending changes included.
+#[cfg_attr(test, derive(PartialEq, Eq))]
 pub struct MasterState {
     pub workers: BTreeMap<WorkerId, WorkerRecord>,
     pub apps: BTreeMap<AppId, AppRecord>,

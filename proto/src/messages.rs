@@ -316,6 +316,10 @@ wire! {
         pub segment: SegmentRef,
         /// This segment completes the partition: the worker will drop its local copy.
         pub last: bool,
+        /// The newest epoch of the partition on this worker when the spill scanned it: with
+        /// `last`, only entries up to it are released (a newer one, placed here again after a
+        /// recommission, holds data the segment does not).
+        pub upto: Epoch,
     }
 
     // Admin.

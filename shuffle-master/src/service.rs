@@ -329,7 +329,7 @@ impl MasterService {
                 self.leader_only()?;
                 let (commands, desired) = self.read_state(|s| match s.workers.get(&m.worker) {
                     Some(w) if w.state != WorkerState::Lost => {
-                        let mut c = s.commands_for(&m.worker, &m.shuffles);
+                        let mut c = s.commands_for(&m.shuffles);
                         if let Ok(mut sent) = self.purged.lock() {
                             c.extend(s.purge_commands(&mut sent, PURGES_PER_HEARTBEAT));
                         }
@@ -350,6 +350,7 @@ impl MasterService {
                     partition: m.partition,
                     segment: m.segment,
                     last: m.last,
+                    upto: m.upto,
                 };
                 self.write(cmd).await?;
                 Ack {}.into()

@@ -92,6 +92,8 @@ pub enum Command {
         partition: PartitionId,
         segment: SegmentRef,
         last: bool,
+        /// With `last`, the newest epoch the segment covers (see `messages::ReportSegment`).
+        upto: Epoch,
     },
     /// A draining worker reports an empty buffer.
     DrainComplete {
@@ -304,8 +306,8 @@ impl MasterState {
                 self.changes.insert(Change::Worker(worker));
                 CommandResult::Ack
             }
-            Command::ReportSegment { worker, shuffle, partition, segment, last } => {
-                self.report_segment(&worker, &shuffle, partition, segment, last)
+            Command::ReportSegment { worker, shuffle, partition, segment, last, upto } => {
+                self.report_segment(&worker, &shuffle, partition, segment, last.then_some(upto))
             }
             Command::DrainComplete { worker } => self.drain_complete(&worker),
         }
@@ -322,25 +324,27 @@ impl MasterState {
         }
         let keys: Vec<ShuffleKey> = self.shuffles.keys().cloned().collect();
         for key in keys {
-            self.release_entries(
-                worker,
-                &key,
-                None,
-                |e| if e.bytes == 0 { EpochState::Spilled } else { EpochState::Lost },
-            );
+            self.release_entries(worker, &key, None, Epoch(u64::MAX), |e| {
+                if e.bytes == 0 {
+                    EpochState::Spilled
+                } else {
+                    EpochState::Lost
+                }
+            });
         }
         self.finish_drain_if_empty(worker);
         CommandResult::Ack
     }
 
-    /// Takes `worker` out of the live entries of one shuffle (one partition, or all): where it
-    /// is the primary the entry becomes `as_primary(entry)`; where it is the replica the
-    /// replica is dropped. Load and the change log follow.
+    /// Takes `worker` out of the live entries of one shuffle (one partition, or all) up to
+    /// epoch `upto`: where it is the primary the entry becomes `as_primary(entry)`; where it is
+    /// the replica the replica is dropped. Load and the change log follow.
     fn release_entries(
         &mut self,
         worker: &WorkerId,
         key: &ShuffleKey,
         partition: Option<u32>,
+        upto: Epoch,
         as_primary: impl Fn(&EpochEntry) -> EpochState,
     ) {
         let (mut off, mut on) = (Vec::new(), Vec::new());
@@ -350,7 +354,7 @@ impl MasterState {
                 continue;
             }
             let mut touched = false;
-            for e in p.epochs.iter_mut().filter(|e| e.state == EpochState::Live) {
+            for e in p.epochs.iter_mut().filter(|e| e.state == EpochState::Live && e.epoch <= upto) {
                 if &e.primary == worker {
                     off.push(e.clone());
                     e.state = as_primary(e);
@@ -745,7 +749,7 @@ impl MasterState {
         key: &ShuffleKey,
         partition: PartitionId,
         segment: SegmentRef,
-        last: bool,
+        last: Option<Epoch>,
     ) -> CommandResult {
         let Some(rec) = self.shuffles.get_mut(key) else {
             // The shuffle is gone: the worker deletes the object it just wrote.
@@ -758,8 +762,8 @@ impl MasterState {
             p.segments.push(segment);
         }
         self.changes.insert(Change::Partition(key.clone(), partition.0));
-        if last {
-            self.release_entries(worker, key, Some(partition.0), |_| EpochState::Spilled);
+        if let Some(upto) = last {
+            self.release_entries(worker, key, Some(partition.0), upto, |_| EpochState::Spilled);
         }
         self.finish_drain_if_empty(worker);
         CommandResult::Ack
@@ -849,26 +853,22 @@ impl MasterState {
         Ok(ReadPlan { shuffle: key.clone(), state: rec.meta.state.clone(), partitions, capability: Vec::new() })
     }
 
-    /// Commands for a worker's heartbeat, given the shuffles it reports local data of.
     /// What a worker should be: its recorded state (Lost for one the master does not know).
     pub fn desired_state(&self, worker: &WorkerId) -> WorkerState {
         self.workers.get(worker).map(|w| w.state.clone()).unwrap_or(WorkerState::Lost)
     }
 
-    pub fn commands_for(&self, worker: &WorkerId, held: &[ShuffleKey]) -> Vec<WorkerCommand> {
+    /// Commands for a worker's heartbeat, given the shuffles it reports local data of.
+    pub fn commands_for(&self, held: &[ShuffleKey]) -> Vec<WorkerCommand> {
         let mut out = Vec::new();
         for key in held {
             match self.shuffles.get(key) {
                 None => out.push(WorkerCommand::DeleteShuffle { shuffle: key.clone() }),
+                // Held data of a sealed shuffle is either still read from this worker (spill it)
+                // or no longer (a spill that stopped between its report and its local delete):
+                // the seal spill tells them apart and drops the second kind, so ask either way.
                 Some(rec) if rec.meta.state == ShuffleState::Sealed => {
-                    let owns_live = rec.partitions.iter().any(|p| {
-                        p.epochs.iter().any(|e| {
-                            e.state == EpochState::Live && (&e.primary == worker || e.replica.as_ref() == Some(worker))
-                        })
-                    });
-                    if owns_live {
-                        out.push(WorkerCommand::Seal { shuffle: key.clone() });
-                    }
+                    out.push(WorkerCommand::Seal { shuffle: key.clone() })
                 }
                 Some(_) => {}
             }

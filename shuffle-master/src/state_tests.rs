@@ -237,6 +237,7 @@ fn decommission_moves_writes_then_finishes_after_spill() {
         partition: PartitionId(p),
         segment: seg.clone(),
         last: true,
+        upto: Epoch(u64::MAX),
     });
     assert_eq!(st.workers[&w("w1")].state, WorkerState::Decommissioned);
     assert_eq!(st.desired_state(&w("w1")), WorkerState::Decommissioned, "so its process stops");
@@ -248,6 +249,58 @@ fn decommission_moves_writes_then_finishes_after_spill() {
     // Losing the decommissioned worker now costs nothing.
     st.apply(Command::WorkerLost { worker: w("w1") });
     assert!(!st.read_plan(&key(1), p, p + 1, 0, 2).unwrap().partitions[0].lost);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn a_last_segment_releases_only_the_epochs_its_scan_covered() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 2, 1);
+    let first = a.locations.iter().find(|l| l.primary.id == w("w1")).unwrap().clone();
+    let p = first.partition.0;
+    commit(&mut st, 1, 0, 1, vec![stat(p, 8, first.epoch)]);
+    // w1 drains (its spill scans what it holds at `first.epoch`), is recommissioned, and the
+    // partition comes back to it under a newer epoch before that spill reports.
+    st.apply(Command::Decommission { worker: w("w1") });
+    let moved = st.assignment(&key(1)).unwrap().locations[p as usize].clone();
+    assert_eq!(moved.primary.id, w("w2"));
+    st.apply(Command::Recommission { worker: w("w1") });
+    let back = match st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(p),
+        failed_epoch: moved.epoch,
+        failed_worker: w("w2"),
+    }) {
+        CommandResult::Location(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(back.primary.id, w("w1"));
+    assert!(back.epoch > first.epoch);
+    commit(&mut st, 1, 1, 1, vec![stat(p, 8, back.epoch)]);
+    let seg = SegmentRef {
+        object_key: "app-1/1.0/p/w1@1.seg".into(),
+        index_offset: 8,
+        total_len: 20,
+        first_map: MapId(0),
+        end_map: MapId(1),
+    };
+    let r = st.apply(Command::ReportSegment {
+        worker: w("w1"),
+        shuffle: key(1),
+        partition: PartitionId(p),
+        segment: seg.clone(),
+        last: true,
+        upto: first.epoch,
+    });
+    assert_eq!(r, CommandResult::Ack);
+    let plan = st.read_plan(&key(1), p, p + 1, 0, 2).unwrap();
+    let part = &plan.partitions[0];
+    assert_eq!(part.segments, vec![seg], "the scanned epoch is read from the segment");
+    assert!(
+        part.sources.iter().any(|s| s.primary.id == w("w1") && s.epoch == back.epoch),
+        "the newer epoch on w1 is still read from w1: {:?}",
+        part.sources
+    );
     st.check_invariants().unwrap();
 }
 
@@ -277,11 +330,11 @@ fn sealed_shuffles_ask_owners_to_spill_and_removed_ones_to_delete() {
     let mut st = cluster(&["w1"]);
     register(&mut st, 1, 1, 2, 1);
     register(&mut st, 2, 1, 1, 1);
-    assert!(st.commands_for(&w("w1"), &[key(1)]).is_empty());
+    assert!(st.commands_for(&[key(1)]).is_empty());
     commit(&mut st, 1, 0, 1, vec![]);
-    assert_eq!(st.commands_for(&w("w1"), &[key(1)]), vec![WorkerCommand::Seal { shuffle: key(1) }]);
+    assert_eq!(st.commands_for(&[key(1)]), vec![WorkerCommand::Seal { shuffle: key(1) }]);
     st.apply(Command::UnregisterShuffle { shuffle: key(2) });
-    assert_eq!(st.commands_for(&w("w1"), &[key(2)]), vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }]);
+    assert_eq!(st.commands_for(&[key(2)]), vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }]);
     assert_eq!(st.counters.tombstones, vec![key(2)]);
     // Unregistering the app removes the rest.
     st.apply(Command::UnregisterApp { app: AppId::new("app-1").unwrap() });

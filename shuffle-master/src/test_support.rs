@@ -90,8 +90,8 @@ pub fn arb_command() -> impl Strategy<Value = Command> {
         2 => wid.clone().prop_map(|worker| Command::Recommission { worker }),
         2 => wid.clone().prop_map(|worker| Command::RemoveWorker { worker }),
         2 => wid.clone().prop_map(|worker| Command::DrainComplete { worker }),
-        4 => (wid, shuffle.clone(), 0u32..6, any::<bool>()).prop_map(|(worker, shuffle, p, last)| {
-            Command::ReportSegment {
+        4 => (wid, shuffle.clone(), (0u32..6).prop_flat_map(|p| (Just(p), epoch_near(p))), any::<bool>()).prop_map(
+            |(worker, shuffle, (p, upto), last)| Command::ReportSegment {
                 worker,
                 shuffle,
                 partition: PartitionId(p),
@@ -103,8 +103,9 @@ pub fn arb_command() -> impl Strategy<Value = Command> {
                     end_map: MapId(1),
                 },
                 last,
-            }
-        }),
+                upto,
+            },
+        ),
         1 => shuffle.prop_map(|shuffle| Command::UnregisterShuffle { shuffle }),
     ]
 }

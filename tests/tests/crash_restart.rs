@@ -2,7 +2,7 @@
 //! and right after a batch reaches RocksDB, after a segment is uploaded, and after it is
 //! recorded. The process aborts at a failpoint (`return(crash)`), comes back on the same data
 //! dir, and every batch the writers had acknowledged reads back exactly once; only recorded
-//! segments are left in the object store.
+//! segments are left in the object store, and the worker keeps no local copy of them.
 
 use std::time::Duration;
 
@@ -15,12 +15,13 @@ const ROUNDS: u32 = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_at_each_step_loses_no_acknowledged_batch() {
-    // The put points fire on the 10th push; the spill points on the first spill.
+    // The put points fire on the 10th push; after-upload on the first partition's spill;
+    // after-report on the last one's, so nothing else is left for the worker to spill.
     let points = [
         ("worker-before-put", "9*off->1*return(crash)"),
         ("worker-after-put", "9*off->1*return(crash)"),
         ("worker-after-upload", "1*return(crash)"),
-        ("worker-after-report", "1*return(crash)"),
+        ("worker-after-report", "2*off->1*return(crash)"),
     ];
     for (i, (point, action)) in points.into_iter().enumerate() {
         // A cluster of its own per step: the worker that crashed is the only one.
@@ -67,7 +68,7 @@ async fn a_worker_killed_at_each_step_loses_no_acknowledged_batch() {
             async move { exited }
         })
         .await
-        .unwrap_or_else(|e| panic!("{point}: {e}"));
+        .unwrap_or_else(|e| panic!("{point}: {e} (is shuffle-worker built with failpoints? cargo build --workspace)"));
         assert!(!status.success(), "{point}: aborted, not a clean exit ({status})");
         let restarted = Proc::spawn_env(&id, "shuffle-worker", &args, &[], &log).unwrap();
         for w in writers {
@@ -92,6 +93,14 @@ async fn a_worker_killed_at_each_step_loses_no_acknowledged_batch() {
         })
         .await
         .unwrap_or_else(|_| panic!("{point}: {} segment objects, {recorded} recorded", segment_objects(&dir)));
+        // Sealed and spilled: the restarted worker drops its local copy too, also when it
+        // crashed after the master recorded the segment but before deleting locally.
+        eventually(Duration::from_secs(20), "the worker holds nothing", || async {
+            let st = c.status().await.ok()?;
+            st.workers.iter().any(|w| w.id == wid && w.bytes_held == 0).then_some(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{point}: the restarted worker kept spilled data"));
         drop(restarted);
         drop(worker);
         println!("{point}: crashed ({status}), restarted, {} partitions exact", PARTS);

@@ -12,7 +12,7 @@ use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{fault, CoreHold, Inner};
+use super::{CoreHold, Inner};
 use crate::buffer::{AttemptFilter, BatchKey, BufferError, ScanRange, ScannedKeys};
 use crate::core::WorkerCore;
 
@@ -154,9 +154,12 @@ impl Inner {
         let stored = tokio::task::spawn_blocking(move || {
             // Fault tests slow, fail or crash the store here, with the push admitted and in
             // flight, and right after the batch is in the WAL but not yet acknowledged.
-            fail::fail_point!("worker-before-put", |a| fault(a, Err(BufferError::Injected("worker-before-put"))));
+            fail::fail_point!("worker-before-put", |a| super::fault(
+                a,
+                Err(BufferError::Injected("worker-before-put"))
+            ));
             buffer.put(&key, &body)?;
-            fail::fail_point!("worker-after-put", |a| fault(a, Err(BufferError::Injected("worker-after-put"))));
+            fail::fail_point!("worker-after-put", |a| super::fault(a, Err(BufferError::Injected("worker-after-put"))));
             Ok::<(), BufferError>(())
         })
         .await

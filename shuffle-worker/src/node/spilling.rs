@@ -15,7 +15,7 @@ use shuffle_proto::transport::TransportError;
 use shuffle_proto::{ErrorCode, MapId, PartitionId, ShuffleKey};
 use tracing::{debug, info, warn};
 
-use super::{fault, CoreHold, Inner};
+use super::{CoreHold, Inner};
 use crate::buffer::{AttemptFilter, BufferError, ScanRange};
 use crate::core::{Delete, PartKey, SpillKind, SpillStart, WorkerCore};
 use crate::spill::plan_pressure_spill;
@@ -145,16 +145,17 @@ impl Inner {
         // look unrecorded to the garbage collection below.
         let plan = self.read_plan(shuffle, partition..partition + 1).await?;
         let Some(pp) = plan.partitions.first() else { return Ok(()) };
-        if !pp
-            .sources
-            .iter()
-            .any(|s| s.primary.id == self.cfg.id || s.replica.as_ref().is_some_and(|r| r.id == self.cfg.id))
-        {
+        let mine = |s: &&PartitionLocation| {
+            s.primary.id == self.cfg.id || s.replica.as_ref().is_some_and(|r| r.id == self.cfg.id)
+        };
+        // What the scan below covers: the master releases these epochs only, not one placed
+        // here again meanwhile.
+        let Some(upto) = pp.sources.iter().filter(mine).map(|s| s.epoch).max() else {
             // The master no longer reads this copy (already spilled, or written off).
             debug!(%shuffle, partition, "local copy is not a read source: dropping it");
             self.buffer.delete_partition(shuffle, partition)?;
             return Ok(());
-        }
+        };
         // A sealed shuffle keeps only committed attempts; a writing one (drain) keeps all,
         // since its maps may still commit.
         let filter = if kind == SpillKind::Pressure || writing {
@@ -174,7 +175,7 @@ impl Inner {
         }
         let scanned = keys.await.map_err(|_| SpillError::ScanStopped)?;
         let segment = upload.finish().await?;
-        fail::fail_point!("worker-after-upload", |a| fault(
+        fail::fail_point!("worker-after-upload", |a| super::fault(
             a,
             Err(BufferError::Injected("worker-after-upload").into())
         ));
@@ -185,6 +186,7 @@ impl Inner {
             partition: PartitionId(partition),
             segment,
             last,
+            upto,
         };
         match self.master.call_typed::<Ack>(report).await {
             Ok(_) => {}
@@ -194,7 +196,7 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         }
-        fail::fail_point!("worker-after-report", |a| fault(
+        fail::fail_point!("worker-after-report", |a| super::fault(
             a,
             Err(BufferError::Injected("worker-after-report").into())
         ));

@@ -44,7 +44,8 @@ struct Args {
     /// Cluster CA (with --masters).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
-    /// Object store the workers spill to (with --masters), to read spilled partitions.
+    /// Override of the object store spilled partitions are read from (the masters name the
+    /// workers' store; credentials come from AWS_* either way).
     #[arg(long)]
     object_store: Option<String>,
     /// A tenant's credential file (with --masters); else SHOAL_CREDENTIAL is used.
@@ -373,7 +374,8 @@ async fn main() -> anyhow::Result<()> {
         let r = up.start().await?;
         let masters: Vec<String> = r.file.master_endpoints.split(',').map(String::from).collect();
         let tls = TlsSource::CaOnly { ca: r.file.tls_ca.clone() };
-        let os = Some(r.file.object_store.clone());
+        // Spilled partitions are read from the store the masters name.
+        let os = None;
         let cred = shuffle_proto::auth::Credential::load_secret_file(&r.file.tenant_credential)?;
         (Some(r), masters, tls, os, Some(cred))
     } else {

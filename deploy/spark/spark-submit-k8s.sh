@@ -12,7 +12,6 @@ SHOAL_NAMESPACE="${SHOAL_NAMESPACE:-shuffle}"
 SHOAL_RELEASE="${SHOAL_RELEASE:-shoal}"
 SHOAL_MASTERS="${SHOAL_MASTERS:-3}"
 SHOAL_PORT="${SHOAL_PORT:-9100}"
-SHOAL_OBJECT_STORE="${SHOAL_OBJECT_STORE:-s3://spark-shuffle/shoal}"
 SHOAL_JAR="${SHOAL_JAR:-local:///opt/shoal/shoal-spark.jar}"
 # Secrets in SPARK_NAMESPACE: the cluster CA (key ca.crt), the tenant credential (key
 # tenant.credential, mounted into the driver only) and the S3 keys for direct reads:
@@ -44,7 +43,6 @@ exec spark-submit \
   --conf spark.shuffle.sort.io.plugin.class=io.shoal.spark.ShoalShuffleDataIO \
   --conf spark.shoal.master.endpoints="$endpoints" \
   --conf spark.shoal.tls.ca=/etc/shoal/ca/ca.crt \
-  --conf spark.shoal.objectStore.url="$SHOAL_OBJECT_STORE" \
   --conf spark.shoal.auth.credentialFile=/etc/shoal/credential/tenant.credential \
   --conf spark.kubernetes.driver.secrets."$CA_SECRET"=/etc/shoal/ca \
   --conf spark.kubernetes.driver.secrets."$CREDENTIAL_SECRET"=/etc/shoal/credential \

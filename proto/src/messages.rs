@@ -30,6 +30,16 @@ fn check_addr(addr: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// Longest object-store URL a message may carry.
+pub const MAX_STORE_URL_LEN: usize = 1024;
+
+fn check_store_url(url: &str) -> Result<(), ProtoError> {
+    if url.len() > MAX_STORE_URL_LEN {
+        return Err(ProtoError::TooLarge { what: "store url", len: url.len() as u64, max: MAX_STORE_URL_LEN as u64 });
+    }
+    Ok(())
+}
+
 fn check_range(what: &'static str, start: u32, end: u32) -> Result<(), ProtoError> {
     if start > end {
         return Err(ProtoError::Invalid(format!("{what} range {start}..{end} is reversed")));
@@ -282,6 +292,9 @@ wire! {
         /// Encoded capability to read this shuffle generation from its workers; empty
         /// without authentication.
         pub capability: Vec<u8>,
+        /// Where the segments live: the workers' object store URL ("" if none registered
+        /// one). Credentials are the reader's own.
+        pub store_url: String,
     }
 
     pub struct UnregisterShuffle { pub shuffle: ShuffleKey }
@@ -291,6 +304,9 @@ wire! {
         pub addr: String,
         pub capacity_bytes: u64,
         pub held: Vec<HeldPartition>,
+        /// The object store this worker spills to (a URL, never credentials): the masters
+        /// tell readers where segments live.
+        pub store_url: String,
     }
     /// `desired`: what the worker should be now (a restarted draining worker drains on).
     pub struct WorkerRegistered { pub heartbeat_interval_ms: u64, pub auth: AuthKeys, pub desired: WorkerState }
@@ -472,12 +488,14 @@ validate_fields!(GetReadPlan => |s| {
 validate_fields!(ReadPlan => |s| {
     s.shuffle.validate()?;
     check_capability(&s.capability)?;
+    check_store_url(&s.store_url)?;
     s.partitions.iter().try_for_each(Validate::validate)
 });
 validate_fields!(UnregisterShuffle => |s| s.shuffle.validate());
 validate_fields!(RegisterWorker => |s| {
     s.worker.validate()?;
     check_addr(&s.addr)?;
+    check_store_url(&s.store_url)?;
     s.held.iter().try_for_each(Validate::validate)
 });
 validate_fields!(DrainComplete => |s| s.worker.validate());

@@ -36,7 +36,9 @@ pub fn capability_lasts(cap: &[u8], now_unix_ms: u64, margin_ms: u64) -> bool {
 pub struct ClientConfig {
     pub masters: Vec<String>,
     pub tls: TlsSource,
-    /// Where spilled segments are read from; the workers' object store.
+    /// Where spilled segments are read from, overriding what the masters say (each read
+    /// plan names the workers' object store). Credentials always come from this process's
+    /// environment (`AWS_*`).
     pub object_store: Option<String>,
     /// Uncompressed bytes per pushed batch.
     pub batch_bytes: usize,
@@ -72,7 +74,10 @@ pub(crate) struct Inner {
     pub cfg: ClientConfig,
     pub client: Client,
     pub master: MasterClient,
-    pub store: Option<Arc<dyn ObjectStore>>,
+    /// The configured override, opened at start.
+    store_override: Option<Arc<dyn ObjectStore>>,
+    /// The store the masters named last, opened when first needed.
+    store_named: std::sync::Mutex<Option<(String, Arc<dyn ObjectStore>)>>,
     /// The configured credential, encoded.
     configured: Arc<[u8]>,
     /// The app token received at registration: the credential of every later master call.
@@ -80,6 +85,30 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The store segments are read from: the configured override, else the one a read plan
+    /// names (`url`), opened once and reused while the masters name the same one.
+    pub(crate) fn segment_store(&self, url: &str) -> Result<Arc<dyn ObjectStore>, ClientError> {
+        if let Some(s) = &self.store_override {
+            return Ok(s.clone());
+        }
+        if url.is_empty() {
+            return Err(ClientError::Config(
+                "data is spilled but the masters name no object store (no worker registered one) \
+                 and none is configured (spark.shoal.objectStore.url)"
+                    .into(),
+            ));
+        }
+        let mut named = self.store_named.lock().unwrap_or_else(|p| p.into_inner());
+        match &*named {
+            Some((u, s)) if u == url => Ok(s.clone()),
+            _ => {
+                let s = open_store(url)?;
+                *named = Some((url.to_string(), s.clone()));
+                Ok(s)
+            }
+        }
+    }
+
     fn master_auth(&self) -> Arc<[u8]> {
         let token = self.app_token.lock().unwrap_or_else(|p| p.into_inner()).clone();
         token.unwrap_or_else(|| self.configured.clone())
@@ -105,13 +134,20 @@ impl ShuffleClient {
         let opts = ClientOptions { call_timeout: cfg.call_timeout, ..Default::default() };
         let client = Client::new(tls, opts)?;
         let master = MasterClient::new(client.clone(), cfg.masters.clone(), cfg.master_deadline)?;
-        let store = cfg.object_store.as_deref().map(open_store).transpose()?;
+        let store_override = cfg.object_store.as_deref().map(open_store).transpose()?;
         let configured = match &cfg.credential {
             Some(c) => c.encode().map_err(|e| ClientError::Config(format!("credential: {e}")))?,
             None => Vec::new(),
         };
-        let inner =
-            Inner { cfg, client, master, store, configured: Arc::from(configured), app_token: Default::default() };
+        let inner = Inner {
+            cfg,
+            client,
+            master,
+            store_override,
+            store_named: Default::default(),
+            configured: Arc::from(configured),
+            app_token: Default::default(),
+        };
         Ok(ShuffleClient { inner: Arc::new(inner) })
     }
 

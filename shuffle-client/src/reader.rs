@@ -137,7 +137,7 @@ impl Reader {
     }
 
     /// The partition's plan, and the capability to read it from its workers.
-    async fn plan(&self) -> Result<(PartitionReadPlan, Vec<u8>), ClientError> {
+    async fn plan(&self) -> Result<(PartitionReadPlan, Vec<u8>, String), ClientError> {
         let plan: ReadPlan = self
             .client
             .master(GetReadPlan {
@@ -161,14 +161,14 @@ impl Reader {
             .into_iter()
             .next()
             .ok_or_else(|| self.lost("partition missing from the read plan".into()))?;
-        Ok((pp, plan.capability))
+        Ok((pp, plan.capability, plan.store_url))
     }
 
     async fn run(&mut self) -> Result<(), ClientError> {
         let started = tokio::time::Instant::now();
         let mut tries = 0;
         let expected = loop {
-            let (pp, capability) = self.plan().await?;
+            let (pp, capability, store_url) = self.plan().await?;
             if pp.lost {
                 return Err(self.lost("its worker was lost before the data was spilled".into()));
             }
@@ -188,10 +188,7 @@ impl Reader {
             }
             let want: HashMap<u32, u64> = expected.iter().map(|m| (m.map.0, m.attempt.0)).collect();
             for seg in &pp.segments {
-                let store =
-                    self.client.inner.store.clone().ok_or_else(|| {
-                        ClientError::Config("data is spilled but no object store is configured".into())
-                    })?;
+                let store = self.client.inner.segment_store(&store_url)?;
                 // Streamed in bounded chunks: a reader's memory does not grow with the partition.
                 let keep = |m, a| want.get(&m) == Some(&a);
                 let mut chunks =

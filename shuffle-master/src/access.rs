@@ -195,7 +195,14 @@ mod tests {
         let w = || WorkerId::new("w").unwrap();
         let internal: Vec<Message> = vec![
             RaftRequest { kind: RaftRpcKind::Vote }.into(),
-            RegisterWorker { worker: w(), addr: "a:1".into(), capacity_bytes: 1, held: vec![] }.into(),
+            RegisterWorker {
+                worker: w(),
+                addr: "a:1".into(),
+                capacity_bytes: 1,
+                held: vec![],
+                store_url: String::new(),
+            }
+            .into(),
             WorkerHeartbeat { worker: w(), bytes_held: 0, partitions: 0, shuffles: vec![] }.into(),
             DrainComplete { worker: w() }.into(),
         ];

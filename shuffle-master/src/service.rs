@@ -316,6 +316,11 @@ impl MasterService {
                     capacity_bytes: m.capacity_bytes,
                 };
                 self.write(cmd).await?;
+                // Readers learn where segments live from the masters; a worker naming another
+                // store than the one recorded (a changed setting) takes over.
+                if !m.store_url.is_empty() && self.read_state(|s| s.store_url != m.store_url)? {
+                    self.write(Command::SetStoreUrl { url: m.store_url.clone() }).await?;
+                }
                 info!(worker = %m.worker, addr = %m.addr, held = m.held.len(), "worker registered");
                 self.with_live(|l| l.worker_seen(&m.worker, self.now()));
                 WorkerRegistered {

@@ -99,6 +99,11 @@ pub enum Command {
     DrainComplete {
         worker: WorkerId,
     },
+    /// The cluster's object store, as its workers name it (kept after they are gone, so
+    /// spilled data stays readable with no worker left).
+    SetStoreUrl {
+        url: String,
+    },
 }
 
 /// What applying a command gave; errors are part of the replicated outcome.
@@ -186,6 +191,7 @@ pub enum Change {
     /// Every record of the shuffle is gone.
     ShuffleRemoved(ShuffleKey),
     Counters,
+    StoreUrl,
 }
 
 /// Load used for placement: derived, never persisted.
@@ -210,6 +216,8 @@ pub struct MasterState {
     pub apps: BTreeMap<AppId, AppRecord>,
     pub shuffles: BTreeMap<ShuffleKey, ShuffleRecord>,
     pub counters: Counters,
+    /// The object store segments are in ("" until a worker names one).
+    pub store_url: String,
     load: BTreeMap<WorkerId, Load>,
     changes: BTreeSet<Change>,
 }
@@ -310,6 +318,16 @@ impl MasterState {
                 self.report_segment(&worker, &shuffle, partition, segment, last.then_some(upto))
             }
             Command::DrainComplete { worker } => self.drain_complete(&worker),
+            Command::SetStoreUrl { url } => {
+                if url.len() > shuffle_proto::messages::MAX_STORE_URL_LEN {
+                    return err(ErrorCode::BadRequest, "store url too long");
+                }
+                if self.store_url != url {
+                    self.store_url = url;
+                    self.changes.insert(Change::StoreUrl);
+                }
+                CommandResult::Ack
+            }
         }
     }
 
@@ -850,7 +868,13 @@ impl MasterState {
                 expected,
             });
         }
-        Ok(ReadPlan { shuffle: key.clone(), state: rec.meta.state.clone(), partitions, capability: Vec::new() })
+        Ok(ReadPlan {
+            shuffle: key.clone(),
+            state: rec.meta.state.clone(),
+            partitions,
+            capability: Vec::new(),
+            store_url: self.store_url.clone(),
+        })
     }
 
     /// What a worker should be: its recorded state (Lost for one the master does not know).

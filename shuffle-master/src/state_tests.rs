@@ -305,6 +305,21 @@ fn a_last_segment_releases_only_the_epochs_its_scan_covered() {
 }
 
 #[test]
+fn read_plans_name_the_store_the_workers_registered() {
+    let mut st = cluster(&["w1"]);
+    register(&mut st, 1, 1, 1, 1);
+    assert_eq!(st.read_plan(&key(1), 0, 1, 0, 1).unwrap().store_url, "");
+    assert_eq!(st.apply(Command::SetStoreUrl { url: "s3://b/shoal".into() }), CommandResult::Ack);
+    assert_eq!(st.read_plan(&key(1), 0, 1, 0, 1).unwrap().store_url, "s3://b/shoal");
+    // Kept with no worker left: spilled data stays readable after the pool scaled to zero.
+    st.apply(Command::WorkerLost { worker: w("w1") });
+    st.apply(Command::RemoveWorker { worker: w("w1") });
+    assert_eq!(st.read_plan(&key(1), 0, 1, 0, 1).unwrap().store_url, "s3://b/shoal");
+    let long = Command::SetStoreUrl { url: "s".repeat(2000) };
+    assert_eq!(error_code(&st.apply(long)), Some(ErrorCode::BadRequest));
+}
+
+#[test]
 fn a_drained_worker_with_empty_partitions_finishes() {
     let mut st = cluster(&["w1", "w2"]);
     let a = register(&mut st, 1, 2, 4, 1);

@@ -91,6 +91,7 @@ mod keys {
     pub const PARTITION: u8 = b'p';
     pub const MAP: u8 = b'm';
     pub const COUNTERS: &[u8] = b"c";
+    pub const STORE_URL: &[u8] = b"o";
 
     /// App ids never contain 0, so the encoding is prefix-free.
     pub fn shuffle(tag: u8, k: &ShuffleKey) -> Vec<u8> {
@@ -178,6 +179,7 @@ fn write_changes(
                 }
             }
             Change::Counters => batch.put_cf(&sm, keys::COUNTERS, enc(&state.counters)?),
+            Change::StoreUrl => batch.put_cf(&sm, keys::STORE_URL, enc(&state.store_url)?),
         }
     }
     Ok(())
@@ -219,6 +221,7 @@ fn load_state(
                 maps.entry(sk).or_default().insert(i, dec(&v)?);
             }
             Some(b'c') if &*k == keys::COUNTERS => st.counters = dec::<Counters>(&v)?,
+            Some(b'o') if &*k == keys::STORE_URL => st.store_url = dec::<String>(&v)?,
             _ => return Err(corrupt("unknown key")),
         }
     }

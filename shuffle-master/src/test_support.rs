@@ -107,5 +107,7 @@ pub fn arb_command() -> impl Strategy<Value = Command> {
             },
         ),
         1 => shuffle.prop_map(|shuffle| Command::UnregisterShuffle { shuffle }),
+        1 => prop_oneof![Just(String::new()), "[a-z]{1,6}".prop_map(|b| format!("s3://{b}/shoal"))]
+            .prop_map(|url| Command::SetStoreUrl { url }),
     ]
 }

@@ -86,6 +86,7 @@ async fn setup_workers(c: &MasterClient) {
                 addr: format!("{w}:7000"),
                 capacity_bytes: 1 << 30,
                 held: vec![],
+                store_url: String::new(),
             })
             .await
             .unwrap();
@@ -213,6 +214,7 @@ async fn followers_point_at_the_leader_and_silent_workers_are_lost() {
             addr: "x:1".into(),
             capacity_bytes: 1,
             held: vec![],
+            store_url: String::new(),
         })
         .await
         .unwrap();
@@ -222,6 +224,7 @@ async fn followers_point_at_the_leader_and_silent_workers_are_lost() {
             addr: "x:2".into(),
             capacity_bytes: 1,
             held: vec![],
+            store_url: String::new(),
         })
         .await
         .unwrap();

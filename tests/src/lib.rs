@@ -124,11 +124,10 @@ impl Cluster {
     }
 
     /// A Rust client of this cluster, as an application's driver: no node certificate, the
-    /// first tenant's credential.
+    /// first tenant's credential, and no object store setting (read plans name the store).
     pub fn shuffle_client(&self) -> anyhow::Result<shuffle_client::ShuffleClient> {
         let mut cfg = shuffle_client::ClientConfig::new(self.master_addrs.clone(), self.ca_only());
         cfg.credential = Some(self.tenant(0)?);
-        cfg.object_store = Some(self.object_store.clone());
         cfg.batch_bytes = 32 << 10;
         cfg.call_timeout = Duration::from_secs(5);
         Ok(shuffle_client::ShuffleClient::new(cfg)?)
@@ -137,7 +136,6 @@ impl Cluster {
     /// A Rust client that speaks as a cluster node (it may look into any application).
     pub fn node_shuffle_client(&self) -> anyhow::Result<shuffle_client::ShuffleClient> {
         let mut cfg = shuffle_client::ClientConfig::new(self.master_addrs.clone(), self.tls.clone());
-        cfg.object_store = Some(self.object_store.clone());
         cfg.call_timeout = Duration::from_secs(5);
         Ok(shuffle_client::ShuffleClient::new(cfg)?)
     }
@@ -339,6 +337,54 @@ impl Cluster {
     pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
         Ok(self.mc.call_typed(GetStatus {}).await?)
     }
+}
+
+/// Map tasks `0..maps` writing `rounds` rounds of 40 rows to each of `parts` partitions
+/// (attempt = map), pausing `pace` after each round, then committing; one task each.
+pub fn spawn_round_writers(
+    sc: &shuffle_client::ShuffleClient,
+    a: &ShuffleAssignment,
+    maps: u32,
+    parts: u32,
+    rounds: u32,
+    pace: Option<Duration>,
+) -> Vec<tokio::task::JoinHandle<Result<shuffle_client::CommitOutcome, shuffle_client::ClientError>>> {
+    (0..maps)
+        .map(|m| {
+            let (sc, a) = (sc.clone(), a.clone());
+            tokio::spawn(async move {
+                let mut w = sc.map_writer(&a, MapId(m), AttemptId(u64::from(m)));
+                for r in 0..rounds {
+                    for p in 0..parts {
+                        w.write(p, &rows(m, p, 40, u64::from(r))).await?;
+                    }
+                    if let Some(d) = pace {
+                        tokio::time::sleep(d).await;
+                    }
+                }
+                w.commit().await
+            })
+        })
+        .collect()
+}
+
+/// Reads partition `p` of `key` and checks it holds exactly what [`spawn_round_writers`]
+/// wrote (in any order of rows).
+pub async fn assert_round_partition(
+    sc: &shuffle_client::ShuffleClient,
+    key: &ShuffleKey,
+    p: u32,
+    maps: u32,
+    rounds: u32,
+    what: &str,
+) {
+    let mut s = sc.read_partition(key, p, 0, maps);
+    let mut got = Vec::new();
+    while let Some(b) = s.next().await.unwrap_or_else(|e| panic!("{what}: partition {p}: {e}")) {
+        got.extend(b);
+    }
+    let want: Vec<u8> = (0..maps).flat_map(|m| (0..rounds).flat_map(move |r| rows(m, p, 40, u64::from(r)))).collect();
+    assert_same_units(&got, &want, 100, &format!("{what}: partition {p}"));
 }
 
 /// How many segment objects (`*.seg`) lie under `dir`, at any depth.

@@ -46,20 +46,7 @@ async fn a_worker_killed_at_each_step_loses_no_acknowledged_batch() {
         let k = ShuffleKey::new(app.clone(), i as u32, 0);
         let a = sc.register_shuffle(&k, MAPS, PARTS, 1).await.unwrap();
         assert!(a.locations.iter().all(|l| l.primary.id == wid), "{point}: the only active worker owns all");
-        let writers: Vec<_> = (0..MAPS)
-            .map(|m| {
-                let (sc, a) = (sc.clone(), a.clone());
-                tokio::spawn(async move {
-                    let mut w = sc.map_writer(&a, MapId(m), AttemptId(u64::from(m)));
-                    for r in 0..ROUNDS {
-                        for p in 0..PARTS {
-                            w.write(p, &rows(m, p, 40, u64::from(r))).await?;
-                        }
-                    }
-                    w.commit().await
-                })
-            })
-            .collect();
+        let writers = spawn_round_writers(&sc, &a, MAPS, PARTS, ROUNDS, None);
         // The process dies at the failpoint (put points: while the writers push; spill points:
         // once the shuffle is sealed and spilled), then comes back on the same data dir
         // without the fault. Writers ride it out on their retries.
@@ -77,14 +64,7 @@ async fn a_worker_killed_at_each_step_loses_no_acknowledged_batch() {
         c.wait_spilled(&k, PARTS - 1, Duration::from_secs(60)).await.unwrap();
         for p in 0..PARTS {
             c.wait_spilled(&k, p, Duration::from_secs(60)).await.unwrap();
-            let mut s = sc.read_partition(&k, p, 0, MAPS);
-            let mut got = Vec::new();
-            while let Some(b) = s.next().await.unwrap_or_else(|e| panic!("{point}: partition {p}: {e}")) {
-                got.extend(b);
-            }
-            let want: Vec<u8> =
-                (0..MAPS).flat_map(|m| (0..ROUNDS).flat_map(move |r| rows(m, p, 40, u64::from(r)))).collect();
-            assert_same_units(&got, &want, 100, point);
+            assert_round_partition(&sc, &k, p, MAPS, ROUNDS, point).await;
         }
         let dir = objects.join("app-crash").join(format!("{i}.0"));
         let recorded: usize = c.plan(&k, 0, PARTS).await.unwrap().partitions.iter().map(|p| p.segments.len()).sum();

@@ -46,7 +46,6 @@ async fn drain_one_worker_while_writing_and_another_after_seal() {
     let admin = cluster.file.admin_credential.display().to_string();
     let mut cfg =
         ClientConfig::new(masters.split(',').map(String::from).collect(), TlsSource::CaOnly { ca: ca.clone().into() });
-    cfg.object_store = Some(cluster.file.object_store.clone());
     cfg.credential = Some(shuffle_proto::auth::Credential::load_secret_file(&cluster.file.tenant_credential).unwrap());
     cfg.batch_bytes = 16 << 10;
     let sc = ShuffleClient::new(cfg).unwrap();

@@ -29,22 +29,8 @@ async fn draining_under_pushes_in_flight_loses_no_acknowledged_batch() {
         let a = sc.register_shuffle(&k, MAPS, PARTS, 1).await.unwrap();
         assert!(a.locations.iter().any(|l| l.primary.id.as_str() == id), "the new worker owns partitions");
         let t0 = std::time::Instant::now();
-        let writers: Vec<_> = (0..MAPS)
-            .map(|m| {
-                let (sc, a) = (sc.clone(), a.clone());
-                tokio::spawn(async move {
-                    let mut w = sc.map_writer(&a, MapId(m), AttemptId(u64::from(m)));
-                    // Paced, so the drain lands while pushes flow.
-                    for r in 0..ROUNDS {
-                        for p in 0..PARTS {
-                            w.write(p, &rows(m, p, 40, u64::from(r))).await?;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    w.commit().await
-                })
-            })
-            .collect();
+        // Paced, so the drain lands while pushes flow.
+        let writers = spawn_round_writers(&sc, &a, MAPS, PARTS, ROUNDS, Some(Duration::from_millis(10)));
         // Drain the new worker at a different moment of the writes each time.
         tokio::time::sleep(Duration::from_millis(50 + u64::from(i) * 40)).await;
         println!(
@@ -58,14 +44,7 @@ async fn draining_under_pushes_in_flight_loses_no_acknowledged_batch() {
         }
         println!("iteration {i}: writes done at {:?}", t0.elapsed());
         for p in 0..PARTS {
-            let mut s = sc.read_partition(&k, p, 0, MAPS);
-            let mut got = Vec::new();
-            while let Some(b) = s.next().await.unwrap_or_else(|e| panic!("iteration {i} partition {p}: {e}")) {
-                got.extend(b);
-            }
-            let want: Vec<u8> =
-                (0..MAPS).flat_map(|m| (0..ROUNDS).flat_map(move |r| rows(m, p, 40, u64::from(r)))).collect();
-            assert_same_units(&got, &want, 100, &format!("iteration {i} partition {p}"));
+            assert_round_partition(&sc, &k, p, MAPS, ROUNDS, &format!("iteration {i}")).await;
         }
         let w = c.workers.get_mut(&id).unwrap();
         tokio::time::timeout(Duration::from_secs(30), w.decommissioned()).await.expect("the drain finishes");

@@ -18,6 +18,7 @@ fn register_as(worker: &str) -> RegisterWorker {
         addr: "127.0.0.1:9".into(),
         capacity_bytes: 1 << 30,
         held: vec![],
+        store_url: String::new(),
     }
 }
 

@@ -169,7 +169,6 @@ impl LocalUp {
             "spark.shuffle.sort.io.plugin.class=io.shoal.spark.ShoalShuffleDataIO".to_string(),
             format!("spark.shoal.master.endpoints={endpoints}"),
             format!("spark.shoal.tls.ca={}", ca.display()),
-            format!("spark.shoal.objectStore.url={object_store}"),
             format!("spark.shoal.auth.credentialFile={}", tenant_credential.display()),
         ];
         let file = ClusterFile {

@@ -35,6 +35,7 @@ impl Inner {
                 addr: self.cfg.advertise.clone(),
                 capacity_bytes: self.cfg.max_buffered_bytes,
                 held,
+                store_url: self.cfg.object_store.clone(),
             })
             .await?;
         self.set_auth(&reply.auth);

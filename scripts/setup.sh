@@ -29,9 +29,15 @@ if [ ! -x "$SHOAL_BIN_DIR/s3s-fs" ]; then
 fi
 
 # Spark for the plugin: the pyspark package carries Spark's jars, bin/ scripts and Python API.
-PYSPARK_VERSION=4.3.0
-if ! "$SHOAL_CACHE/venv/bin/python" -c "import pyspark, sys; sys.exit(pyspark.__version__ != '$PYSPARK_VERSION')" >/dev/null 2>&1; then
-  echo "installing pyspark $PYSPARK_VERSION into $SHOAL_CACHE/venv"
-  python3 -m venv "$SHOAL_CACHE/venv"
-  "$SHOAL_CACHE/venv/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION"
-fi
+# One venv per Spark line the plugin supports and CI tests: 4.3 (Scala 2.13) in venv, 3.5
+# (Scala 2.12) in venv-spark35. Both run on the Java 17 installed above.
+install_pyspark() {
+  local venv="$SHOAL_CACHE/$1" version="$2"
+  if ! "$venv/bin/python" -c "import pyspark, sys; sys.exit(pyspark.__version__ != '$version')" >/dev/null 2>&1; then
+    echo "installing pyspark $version into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "pyspark==$version"
+  fi
+}
+install_pyspark venv 4.3.0
+install_pyspark venv-spark35 3.5.9

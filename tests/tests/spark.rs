@@ -1,9 +1,11 @@
 //! Real Spark through Shoal: the plugin jar built by `shuffle-client/spark/build.sh` (which
-//! `scripts/test.sh` runs first), Spark from the pyspark package, local-cluster mode with
+//! `scripts/test.sh` runs first), Spark from the pyspark packages, local-cluster mode with
 //! executors in their own JVMs. The checks themselves (`SparkChecks.java`) run every workload
 //! under Spark's sort shuffle and through Shoal and compare the results exactly; this test owns
 //! the cluster and acts on the events the checks ask for: stopping the object store and killing
-//! the worker that holds a shuffle's unspilled data.
+//! the worker that holds a shuffle's unspilled data. The same plugin jar runs them on Spark 4.3
+//! and on Spark 3.5 (Scala 2.12); speculation and the JNI checks, which do not depend on the
+//! Spark line, run on 4.3 only.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -24,11 +26,44 @@ fn cache() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/shoal"))
 }
 
-fn spark_home() -> anyhow::Result<PathBuf> {
-    if let Ok(h) = std::env::var("SPARK_HOME") {
+/// A Spark line the plugin is tested on: where its Spark is and how it is configured.
+struct Line {
+    name: &'static str,
+    /// The venv in the cache whose pyspark package is this Spark (`scripts/setup.sh`).
+    venv: &'static str,
+    /// The variable that names another Spark of this line instead.
+    home_var: &'static str,
+    /// The checks compiled against this line (they call Scala collections directly).
+    checks_jar: &'static str,
+    manager: &'static str,
+    /// Spark 3.5 creates an executor's shuffle manager before it fetches `--jars` (4.0 changed the
+    /// order): the plugin must be on the executors' class path from the start.
+    plugin_on_executor_class_path: bool,
+}
+
+const SPARK_4_3: Line = Line {
+    name: "4.3",
+    venv: "venv",
+    home_var: "SPARK_HOME",
+    checks_jar: "shoal-spark-tests.jar",
+    manager: "io.shoal.spark.ShoalShuffleManager",
+    plugin_on_executor_class_path: false,
+};
+
+const SPARK_3_5: Line = Line {
+    name: "3.5",
+    venv: "venv-spark35",
+    home_var: "SPARK35_HOME",
+    checks_jar: "shoal-spark-tests-spark35.jar",
+    manager: "io.shoal.spark.ShoalShuffleManagerPre43",
+    plugin_on_executor_class_path: true,
+};
+
+fn spark_home(line: &Line) -> anyhow::Result<PathBuf> {
+    if let Ok(h) = std::env::var(line.home_var) {
         return Ok(h.into());
     }
-    let py = cache().join("venv/bin/python");
+    let py = cache().join(line.venv).join("bin/python");
     let out = std::process::Command::new(&py)
         .args(["-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"])
         .output()
@@ -37,14 +72,23 @@ fn spark_home() -> anyhow::Result<PathBuf> {
     Ok(String::from_utf8(out.stdout)?.trim().into())
 }
 
-/// The plugin jar and the checks' jar, as `shuffle-client/spark/build.sh` left them.
-fn jars() -> anyhow::Result<(PathBuf, PathBuf)> {
+/// The plugin jar and the line's checks jar, as `shuffle-client/spark/build.sh` left them.
+fn jars(line: &Line) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = cache().join("spark");
-    let (plugin, checks) = (dir.join("shoal-spark.jar"), dir.join("shoal-spark-tests.jar"));
+    let (plugin, checks) = (dir.join("shoal-spark.jar"), dir.join(line.checks_jar));
     for j in [&plugin, &checks] {
         anyhow::ensure!(j.exists(), "{} is missing: run shuffle-client/spark/build.sh", j.display());
     }
     Ok((plugin, checks))
+}
+
+/// The settings every Shoal session of the line needs besides the cluster's.
+fn line_settings(line: &Line, plugin: &Path) -> Vec<String> {
+    let mut s = vec![format!("spark.shuffle.manager={}", line.manager)];
+    if line.plugin_on_executor_class_path {
+        s.push(format!("spark.executor.extraClassPath={}", plugin.display()));
+    }
+    s
 }
 
 const CHECKS: &[&str] = &[
@@ -67,16 +111,26 @@ const CHECKS: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> anyhow::Result<()> {
+    checks_through_shoal(&SPARK_4_3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spark35_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> anyhow::Result<()> {
+    checks_through_shoal(&SPARK_3_5).await
+}
+
+async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (plugin, checks) = jars()?;
-    let spark = spark_home()?;
+    let (plugin, checks) = jars(line)?;
+    let spark = spark_home(line)?;
+    let started = std::time::Instant::now();
 
     let mut s3 = S3Server::start("shoal").await?;
     s3.export_env();
     let mut cluster = Cluster::start_with_store(1, 2, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
     // Outside the cluster's temporary directory, so it is there to read after a failure.
-    let log = std::env::temp_dir().join("shoal-spark-checks.log");
+    let log = std::env::temp_dir().join(format!("shoal-spark-{}-checks.log", line.name));
     let mut child = tokio::process::Command::new(spark.join("bin/spark-submit"))
         .env("SPARK_HOME", &spark)
         .args(["--master", "local-cluster[2,1,1024]", "--class", "io.shoal.spark.it.SparkChecks"])
@@ -88,6 +142,7 @@ async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> any
         .arg(format!("spark.shoal.objectStore.url={}", cluster.object_store))
         .arg(format!("spark.shoal.auth.credentialFile={}", cluster.auth.tenants[0].1.display()))
         .arg("spark.shoal.network.timeout=5s")
+        .args(line_settings(line, &plugin))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
@@ -125,22 +180,28 @@ async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> any
         }
         anyhow::Ok(())
     };
-    tokio::time::timeout(Duration::from_secs(900), run)
-        .await
-        .map_err(|_| anyhow::anyhow!("the Spark checks did not finish in 15 minutes; see {}", log.display()))??;
+    tokio::time::timeout(Duration::from_secs(900), run).await.map_err(|_| {
+        anyhow::anyhow!("the Spark {} checks did not finish in 15 minutes; see {}", line.name, log.display())
+    })??;
     let status = child.wait().await?;
     if !status.success() || !result {
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().filter(|l| !l.trim_start().starts_with("at ")).collect();
         anyhow::bail!(
-            "the Spark checks failed ({status}); last lines of the driver log ({}):\n{}",
+            "the Spark {} checks failed ({status}); last lines of the driver log ({}):\n{}",
+            line.name,
             log.display(),
             tail[tail.len().saturating_sub(40)..].join("\n")
         );
     }
     for want in CHECKS {
-        anyhow::ensure!(passed.iter().any(|p| p == want), "check {want} did not pass; passed: {passed:?}");
+        anyhow::ensure!(
+            passed.iter().any(|p| p == want),
+            "Spark {}: check {want} did not pass; passed: {passed:?}",
+            line.name
+        );
     }
+    println!("Spark {} checks passed in {:.0?}", line.name, started.elapsed());
     cluster.shutdown().await;
     Ok(())
 }
@@ -207,8 +268,9 @@ impl Standalone {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (plugin, checks) = jars()?;
-    let spark = spark_home()?;
+    let line = &SPARK_4_3;
+    let (plugin, checks) = jars(line)?;
+    let spark = spark_home(line)?;
     let cluster = Cluster::start(2).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
     let standalone = Standalone::start(&spark, cluster.dir.path()).await?;
@@ -225,6 +287,7 @@ async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result
         .arg(format!("spark.shoal.tls.ca={}", ca.display()))
         .arg(format!("spark.shoal.objectStore.url={}", cluster.object_store))
         .arg(format!("spark.shoal.auth.credentialFile={}", cluster.auth.tenants[0].1.display()))
+        .args(line_settings(line, &plugin))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
@@ -251,8 +314,8 @@ async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_errors_keep_their_kind_across_jni() -> anyhow::Result<()> {
-    let (plugin, checks) = jars()?;
-    let spark = spark_home()?;
+    let (plugin, checks) = jars(&SPARK_4_3)?;
+    let spark = spark_home(&SPARK_4_3)?;
     let cluster = Cluster::start(1).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
     let classpath = format!("{}:{}:{}/jars/*", plugin.display(), checks.display(), spark.display());

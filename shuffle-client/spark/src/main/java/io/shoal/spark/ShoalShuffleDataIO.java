@@ -64,7 +64,7 @@ public class ShoalShuffleDataIO implements ShuffleDataIO {
     }
   }
 
-  /** Map output goes through ShoalShuffleManager's writer, never through these. */
+  /** Map output goes through the Shoal shuffle manager's writer, never through these. */
   static final class Executor implements ShuffleExecutorComponents {
     @Override
     public void initializeExecutor(String appId, String execId, Map<String, String> extraConfigs) {}
@@ -72,7 +72,8 @@ public class ShoalShuffleDataIO implements ShuffleDataIO {
     @Override
     public ShuffleMapOutputWriter createMapOutputWriter(int shuffleId, long mapTaskId, int numPartitions) {
       throw new UnsupportedOperationException(
-          "ShoalShuffleDataIO needs spark.shuffle.manager=io.shoal.spark.ShoalShuffleManager");
+          "ShoalShuffleDataIO needs spark.shuffle.manager=io.shoal.spark.ShoalShuffleManager"
+              + " (Spark 4.3) or io.shoal.spark.ShoalShuffleManagerPre43 (Spark 3.5 to 4.2)");
     }
   }
 }

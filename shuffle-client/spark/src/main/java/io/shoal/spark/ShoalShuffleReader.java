@@ -1,5 +1,6 @@
 package io.shoal.spark;
 
+import io.shoal.spark.shim.Shims;
 import java.io.IOException;
 import java.io.InputStream;
 import java.nio.ByteBuffer;
@@ -19,7 +20,6 @@ import org.apache.spark.shuffle.ShuffleReader;
 import org.apache.spark.storage.BlockId;
 import org.apache.spark.storage.BlockManagerId;
 import org.apache.spark.storage.ShuffleBlockId;
-import org.apache.spark.util.collection.ExternalSorter;
 import scala.Option;
 import scala.Product2;
 import scala.Tuple2;
@@ -142,15 +142,8 @@ final class ShoalShuffleReader<K, C> implements ShuffleReader<K, C> {
     }
     Option<Ordering<K>> ordering = dep.keyOrdering();
     if (ordering.isDefined()) {
-      ExternalSorter<K, C, C> sorter =
-          new ExternalSorter<>(
-              context,
-              Option.empty(),
-              Option.empty(),
-              ordering,
-              dep.serializer(),
-              ExternalSorter.$lessinit$greater$default$6());
-      return new InterruptibleIterator<>(context, sorter.insertAllAndUpdateMetrics(aggregated));
+      return new InterruptibleIterator<>(
+          context, Shims.get().sortByKey(context, ordering.get(), dep.serializer(), aggregated));
     }
     if (aggregated instanceof InterruptibleIterator) {
       return aggregated;

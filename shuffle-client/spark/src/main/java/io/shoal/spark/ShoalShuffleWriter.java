@@ -1,5 +1,6 @@
 package io.shoal.spark;
 
+import io.shoal.spark.shim.Shims;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -8,7 +9,6 @@ import org.apache.spark.Partitioner;
 import org.apache.spark.ShuffleDependency;
 import org.apache.spark.TaskContext;
 import org.apache.spark.scheduler.MapStatus;
-import org.apache.spark.scheduler.MapStatus$;
 import org.apache.spark.serializer.SerializationStream;
 import org.apache.spark.serializer.Serializer;
 import org.apache.spark.serializer.SerializerInstance;
@@ -205,8 +205,7 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       if (numPartitions == 0) {
         closed = true;
         return Option.apply(
-            MapStatus$.MODULE$.apply(
-                ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId, 0L));
+            Shims.get().mapStatus(ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId));
       }
       for (int p = 0; p < numPartitions; p++) {
         push(p);
@@ -223,8 +222,7 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
         throw new ShoalInternalException("commit returned " + lengths.length + " partition sizes, not " + numPartitions);
       }
       MapStatus status =
-          MapStatus$.MODULE$.apply(
-              ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId, 0L);
+          Shims.get().mapStatus(ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId);
       return Option.apply(status);
     } catch (IOException e) {
       abort();

@@ -167,7 +167,7 @@ impl Reader {
     async fn run(&mut self) -> Result<(), ClientError> {
         let started = tokio::time::Instant::now();
         let mut tries = 0;
-        let expected = loop {
+        loop {
             let (pp, capability, store_url) = self.plan().await?;
             if pp.lost {
                 return Err(self.lost("its worker was lost before the data was spilled".into()));
@@ -209,28 +209,36 @@ impl Reader {
                     return Err(e);
                 }
             }
-            match failed {
-                None => break expected,
-                Some(e) => {
-                    tries += 1;
-                    let Some(pause) = PLAN_AGAIN.next_delay(tries, started.elapsed()) else {
-                        return Err(self.lost(format!("no source could serve it: {e}")));
-                    };
-                    tracing::debug!(partition = self.partition, "a source failed, planning again: {e}");
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        };
-        for m in &expected {
+            // A short read is planned again too: a seal spill may have recorded the partition
+            // and dropped the worker's copy between this plan and the worker's scan; the next
+            // plan names the segment (batches already read are skipped).
+            let why = match failed {
+                Some(e) => format!("no source could serve it: {e}"),
+                None => match self.incomplete(&expected) {
+                    None => return Ok(()),
+                    Some(short) => short,
+                },
+            };
+            tries += 1;
+            let Some(pause) = PLAN_AGAIN.next_delay(tries, started.elapsed()) else {
+                return Err(self.lost(why));
+            };
+            tracing::debug!(partition = self.partition, "planning the read again: {why}");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// What is missing of the committed output, if anything.
+    fn incomplete(&self, expected: &[MapOutput]) -> Option<String> {
+        expected.iter().find_map(|m| {
             let got = self.got.get(&m.map.0).copied().unwrap_or_default();
-            if got != (m.bytes, m.crc_sum, m.batches) {
-                return Err(self.lost(format!(
+            (got != (m.bytes, m.crc_sum, m.batches)).then(|| {
+                format!(
                     "map {} attempt {}: committed {} batches / {} bytes, read {} / {}",
                     m.map, m.attempt, m.batches, m.bytes, got.2, got.0
-                )));
-            }
-        }
-        Ok(())
+                )
+            })
+        })
     }
 
     /// Handles encoded stream records; returns false once the consumer went away.

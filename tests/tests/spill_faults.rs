@@ -98,3 +98,34 @@ async fn a_store_failing_a_fifth_of_its_calls_delays_spills_and_loses_nothing() 
     c.shutdown().await;
     scenario.teardown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_partition_is_spilled_under_it_plans_again() {
+    let scenario = fail::FailScenario::setup();
+    let c = Cluster::start(1).await.unwrap();
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-read-race").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = ShuffleKey::new(app.clone(), 0, 0);
+    let a = sc.register_shuffle(&k, 1, 1, 1).await.unwrap();
+    let data = rows(0, 0, 500, 1);
+    let mut w = sc.map_writer(&a, MapId(0), AttemptId(0));
+    w.write(0, &data).await.unwrap();
+    // Every read waits 1.5 s between its plan and its scan: the commit seals the shuffle, the
+    // seal spill records the segment and drops the worker's copy in that window.
+    fail::cfg("worker-before-read", "return(1500)").unwrap();
+    assert!(w.commit().await.unwrap().accepted);
+    // Planned at once, before the next heartbeat asks the worker to spill.
+    let mut s = sc.read_partition(&k, 0, 0, 1);
+    let mut got = Vec::new();
+    while let Some(b) = s.next().await.unwrap() {
+        got.extend(b);
+    }
+    assert_same_units(&got, &data, 100, "read across the spill");
+    let stats = s.stats().unwrap_or_default();
+    println!("read across the spill: {stats:?}");
+    assert!(stats.from_segments > 0 && stats.from_workers == 0, "the second plan read the segment: {stats:?}");
+    fail::remove("worker-before-read");
+    c.shutdown().await;
+    scenario.teardown();
+}

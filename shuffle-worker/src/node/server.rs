@@ -199,6 +199,15 @@ impl Inner {
     }
 
     async fn read(&self, req: OpenPartition, out: &mut Responder) -> Result<(), ProtoError> {
+        // Fault tests hold a read between its plan and its scan (`return(MS)`), so a spill can
+        // drop the partition meanwhile.
+        #[cfg(feature = "failpoints")]
+        if let Some(ms) = (|| {
+            fail::fail_point!("worker-before-read", |a| a.and_then(|ms| ms.parse::<u64>().ok()));
+            None
+        })() {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let attempts: BTreeMap<u32, u64> = req.attempts.iter().map(|a| (a.map.0, a.attempt.0)).collect();
         let (mut rx, _) = self.scan(
             ScanRange {

@@ -40,6 +40,23 @@ fn check_store_url(url: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// Longest wait a membership change may ask the leader for.
+pub const MAX_MEMBERSHIP_TIMEOUT_MS: u64 = 600_000;
+
+fn check_master_id(id: u64) -> Result<(), ProtoError> {
+    if id == 0 {
+        return Err(ProtoError::Invalid("master ids start at 1".into()));
+    }
+    Ok(())
+}
+
+fn check_master_timeout(ms: u64) -> Result<(), ProtoError> {
+    if ms == 0 || ms > MAX_MEMBERSHIP_TIMEOUT_MS {
+        return Err(ProtoError::Invalid(format!("timeout {ms} ms is not in 1..={MAX_MEMBERSHIP_TIMEOUT_MS}")));
+    }
+    Ok(())
+}
+
 fn check_range(what: &'static str, start: u32, end: u32) -> Result<(), ProtoError> {
     if start > end {
         return Err(ProtoError::Invalid(format!("{what} range {start}..{end} is reversed")));
@@ -354,6 +371,13 @@ wire! {
     pub struct DecommissionWorker { pub worker: WorkerId }
     pub struct RecommissionWorker { pub worker: WorkerId }
     pub struct RemoveWorker { pub worker: WorkerId }
+    /// The master group's membership, as the leader sees it.
+    pub struct ListMasters {}
+    pub struct MasterList { pub leader: Option<u64>, pub masters: Vec<MasterInfo> }
+    /// Adds a master: as a learner first, then as a voter once it caught up within `timeout_ms`.
+    pub struct AddMaster { pub id: u64, pub addr: String, pub timeout_ms: u64 }
+    /// Removes a master (voter or learner) from the group.
+    pub struct RemoveMaster { pub id: u64, pub timeout_ms: u64 }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,6 +429,7 @@ validate_none!(
     GetStatus,
     ListShuffles,
     ListApps,
+    ListMasters,
     MapCommitted,
     Chunk,
     EndOfStream,
@@ -518,6 +543,18 @@ validate_fields!(AppList => |s| s.apps.iter().try_for_each(|x| x.app.validate())
 validate_fields!(DecommissionWorker => |s| s.worker.validate());
 validate_fields!(RecommissionWorker => |s| s.worker.validate());
 validate_fields!(RemoveWorker => |s| s.worker.validate());
+validate_fields!(MasterList => |s| s.masters.iter().try_for_each(|m| check_addr(&m.addr)));
+validate_fields!(AddMaster => |s| {
+    check_master_id(s.id)?;
+    check_master_timeout(s.timeout_ms)?;
+    check_addr(&s.addr)?;
+    // Raft dials this address from every master: it must be HOST:PORT.
+    match s.addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(ProtoError::Invalid(format!("master address {:?} is not HOST:PORT", s.addr))),
+    }
+});
+validate_fields!(RemoveMaster => |s| { check_master_id(s.id)?; check_master_timeout(s.timeout_ms) });
 validate_fields!(PushBatch => |s| s.shuffle.validate());
 validate_fields!(OpenPartition => |s| {
     s.shuffle.validate()?;
@@ -642,6 +679,10 @@ messages! {
     86 => DecommissionWorker,
     87 => RecommissionWorker,
     88 => RemoveWorker,
+    89 => ListMasters,
+    90 => MasterList,
+    91 => AddMaster,
+    92 => RemoveMaster,
 }
 
 impl Message {

@@ -10,7 +10,7 @@
 //!   be held by the token's tenant: app A's token never reaches app B's shuffles, plans,
 //!   heartbeat or registration. Registering an app needs a tenant's secret, and an app id
 //!   held by one tenant cannot be taken by another.
-//! - Worker administration and cluster-wide listings need the admin credential or a node
+//! - Worker and master-group administration and cluster-wide listings need the admin credential or a node
 //!   identity; an application's listing shows its own app only. A node (which holds or places
 //!   every application's data anyway) may make any call; an admin may remove an app's data
 //!   but not act as the app.
@@ -80,7 +80,10 @@ pub fn authorize(
         Message::GetStatus(_)
         | Message::DecommissionWorker(_)
         | Message::RecommissionWorker(_)
-        | Message::RemoveWorker(_) => {
+        | Message::RemoveWorker(_)
+        | Message::ListMasters(_)
+        | Message::AddMaster(_)
+        | Message::RemoveMaster(_) => {
             if operator {
                 Ok(View::All)
             } else {
@@ -279,6 +282,9 @@ mod tests {
             DecommissionWorker { worker: w() }.into(),
             RecommissionWorker { worker: w() }.into(),
             RemoveWorker { worker: w() }.into(),
+            ListMasters {}.into(),
+            AddMaster { id: 4, addr: "m4:9100".into(), timeout_ms: 1000 }.into(),
+            RemoveMaster { id: 3, timeout_ms: 1000 }.into(),
             ListShuffles {}.into(),
             ListApps {}.into(),
         ];
@@ -292,11 +298,11 @@ mod tests {
                 ErrorCode::Unauthorized
             );
         }
-        // An application lists its own entries only, and may not touch workers.
-        for m in &admin_calls[..4] {
+        // An application lists its own entries only, and may not touch workers or masters.
+        for m in &admin_calls[..7] {
             assert_eq!(code(authorize(&app_caller("t1", "a"), true, m, tenants)), ErrorCode::Unauthorized);
         }
-        for m in &admin_calls[4..] {
+        for m in &admin_calls[7..] {
             assert_eq!(authorize(&app_caller("t1", "a"), true, m, tenants), Ok(View::App(app("a"))));
         }
         // Operators may remove an app's data, but not act as the app.

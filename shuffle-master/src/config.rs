@@ -25,6 +25,10 @@ pub struct MasterSettings {
     /// Every master as ID=HOST:PORT, comma separated, this one included.
     #[arg(long, env = "SHOAL_PEERS")]
     pub peers: Option<String>,
+    /// Join an existing group instead of founding one: with an empty data dir, wait to be
+    /// added by the leader (`shoal masters add ID ADDR`). Harmless once the master has a log.
+    #[arg(long, env = "SHOAL_JOIN", num_args = 0..=1, default_missing_value = "true")]
+    pub join: Option<bool>,
     /// Where the Raft log and state live.
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -67,6 +71,7 @@ pub const KEYS: &[&str] = &[
     "id",
     "listen",
     "peers",
+    "join",
     "data_dir",
     "heartbeat_interval",
     "worker_timeout",
@@ -114,6 +119,7 @@ impl MasterSettings {
             id: self.id.or(lower.id),
             listen: self.listen.or(lower.listen),
             peers: self.peers.or(lower.peers),
+            join: self.join.or(lower.join),
             data_dir: self.data_dir.or(lower.data_dir),
             tls: self.tls.over(lower.tls),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
@@ -139,8 +145,9 @@ impl MasterSettings {
             Some(p) => parse_peers(&p)?,
             None => BTreeMap::from([(id, listen.to_string())]),
         };
-        if !peers.contains_key(&id) {
-            return Err(bad("peers", format!("does not list this master's id {id}")));
+        let join = self.join.unwrap_or(false);
+        if !join && !peers.contains_key(&id) {
+            return Err(bad("peers", format!("does not list this master's id {id} (a new master: set join)")));
         }
         let data_dir = self.data_dir.ok_or_else(|| bad("data_dir", "missing"))?;
         let tls = self.tls.resolve()?;
@@ -189,6 +196,7 @@ impl MasterSettings {
             id,
             listen,
             peers,
+            join,
             data_dir,
             tls,
             heartbeat_interval,
@@ -264,5 +272,16 @@ mod tests {
         assert!(parse_peers("0=a:1").is_err());
         assert!(parse_peers("x=a:1").is_err());
         assert!(parse_peers("1=a").is_err());
+    }
+
+    #[test]
+    fn a_joining_master_need_not_be_in_peers() {
+        let e = MasterSettings { id: Some(4), peers: Some("1=a:1,2=b:2,3=c:3".into()), ..base() };
+        assert_eq!(e.clone().resolve().unwrap_err().key, "peers");
+        let cfg = MasterSettings { join: Some(true), ..e }.resolve().unwrap();
+        assert!(cfg.join);
+        assert!(!base().resolve().unwrap().join);
+        let (file, _) = parse_file("join = true\n").unwrap();
+        assert_eq!(file.join, Some(true));
     }
 }

@@ -5,12 +5,14 @@
 //! - [`store`]: the Raft log and state machine in RocksDB.
 //! - [`raft`]: openraft types and the Raft network over QUIC.
 //! - [`service`]: the leader's request handler; [`liveness`]: heartbeat soft state.
+//! - [`membership`]: adding and removing masters at runtime.
 //! - [`node`]: a master process wired together.
 
 pub mod access;
 pub mod assign;
 pub mod config;
 pub mod liveness;
+pub mod membership;
 pub mod node;
 pub mod raft;
 pub mod service;

@@ -19,8 +19,12 @@ use crate::store::{open_db, LogStore, StateMachineStore};
 pub struct MasterConfig {
     pub id: NodeId,
     pub listen: SocketAddr,
-    /// Every master's id and address, this one included.
+    /// Every master's id and address, this one included. Used only to found a new group: a
+    /// master with a Raft log takes the membership (and every address) from it.
     pub peers: BTreeMap<NodeId, String>,
+    /// Never found a group: with an empty store, wait to be added by the leader
+    /// (`shoal masters add`). `peers` need not list this master then.
+    pub join: bool,
     pub data_dir: PathBuf,
     pub tls: TlsSource,
     pub heartbeat_interval: Duration,
@@ -90,6 +94,7 @@ impl MasterConfig {
             id: 1,
             listen,
             peers: BTreeMap::from([(1, listen.to_string())]),
+            join: false,
             data_dir,
             tls,
             heartbeat_interval: Duration::from_secs(1),
@@ -131,7 +136,7 @@ impl MasterNode {
     }
 
     pub async fn start_with_clock(cfg: MasterConfig, clock: Arc<dyn Clock>) -> Result<MasterNode, StartError> {
-        if !cfg.peers.contains_key(&cfg.id) {
+        if !cfg.join && !cfg.peers.contains_key(&cfg.id) {
             return Err(StartError::Config(format!("peers does not list this master's id {}", cfg.id)));
         }
         std::fs::create_dir_all(&cfg.data_dir)
@@ -157,12 +162,12 @@ impl MasterNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(client), log, sm)
+        let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(client.clone()), log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let opts = ServiceOptions { heartbeat_interval: cfg.heartbeat_interval, worker_timeout: cfg.worker_timeout };
-        let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts, auth));
+        let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts, auth, client));
         let server_opts = ServerOptions::for_tls(&tls);
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| StartError::Config(e.to_string()))?;
@@ -180,10 +185,13 @@ impl MasterNode {
             None => None,
         };
 
-        // The lowest id bootstraps a new group; the others learn the membership from it.
+        // The lowest id bootstraps a new group; the others learn the membership from it. A
+        // joining master (a replacement, a new one) never does: it waits for the leader.
         let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
         let lowest = cfg.peers.keys().next().copied();
-        if !initialized && lowest == Some(cfg.id) {
+        if !initialized && cfg.join {
+            info!(id = cfg.id, %addr, "empty store in join mode: waiting to be added (shoal masters add)");
+        } else if !initialized && lowest == Some(cfg.id) {
             let members: BTreeMap<NodeId, BasicNode> =
                 cfg.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
             info!(id = cfg.id, ?members, "initializing a new master group");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use shuffle_proto::messages::*;
-use shuffle_proto::transport::{CallInfo, Handler, Responder};
+use shuffle_proto::transport::{CallInfo, Client, Handler, Responder};
 use shuffle_proto::{ErrorCode, ProtoError, ShuffleKey, WireError, WorkerId};
 use tracing::{info, warn};
 
@@ -86,6 +86,8 @@ pub struct MasterService {
     clock: Arc<dyn Clock>,
     opts: ServiceOptions,
     auth: Option<MasterAuth>,
+    /// Calls other masters (reachability probes before a membership change).
+    peers: Client,
 }
 
 fn internal(msg: impl Into<String>) -> WireError {
@@ -100,8 +102,10 @@ impl MasterService {
         clock: Arc<dyn Clock>,
         opts: ServiceOptions,
         auth: Option<MasterAuth>,
+        peers: Client,
     ) -> Self {
         Self {
+            peers,
             auth,
             id,
             raft,
@@ -120,6 +124,10 @@ impl MasterService {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    pub(crate) fn peer_client(&self) -> &Client {
+        &self.peers
     }
 
     pub fn is_leader_now(&self) -> bool {
@@ -156,7 +164,7 @@ impl MasterService {
         m.current_leader == Some(self.id) && m.state == ServerState::Leader
     }
 
-    fn leader_only(&self) -> Result<(), WireError> {
+    pub(crate) fn leader_only(&self) -> Result<(), WireError> {
         if self.is_leader() {
             Ok(())
         } else {
@@ -180,14 +188,18 @@ impl MasterService {
                 CommandResult::Error(e) => Err(e),
                 other => Ok(other),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let hint = f.leader_node.map(|n| n.addr).or_else(|| f.leader_id.and_then(|l| self.addr_of(l)));
-                match hint {
-                    Some(h) => Err(WireError::not_leader(Some(h))),
-                    None => Err(WireError::new(ErrorCode::NoLeader, "no leader elected yet")),
-                }
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.forward_error(f)),
             Err(e) => Err(internal(e.to_string())),
+        }
+    }
+
+    /// Points the caller at the leader: its address comes from the membership, so a master
+    /// added at runtime is named too.
+    pub(crate) fn forward_error(&self, f: openraft::error::ForwardToLeader<NodeId, openraft::BasicNode>) -> WireError {
+        let hint = f.leader_node.map(|n| n.addr).or_else(|| f.leader_id.and_then(|l| self.addr_of(l)));
+        match hint {
+            Some(h) => WireError::not_leader(Some(h)),
+            None => WireError::new(ErrorCode::NoLeader, "no leader elected yet"),
         }
     }
 
@@ -399,6 +411,9 @@ impl MasterService {
                 self.write(Command::RemoveWorker { worker: m.worker }).await?;
                 Ack {}.into()
             }
+            Message::ListMasters(m) => self.list_masters(m)?.into(),
+            Message::AddMaster(m) => self.add_master(m).await?.into(),
+            Message::RemoveMaster(m) => self.remove_master(m).await?.into(),
             other => {
                 return Err(WireError::new(ErrorCode::BadRequest, format!("a master does not serve {}", other.name())))
             }
@@ -407,24 +422,7 @@ impl MasterService {
 
     /// The cluster picture, as the leader sees it.
     pub fn status(&self) -> Result<ClusterStatus, WireError> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader;
-        let masters = metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| MasterInfo {
-                id: *id,
-                addr: node.addr.clone(),
-                role: if Some(*id) == leader {
-                    MasterRole::Leader
-                } else if metrics.membership_config.membership().voter_ids().any(|v| v == *id) {
-                    MasterRole::Follower
-                } else {
-                    MasterRole::Learner
-                },
-            })
-            .collect();
+        let MasterList { leader, masters } = self.master_list();
         let now = self.now();
         let reported = self.reported.lock().map(|r| r.clone()).unwrap_or_default();
         let (workers, shuffles, apps) = self.read_state(|s| {

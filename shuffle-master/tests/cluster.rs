@@ -21,6 +21,7 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path, tls: &TlsSource) -
         id,
         listen: peers[&id].parse().unwrap(),
         peers: peers.clone(),
+        join: false,
         data_dir: dir.join(format!("m{id}")),
         tls: tls.clone(),
         heartbeat_interval: Duration::from_millis(200),

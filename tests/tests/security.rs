@@ -295,13 +295,16 @@ async fn applications_are_closed_to_each_other_and_operators_need_the_admin_cred
         Some(ErrorCode::Unauthorized)
     );
 
-    // Operators: worker administration and status need the admin credential.
+    // Operators: worker and master administration and status need the admin credential.
     let w0 = WorkerId::new("w0")?;
     let admin_calls: Vec<Message> = vec![
         GetStatus {}.into(),
         DecommissionWorker { worker: w0.clone() }.into(),
         RecommissionWorker { worker: w0.clone() }.into(),
         RemoveWorker { worker: w0.clone() }.into(),
+        ListMasters {}.into(),
+        AddMaster { id: 9, addr: "127.0.0.1:9".into(), timeout_ms: 1000 }.into(),
+        RemoveMaster { id: 1, timeout_ms: 1000 }.into(),
         ListShuffles {}.into(),
         ListApps {}.into(),
     ];

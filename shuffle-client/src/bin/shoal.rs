@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use shuffle_client::cli::{self, admin, certs, local::LocalUp, status};
+use shuffle_client::cli::{self, admin, certs, local::LocalUp, masters, status};
 use shuffle_proto::messages::{
-    Ack, AppList, ClusterStatus, GetStatus, ListApps, ListShuffles, RecommissionWorker, RemoveWorker, ShuffleList,
+    Ack, AppList, ClusterStatus, GetStatus, ListApps, ListMasters, ListShuffles, MasterList, RecommissionWorker,
+    RemoveWorker, ShuffleList,
 };
 use shuffle_proto::transport::{Client, ClientOptions, MasterClient, Tls};
 use shuffle_proto::WorkerId;
@@ -64,6 +65,11 @@ enum Cmd {
     Worker {
         #[command(subcommand)]
         cmd: WorkerCmd,
+    },
+    /// The master group: list, add or remove masters (one change at a time).
+    Masters {
+        #[command(subcommand)]
+        cmd: MastersCmd,
     },
     /// Shuffles: list them.
     Shuffles {
@@ -161,6 +167,32 @@ enum CertsCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum MastersCmd {
+    /// Ids, addresses, voter or learner, and the leader.
+    List(Conn),
+    /// Add a master started with --join: as a learner, then as a voter once it caught up.
+    Add {
+        /// The new master's id (unused in the group so far).
+        id: u64,
+        /// HOST:PORT where every master reaches it (its QUIC address).
+        addr: String,
+        /// How long the leader waits for it to catch up and for the change to commit.
+        #[arg(long, default_value = "2m")]
+        timeout: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a master (a voter or a learner); refused if the rest could not commit.
+    Remove {
+        id: u64,
+        #[arg(long, default_value = "1m")]
+        timeout: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum WorkersCmd {
     List(Conn),
 }
@@ -227,11 +259,25 @@ fn print_out(text: &str) -> anyhow::Result<()> {
 }
 
 fn connect(conn: &Conn) -> anyhow::Result<MasterClient> {
+    connect_with(conn, ClientOptions::default())
+}
+
+fn connect_with(conn: &Conn, opts: ClientOptions) -> anyhow::Result<MasterClient> {
     let node = conn.tls_cert.clone().zip(conn.tls_key.clone());
     let tls = cli::tls_source(conn.tls_ca.clone(), conn.tls_insecure, node).map_err(anyhow::Error::msg)?;
     let cred = cli::credential(conn.credential_file.as_deref())?;
-    let client = Client::new(&Tls::load(&tls)?, ClientOptions::default())?.with_credential(cred.as_ref())?;
+    let client = Client::new(&Tls::load(&tls)?, opts)?.with_credential(cred.as_ref())?;
     Ok(MasterClient::new(client, conn.masters.clone(), Duration::from_secs(10))?)
+}
+
+/// A client whose calls outlast a membership change the leader may take `timeout` for.
+fn connect_for_change(conn: &Conn, timeout: Duration) -> anyhow::Result<MasterClient> {
+    let opts = ClientOptions { call_timeout: timeout + Duration::from_secs(10), ..ClientOptions::default() };
+    connect_with(conn, opts)
+}
+
+fn parse_timeout(t: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(t).map_err(|e| anyhow::anyhow!("--timeout: {e}"))
 }
 
 fn emit<T: serde::Serialize>(output: Output, json: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
@@ -251,6 +297,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let st: ClusterStatus = connect(&conn)?.call_typed(GetStatus {}).await?;
             emit(conn.output, &status::to_json(&st).workers, || admin::workers_table(&st))?;
         }
+        Cmd::Masters { cmd: MastersCmd::List(conn) } => {
+            let l: MasterList = connect(&conn)?.call_typed(ListMasters {}).await?;
+            emit(conn.output, &masters::to_json(&l), || masters::to_table(&l))?;
+        }
+        Cmd::Masters { cmd: MastersCmd::Add { id, addr, timeout, conn } } => {
+            let limit = parse_timeout(&timeout)?;
+            let req = masters::add_request(id, &addr, limit)?;
+            let l: MasterList = connect_for_change(&conn, limit)?.call_typed(req).await?;
+            emit(conn.output, &masters::to_json(&l), || format!("added master {id}\n{}", masters::to_table(&l)))?;
+        }
+        Cmd::Masters { cmd: MastersCmd::Remove { id, timeout, conn } } => {
+            let limit = parse_timeout(&timeout)?;
+            let req = masters::remove_request(id, limit)?;
+            let l: MasterList = connect_for_change(&conn, limit)?.call_typed(req).await?;
+            emit(conn.output, &masters::to_json(&l), || format!("removed master {id}\n{}", masters::to_table(&l)))?;
+        }
         Cmd::Shuffles { cmd: ListCmd::List(conn) } => {
             let l: ShuffleList = connect(&conn)?.call_typed(ListShuffles {}).await?;
             emit(conn.output, &admin::shuffles_json(&l), || admin::shuffles_table(&l))?;
@@ -267,7 +329,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Worker { cmd: WorkerCmd::Decommission { id, wait, timeout, conn } } => {
             let mc = connect(&conn)?;
-            let limit = humantime::parse_duration(&timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            let limit = parse_timeout(&timeout)?;
             let bar = match (wait, conn.output) {
                 (true, Output::Table) => indicatif::ProgressBar::new(0),
                 _ => indicatif::ProgressBar::hidden(),

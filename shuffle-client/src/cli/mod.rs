@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod certs;
 pub mod local;
+pub mod masters;
 pub mod status;
 
 use shuffle_proto::transport::{TlsSource, TransportError};

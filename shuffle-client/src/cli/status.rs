@@ -31,7 +31,7 @@ pub struct WorkerJson {
     pub millis_since_heartbeat: u64,
 }
 
-fn role(r: &MasterRole) -> &'static str {
+pub fn role(r: &MasterRole) -> &'static str {
     match r {
         MasterRole::Leader => "leader",
         MasterRole::Follower => "follower",

@@ -14,7 +14,8 @@ use shuffle_proto::*;
 async fn segments_and_a_cluster_on_s3() {
     let s3 = S3Server::start("shoal-test").await.unwrap();
     s3.export_env();
-    let url = format!("s3://{}/shuffle-data", s3.bucket);
+    // A prefix of two levels, as operators write them (`prod/shuffle`).
+    let url = format!("s3://{}/shuffle-data/nested", s3.bucket);
 
     // 1. A 12 MiB segment in 5 MiB parts (the S3 minimum), then ranged reads.
     let store = open_store(&url).unwrap();

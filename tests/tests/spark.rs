@@ -39,6 +39,9 @@ struct Line {
     /// Spark 3.5 creates an executor's shuffle manager before it fetches `--jars` (4.0 changed the
     /// order): the plugin must be on the executors' class path from the start.
     plugin_on_executor_class_path: bool,
+    /// Spark 4.1+ carries row checksums in MapStatus: the line runs the checksum check, which
+    /// loses a second worker (so the cluster starts three).
+    row_checksums: bool,
 }
 
 const SPARK_4_3: Line = Line {
@@ -48,6 +51,7 @@ const SPARK_4_3: Line = Line {
     checks_jar: "shoal-spark-tests.jar",
     manager: "io.shoal.spark.ShoalShuffleManager",
     plugin_on_executor_class_path: false,
+    row_checksums: true,
 };
 
 const SPARK_3_5: Line = Line {
@@ -57,6 +61,7 @@ const SPARK_3_5: Line = Line {
     checks_jar: "shoal-spark-tests-spark35.jar",
     manager: "io.shoal.spark.ShoalShuffleManagerPre43",
     plugin_on_executor_class_path: true,
+    row_checksums: false,
 };
 
 fn spark_home(line: &Line) -> anyhow::Result<PathBuf> {
@@ -109,6 +114,9 @@ const CHECKS: &[&str] = &[
     "lost-data-map-stage-rerun",
 ];
 
+/// The checks of lines with row checksums (Spark 4.1+) only.
+const CHECKSUM_CHECKS: &[&str] = &["row-checksum-rollback"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spark_jobs_through_shoal_match_sort_shuffle_and_survive_losses() -> anyhow::Result<()> {
     checks_through_shoal(&SPARK_4_3).await
@@ -127,7 +135,8 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
 
     let mut s3 = S3Server::start("shoal").await?;
     s3.export_env();
-    let mut cluster = Cluster::start_with_store(1, 2, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
+    let workers = if line.row_checksums { 3 } else { 2 };
+    let mut cluster = Cluster::start_with_store(1, workers, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
     // Outside the cluster's temporary directory, so it is there to read after a failure.
     let log = std::env::temp_dir().join(format!("shoal-spark-{}-checks.log", line.name));
@@ -194,7 +203,8 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
             tail[tail.len().saturating_sub(40)..].join("\n")
         );
     }
-    for want in CHECKS {
+    let extra = if line.row_checksums { CHECKSUM_CHECKS } else { &[] };
+    for want in CHECKS.iter().chain(extra) {
         anyhow::ensure!(
             passed.iter().any(|p| p == want),
             "Spark {}: check {want} did not pass; passed: {passed:?}",

@@ -1,5 +1,6 @@
 package io.shoal.spark;
 
+import io.shoal.spark.shim.RowChecksums;
 import io.shoal.spark.shim.Shims;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -35,6 +36,9 @@ import scala.reflect.ClassTag$;
  *       in {@code stop(false)} (also after a failed commit).
  *   <li>A failure fails the task whatever its {@link Remedy}: the native writer has already retried
  *       and relocated its pushes, and a map task has nothing to fetch again; Spark retries the task.
+ *   <li>When the dependency asks for row checksums (Spark 4.1+), every input record feeds its
+ *       partition's checksum before map-side combine, as in Spark's own writers, and the MapStatus
+ *       carries the aggregate: Spark compares it across attempts of a map.
  * </ul>
  *
  * <p>Serializers whose records can be concatenated (Kryo, Spark SQL's UnsafeRow) share one stream,
@@ -55,6 +59,7 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   private final boolean relocatable;
   private final Chunk[] chunks;
   private final SerializationStream[] streams;
+  private final RowChecksums checksums;
   /** Where the shared stream's bytes go: the chunk of the record being written. */
   private final Redirect target = new Redirect();
   private SerializationStream shared;
@@ -79,6 +84,7 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     this.chunks = new Chunk[numPartitions];
     this.streams = relocatable ? null : new SerializationStream[numPartitions];
     this.lengths = new long[numPartitions];
+    this.checksums = Shims.get().rowChecksums(dep);
   }
 
   private long nativeWriter() throws ShoalException {
@@ -106,20 +112,54 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     if (numPartitions == 0) {
       return;
     }
+    Partitioner partitioner = dep.partitioner();
     scala.collection.Iterator<? extends Product2<K, ?>> it = records;
+    boolean sumHere = checksums.enabled();
     if (dep.mapSideCombine()) {
       if (dep.aggregator().isEmpty()) {
         throw new IllegalStateException("map-side combine without an aggregator");
       }
+      if (sumHere) {
+        // The checksum covers the map's input records, not the combined ones.
+        records = new Summed<>(records, partitioner, checksums);
+        sumHere = false;
+      }
       it = dep.aggregator().get().combineValuesByKey(records, context);
     }
-    Partitioner partitioner = dep.partitioner();
     nativeWriter();
     while (it.hasNext()) {
       Product2<K, ?> r = it.next();
       int p = partitioner.getPartition(r._1());
+      if (sumHere) {
+        checksums.update(p, r._1(), r._2());
+      }
       append(p, r._1(), r._2());
       metrics.incRecordsWritten(1);
+    }
+  }
+
+  /** Passes records through, feeding each to its partition's row checksum. */
+  static final class Summed<K, V> extends scala.collection.AbstractIterator<Product2<K, V>> {
+    private final scala.collection.Iterator<Product2<K, V>> in;
+    private final Partitioner partitioner;
+    private final RowChecksums checksums;
+
+    Summed(scala.collection.Iterator<Product2<K, V>> in, Partitioner partitioner, RowChecksums checksums) {
+      this.in = in;
+      this.partitioner = partitioner;
+      this.checksums = checksums;
+    }
+
+    @Override
+    public boolean hasNext() {
+      return in.hasNext();
+    }
+
+    @Override
+    public Product2<K, V> next() {
+      Product2<K, V> r = in.next();
+      checksums.update(partitioner.getPartition(r._1()), r._1(), r._2());
+      return r;
     }
   }
 
@@ -205,7 +245,9 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       if (numPartitions == 0) {
         closed = true;
         return Option.apply(
-            Shims.get().mapStatus(ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId));
+            Shims.get()
+                .mapStatus(
+                    ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId, checksums.value()));
       }
       for (int p = 0; p < numPartitions; p++) {
         push(p);
@@ -222,7 +264,9 @@ final class ShoalShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
         throw new ShoalInternalException("commit returned " + lengths.length + " partition sizes, not " + numPartitions);
       }
       MapStatus status =
-          Shims.get().mapStatus(ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId);
+          Shims.get()
+              .mapStatus(
+                  ShoalShuffleHandle.location(handle.shuffleId(), generation), lengths, mapTaskId, checksums.value());
       return Option.apply(status);
     } catch (IOException e) {
       abort();

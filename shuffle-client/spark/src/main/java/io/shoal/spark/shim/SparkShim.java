@@ -1,5 +1,6 @@
 package io.shoal.spark.shim;
 
+import org.apache.spark.ShuffleDependency;
 import org.apache.spark.TaskContext;
 import org.apache.spark.scheduler.MapStatus;
 import org.apache.spark.serializer.Serializer;
@@ -16,8 +17,14 @@ import scala.math.Ordering;
  * every line.
  */
 public interface SparkShim {
-  /** The MapStatus a map task reports (4.1 added a checksum argument, which Shoal leaves 0). */
-  MapStatus mapStatus(BlockManagerId location, long[] partitionLengths, long mapTaskId);
+  /**
+   * The MapStatus a map task reports, with its row checksum (an argument since 4.1; earlier lines
+   * have no place for it and drop it).
+   */
+  MapStatus mapStatus(BlockManagerId location, long[] partitionLengths, long mapTaskId, long rowChecksum);
+
+  /** The row checksums a map task of this dependency feeds: {@link RowChecksums#NONE} before 4.1. */
+  RowChecksums rowChecksums(ShuffleDependency<?, ?, ?> dependency);
 
   /**
    * The records sorted by key, spilling as needed, with the reader's metrics updated, as Spark's

@@ -1,5 +1,6 @@
 package io.shoal.spark.shim;
 
+import org.apache.spark.ShuffleDependency;
 import org.apache.spark.TaskContext;
 import org.apache.spark.network.buffer.ManagedBuffer;
 import org.apache.spark.network.shuffle.MergedBlockMeta;
@@ -20,8 +21,13 @@ import scala.math.Ordering;
 /** Spark 3.5 (Scala 2.12): compiled by build.sh against Spark 3.5's jars. */
 public final class Spark35 implements SparkShim {
   @Override
-  public MapStatus mapStatus(BlockManagerId location, long[] partitionLengths, long mapTaskId) {
+  public MapStatus mapStatus(BlockManagerId location, long[] partitionLengths, long mapTaskId, long rowChecksum) {
     return MapStatus$.MODULE$.apply(location, partitionLengths, mapTaskId);
+  }
+
+  @Override
+  public RowChecksums rowChecksums(ShuffleDependency<?, ?, ?> dependency) {
+    return RowChecksums.NONE;
   }
 
   @Override

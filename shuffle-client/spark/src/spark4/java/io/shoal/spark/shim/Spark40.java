@@ -1,5 +1,6 @@
 package io.shoal.spark.shim;
 
+import org.apache.spark.ShuffleDependency;
 import org.apache.spark.TaskContext;
 import org.apache.spark.scheduler.MapStatus;
 import org.apache.spark.serializer.Serializer;
@@ -20,8 +21,13 @@ public final class Spark40 implements SparkShim {
   private final SparkShim scala213 = new Spark4();
 
   @Override
-  public MapStatus mapStatus(BlockManagerId location, long[] partitionLengths, long mapTaskId) {
-    return beforeChecksums.mapStatus(location, partitionLengths, mapTaskId);
+  public MapStatus mapStatus(BlockManagerId location, long[] partitionLengths, long mapTaskId, long rowChecksum) {
+    return beforeChecksums.mapStatus(location, partitionLengths, mapTaskId, rowChecksum);
+  }
+
+  @Override
+  public RowChecksums rowChecksums(ShuffleDependency<?, ?, ?> dependency) {
+    return RowChecksums.NONE;
   }
 
   @Override

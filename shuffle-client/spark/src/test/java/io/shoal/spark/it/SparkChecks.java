@@ -30,6 +30,9 @@ import org.apache.spark.serializer.KryoSerializer;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
+import org.apache.spark.sql.api.java.UDF1;
+import org.apache.spark.sql.expressions.UserDefinedFunction;
+import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.functions;
 import scala.Tuple2;
 import scala.reflect.ClassTag$;
@@ -37,7 +40,8 @@ import scala.reflect.ClassTag$;
 /**
  * Runs Spark workloads twice, under Spark's own sort shuffle (local[2]) and through Shoal
  * (local-cluster, executors in their own JVMs, dynamic allocation, speculation on), and compares
- * the results exactly; then scale to zero, an attempt dying mid-write, and lost data.
+ * the results exactly; then scale to zero, an attempt dying mid-write, lost data and (Spark 4.1+)
+ * a map stage whose retry writes different rows.
  *
  * <p>Arguments: {@code key=value} Spark settings for the Shoal session (the cluster's
  * {@code spark.shoal.*} lines). Talks to the test that started it on stdin/stdout: it prints
@@ -250,6 +254,9 @@ public final class SparkChecks {
     scaleToZero(sc, tracker, expected.get("scale-to-zero"));
     deadAttempt(sc, tracker, expected.get("dead-attempt"));
     lostData(sc, tracker, expected.get("lost-data"));
+    if (hasRowChecksums(sc.version())) {
+      rowChecksumRollback(spark, sc, tracker);
+    }
 
     spark.stop();
     System.out.println("SHOAL-RESULT ok");
@@ -379,6 +386,91 @@ public final class SparkChecks {
     }
     compare("lost-data", want, got);
     System.out.println("CHECK lost-data-map-stage-rerun ok (" + reruns + " new attempt(s))");
+  }
+
+  /** Spark 4.1 added row checksums to MapStatus. */
+  static boolean hasRowChecksums(String version) {
+    String[] v = version.split("[.\\-]");
+    int major = Integer.parseInt(v[0]), minor = Integer.parseInt(v[1]);
+    return major > 4 || (major == 4 && minor >= 1);
+  }
+
+  /**
+   * Spark 4.1+: a SQL map stage whose rows depend on its attempt (a nondeterministic UDF) loses
+   * one worker's data after it ran (the object store is still stopped). The consumer stage reads
+   * the other partitions' gen-0 rows, fails to fetch the lost ones, and Spark runs the map stage
+   * again, which now writes different rows. Only the row checksum Shoal reports in the MapStatus
+   * tells Spark the retry differs; it then re-runs every task of the consumer stage, so the result
+   * comes from one map attempt. With a checksum of 0 the consumer re-runs only its failed tasks
+   * and the result mixes the rows of two attempts.
+   */
+  static void rowChecksumRollback(SparkSession spark, JavaSparkContext sc, Tracker t) throws Exception {
+    String[] confs = {
+      "spark.sql.shuffle.orderIndependentChecksum.enabled",
+      "spark.sql.shuffle.orderIndependentChecksum.enableFullRetryOnMismatch",
+      // Eight consumer tasks, not one coalesced: some finish on the surviving worker's rows.
+      "spark.sql.adaptive.coalescePartitions.enabled"
+    };
+    String[] values = {"true", "true", "false"};
+    for (int i = 0; i < confs.length; i++) {
+      spark.conf().set(confs[i], values[i]);
+    }
+    try {
+      UserDefinedFunction attempt =
+          functions
+              .udf((UDF1<Long, Integer>) id -> TaskContext.get().stageAttemptNumber(), DataTypes.IntegerType)
+              .asNondeterministic();
+      Dataset<Row> rows =
+          spark
+              .range(0, 30_000, 1, 6)
+              .select(functions.col("id").mod(1000).as("k"), attempt.apply(functions.col("id")).as("v"))
+              .repartition(8, functions.col("k"));
+      java.util.Set<Integer> known = new java.util.HashSet<>(t.shuffleAttempts.keySet());
+      JavaRDD<Row> exchanged = rows.toJavaRDD();
+      // Runs the exchange's map stage (adaptive execution has already run it for the RDD).
+      long n = exchanged.count();
+      settle(sc);
+      java.util.Set<Integer> fresh = new java.util.HashSet<>(t.shuffleAttempts.keySet());
+      fresh.removeAll(known);
+      if (n != 30_000 || fresh.size() != 1) {
+        throw new AssertionError("the exchange wrote " + n + " rows in shuffles " + fresh + ", not 30000 in one");
+      }
+      int shuffleId = fresh.iterator().next();
+      int attemptsBefore = t.attemptsWriting(shuffleId);
+      event("kill-worker " + sc.sc().applicationId() + " " + shuffleId);
+      List<Tuple2<Long, Long>> got =
+          exchanged
+              .mapToPair(r -> new Tuple2<>(r.getLong(0), r.getInt(1) * 1_000_000L + 1))
+              .reduceByKey(Long::sum, 4)
+              .collect();
+      settle(sc);
+      int reruns = t.attemptsWriting(shuffleId) - attemptsBefore;
+      if (reruns < 1) {
+        throw new AssertionError("the map stage of shuffle " + shuffleId + " was not re-run after its data was lost");
+      }
+      Map<Long, List<Long>> byAttempt = new java.util.TreeMap<>();
+      for (Tuple2<Long, Long> kv : got) {
+        long count = kv._2() % 1_000_000L, attempts = kv._2() / 1_000_000L;
+        if (count != 30 || attempts % 30 != 0) {
+          throw new AssertionError("key " + kv._1() + ": " + count + " rows with attempt numbers summing to " + attempts);
+        }
+        byAttempt.computeIfAbsent(attempts / 30, k -> new ArrayList<>()).add(kv._1());
+      }
+      if (got.size() != 1000 || byAttempt.size() != 1 || byAttempt.containsKey(0L)) {
+        Map<Long, Integer> sizes = new java.util.TreeMap<>();
+        byAttempt.forEach((a, keys) -> sizes.put(a, keys.size()));
+        throw new AssertionError(
+            got.size() + " keys; keys by the map attempt whose rows they read: " + sizes
+                + " (the consumer stage mixed map attempts: Spark did not see the retried map's output change)");
+      }
+      System.out.println(
+          "CHECK row-checksum-rollback ok (map stage re-run " + reruns + " time(s); all 1000 keys read map attempt "
+              + byAttempt.keySet().iterator().next() + ")");
+    } finally {
+      for (String c : confs) {
+        spark.conf().unset(c);
+      }
+    }
   }
 
   static Tuple2<Long, Long> sumGroup(Tuple2<Long, Iterable<Long>> g) {

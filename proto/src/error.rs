@@ -77,6 +77,9 @@ pub enum ErrorCode {
     /// The peer could not reach a service it needs for this request (a worker its masters):
     /// retry later.
     Unavailable = 24,
+    /// With replication 2, the partition's replica did not store the batch: the primary has
+    /// asked the masters to move the partition to a new pair; relocate there.
+    ReplicaFailed = 25,
 }
 
 impl ErrorCode {
@@ -86,7 +89,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             NotLeader | NoLeader | Busy | Timeout | Storage | Internal | NoWorkers | Unavailable => Remedy::RetryLater,
-            StaleEpoch | PartitionNotOwned | Decommissioning | DiskFull => Remedy::Relocate,
+            StaleEpoch | PartitionNotOwned | Decommissioning | DiskFull | ReplicaFailed => Remedy::Relocate,
             DataLost | Corrupt | UnknownShuffle => Remedy::Recompute,
             BadRequest | Malformed | UnsupportedVersion | UnknownApp | UnknownWorker | ShuffleNotWriting
             | Unauthorized | AlreadyCommitted | TooLarge => Remedy::Fail,
@@ -106,7 +109,7 @@ impl ErrorCode {
     /// Maps a number from the wire to a code; unknown numbers become `Internal`.
     pub fn from_u16(v: u16) -> ErrorCode {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 24] = [
+        const ALL: [ErrorCode; 25] = [
             Internal,
             BadRequest,
             Malformed,
@@ -131,6 +134,7 @@ impl ErrorCode {
             TooLarge,
             NoWorkers,
             Unavailable,
+            ReplicaFailed,
         ];
         ALL.into_iter().find(|c| *c as u16 == v).unwrap_or(Internal)
     }
@@ -246,7 +250,7 @@ mod tests {
     fn codes_round_trip_and_unknown_is_internal() {
         for v in 0..64u16 {
             let c = ErrorCode::from_u16(v);
-            if (1..=24).contains(&v) {
+            if (1..=25).contains(&v) {
                 assert_eq!(c.as_u16(), v);
             } else {
                 assert_eq!(c, ErrorCode::Internal);

@@ -167,6 +167,9 @@ wire! {
         Seal { shuffle: ShuffleKey },
         /// Drop local data of this shuffle.
         DeleteShuffle { shuffle: ShuffleKey },
+        /// A partition of a replication-2 shuffle has only this worker's copy left (its other
+        /// worker was lost): spill what you hold of it, so the object store is the second copy.
+        SpillPartition { shuffle: ShuffleKey, partition: PartitionId },
     }
 
     pub struct MasterInfo {
@@ -254,7 +257,8 @@ wire! {
         pub shuffle: ShuffleKey,
         pub num_maps: u32,
         pub num_partitions: u32,
-        /// 1 or 2.
+        /// Copies of each batch: 1 or 2, or 0 for the cluster's default (the masters'
+        /// `replication` setting).
         pub replication: u8,
     }
     pub struct GetAssignment { pub shuffle: ShuffleKey }
@@ -270,7 +274,8 @@ wire! {
     }
 
     /// A push to `failed_worker` at `failed_epoch` failed: move the partition (or return the
-    /// location that already replaced it).
+    /// location that already replaced it). Clients name the primary they pushed to; a primary
+    /// names the replica it could not forward to (a node call), and the move avoids it.
     pub struct Relocate {
         pub shuffle: ShuffleKey,
         pub partition: PartitionId,
@@ -383,6 +388,10 @@ wire! {
 // ---------------------------------------------------------------------------------------------
 // Data plane: clients to workers.
 
+/// [`PushBatch::flags`] bit: the replica copy of a batch, forwarded by the partition's primary
+/// (a node call); the replica stores it and forwards nothing.
+pub const PUSH_FLAG_REPLICA: u8 = 1;
+
 wire! {
     /// Header of a pushed batch; the batch bytes are the frame body.
     pub struct PushBatch {
@@ -462,7 +471,9 @@ validate_fields!(PartitionLocation => |s| {
 validate_fields!(PartitionReadPlan => |s| s.sources.iter().try_for_each(Validate::validate));
 validate_fields!(HeldPartition => |s| s.shuffle.validate());
 validate_fields!(WorkerCommand => |s| match s {
-    WorkerCommand::Seal { shuffle } | WorkerCommand::DeleteShuffle { shuffle } => shuffle.validate(),
+    WorkerCommand::Seal { shuffle }
+    | WorkerCommand::DeleteShuffle { shuffle }
+    | WorkerCommand::SpillPartition { shuffle, .. } => shuffle.validate(),
 });
 validate_fields!(RegisterApp => |s| s.app.validate());
 validate_fields!(AppRegistered => |s| {
@@ -485,8 +496,8 @@ validate_fields!(AppHeartbeat => |s| s.app.validate());
 validate_fields!(UnregisterApp => |s| s.app.validate());
 validate_fields!(RegisterShuffle => |s| {
     s.shuffle.validate()?;
-    if !(1..=2).contains(&s.replication) {
-        return Err(ProtoError::Invalid(format!("replication must be 1 or 2, got {}", s.replication)));
+    if s.replication > 2 {
+        return Err(ProtoError::Invalid(format!("replication must be 0, 1 or 2, got {}", s.replication)));
     }
     Ok(())
 });

@@ -7,8 +7,9 @@
 //! - Every batch's CRC is checked after decompression; at the end, each map's batch count,
 //!   byte count and CRC sum must equal what its commit recorded. Anything else ends the
 //!   stream with `DataLost` or `Corrupt`, never with wrong rows.
-//! - A live source that fails mid-stream is not fatal: the plan is fetched again (its data may
-//!   be spilled by now) and reading resumes, skipping batches already returned.
+//! - A live source that fails mid-stream is not fatal: its replica (replication 2) is read
+//!   next, else the plan is fetched again (its data may be spilled by now) and reading resumes,
+//!   skipping batches already returned.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -201,7 +202,17 @@ impl Reader {
             }
             let mut failed = None;
             for src in &pp.sources {
-                if let Err(e) = self.read_worker(&src.primary.addr, &capability, &expected, &want).await {
+                let mut read = self.read_worker(&src.primary.addr, &capability, &expected, &want).await;
+                // With replication 2 the replica holds every acknowledged batch: read it at once
+                // rather than wait for the masters to notice the primary is gone (what the
+                // primary already sent is skipped).
+                if let (Err(e), Some(replica)) = (&read, &src.replica) {
+                    if e.retryable() {
+                        tracing::debug!(partition = self.partition, "reading the replica: {e}");
+                        read = self.read_worker(&replica.addr, &capability, &expected, &want).await;
+                    }
+                }
+                if let Err(e) = read {
                     if e.retryable() {
                         failed = Some(e);
                         continue;

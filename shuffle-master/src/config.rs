@@ -65,6 +65,10 @@ pub struct MasterSettings {
     /// How long a capability is valid, e.g. "1h".
     #[arg(long, env = "SHOAL_CAPABILITY_TTL")]
     pub capability_ttl: Option<String>,
+    /// Copies of each pushed batch (1 or 2) for applications that do not choose
+    /// (`spark.shoal.replication`). With 2, an ack means both workers' WALs hold the batch.
+    #[arg(long, env = "SHOAL_REPLICATION")]
+    pub replication: Option<u8>,
 }
 
 pub const KEYS: &[&str] = &[
@@ -83,6 +87,7 @@ pub const KEYS: &[&str] = &[
     "auth_disabled",
     "token_ttl",
     "capability_ttl",
+    "replication",
 ];
 
 /// Parses a TOML file's text; returns the settings and the unknown keys found.
@@ -132,6 +137,7 @@ impl MasterSettings {
             auth_disabled: self.auth_disabled.or(lower.auth_disabled),
             token_ttl: self.token_ttl.or(lower.token_ttl),
             capability_ttl: self.capability_ttl.or(lower.capability_ttl),
+            replication: self.replication.or(lower.replication),
         }
     }
 
@@ -165,6 +171,10 @@ impl MasterSettings {
         let snapshot_every = self.snapshot_every.unwrap_or(10_000);
         if snapshot_every == 0 {
             return Err(bad("snapshot_every", "must be positive"));
+        }
+        let replication = self.replication.unwrap_or(1);
+        if !(1..=2).contains(&replication) {
+            return Err(bad("replication", format!("{replication} copies: Shoal keeps 1 or 2")));
         }
         let http_listen = match self.http_listen {
             None => None,
@@ -203,6 +213,7 @@ impl MasterSettings {
             worker_timeout,
             election_timeout,
             snapshot_every,
+            replication,
         })
     }
 }

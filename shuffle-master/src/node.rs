@@ -33,6 +33,8 @@ pub struct MasterConfig {
     pub election_timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// Copies of each batch for shuffles registered without a choice (1 or 2).
+    pub replication: u8,
     /// Where to serve the status page, `/status.json`, `/metrics` and `/healthz`.
     pub http_listen: Option<SocketAddr>,
     pub auth: AuthConfig,
@@ -101,6 +103,7 @@ impl MasterConfig {
             worker_timeout: Duration::from_secs(10),
             election_timeout: Duration::from_millis(500),
             snapshot_every: 10_000,
+            replication: 1,
             http_listen: None,
             auth: AuthConfig::Disabled,
         }
@@ -166,7 +169,11 @@ impl MasterNode {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let opts = ServiceOptions { heartbeat_interval: cfg.heartbeat_interval, worker_timeout: cfg.worker_timeout };
+        let opts = ServiceOptions {
+            heartbeat_interval: cfg.heartbeat_interval,
+            worker_timeout: cfg.worker_timeout,
+            replication: cfg.replication,
+        };
         let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts, auth, client));
         let server_opts = ServerOptions::for_tls(&tls);
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;

@@ -51,11 +51,13 @@ impl Clock for MonotonicClock {
 pub struct ServiceOptions {
     pub heartbeat_interval: Duration,
     pub worker_timeout: Duration,
+    /// The copies a shuffle registered with replication 0 ("the cluster's choice") gets.
+    pub replication: u8,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        Self { heartbeat_interval: Duration::from_secs(2), worker_timeout: Duration::from_secs(30) }
+        Self { heartbeat_interval: Duration::from_secs(2), worker_timeout: Duration::from_secs(30), replication: 1 }
     }
 }
 
@@ -273,7 +275,8 @@ impl MasterService {
                     shuffle: m.shuffle,
                     num_maps: m.num_maps,
                     num_partitions: m.num_partitions,
-                    replication: m.replication,
+                    // Resolved here, so the log records the copies the shuffle really has.
+                    replication: if m.replication == 0 { self.opts.replication } else { m.replication },
                 };
                 match self.write(cmd).await? {
                     R::Assignment(mut a) => {
@@ -346,7 +349,7 @@ impl MasterService {
                 self.leader_only()?;
                 let (commands, desired) = self.read_state(|s| match s.workers.get(&m.worker) {
                     Some(w) if w.state != WorkerState::Lost => {
-                        let mut c = s.commands_for(&m.shuffles);
+                        let mut c = s.commands_for(&m.worker, &m.shuffles);
                         if let Ok(mut sent) = self.purged.lock() {
                             c.extend(s.purge_commands(&mut sent, PURGES_PER_HEARTBEAT));
                         }

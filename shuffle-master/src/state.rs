@@ -556,7 +556,9 @@ impl MasterState {
         let Some(current) = rec.partitions.get(partition.0 as usize).and_then(|p| p.epochs.last()) else {
             return err(ErrorCode::BadRequest, format!("partition {partition} out of range"));
         };
-        if current.epoch != failed_epoch || &current.primary != failed {
+        // A client reports its primary; a primary reports the replica it could not forward to.
+        let involved = &current.primary == failed || current.replica.as_ref() == Some(failed);
+        if current.epoch != failed_epoch || !involved {
             // Someone already moved it (or the report is stale): hand out the current one.
             return CommandResult::Location(self.location(partition.0, current));
         }
@@ -883,7 +885,7 @@ impl MasterState {
     }
 
     /// Commands for a worker's heartbeat, given the shuffles it reports local data of.
-    pub fn commands_for(&self, held: &[ShuffleKey]) -> Vec<WorkerCommand> {
+    pub fn commands_for(&self, worker: &WorkerId, held: &[ShuffleKey]) -> Vec<WorkerCommand> {
         let mut out = Vec::new();
         for key in held {
             match self.shuffles.get(key) {
@@ -893,6 +895,23 @@ impl MasterState {
                 // the seal spill tells them apart and drops the second kind, so ask either way.
                 Some(rec) if rec.meta.state == ShuffleState::Sealed => {
                     out.push(WorkerCommand::Seal { shuffle: key.clone() })
+                }
+                // A replication-2 partition whose other copy was lost lives only here: the
+                // object store becomes its second copy. Asked on every heartbeat while it is
+                // so (level-triggered); a worker holding nothing of it does nothing.
+                Some(rec) if rec.meta.replication >= 2 => {
+                    for (pi, p) in rec.partitions.iter().enumerate() {
+                        let single = p
+                            .epochs
+                            .iter()
+                            .any(|e| e.state == EpochState::Live && &e.primary == worker && e.replica.is_none());
+                        if single {
+                            out.push(WorkerCommand::SpillPartition {
+                                shuffle: key.clone(),
+                                partition: PartitionId(pi as u32),
+                            });
+                        }
+                    }
                 }
                 Some(_) => {}
             }

@@ -210,6 +210,67 @@ fn worker_loss_with_replica_promotes_it() {
 }
 
 #[test]
+fn a_failed_replica_moves_the_partition_away_from_it() {
+    let mut st = cluster(&["w1", "w2", "w3"]);
+    let a = register(&mut st, 1, 1, 1, 2);
+    let first = a.locations[0].clone();
+    let replica = first.replica.clone().unwrap().id;
+    // The primary reports the replica it could not forward to.
+    let moved = match st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(0),
+        failed_epoch: first.epoch,
+        failed_worker: replica.clone(),
+    }) {
+        CommandResult::Location(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert!(moved.epoch > first.epoch);
+    assert!(moved.primary.id != replica && moved.replica.as_ref().is_some_and(|r| r.id != replica));
+    // The client's report of the same epoch (naming its primary) gets the new pair, not a third.
+    let again = st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(0),
+        failed_epoch: first.epoch,
+        failed_worker: first.primary.id.clone(),
+    });
+    assert_eq!(again, CommandResult::Location(moved.clone()));
+    // A worker named in neither role moves nothing.
+    let outsider = ["w1", "w2", "w3"]
+        .into_iter()
+        .map(w)
+        .find(|x| *x != moved.primary.id && Some(x) != moved.replica.as_ref().map(|r| &r.id))
+        .unwrap();
+    let stale = st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(0),
+        failed_epoch: moved.epoch,
+        failed_worker: outsider,
+    });
+    assert_eq!(stale, CommandResult::Location(moved));
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn single_copies_of_replicated_partitions_are_spilled_by_their_holder() {
+    let mut st = cluster(&["w1", "w2"]);
+    let a = register(&mut st, 1, 2, 2, 2);
+    assert!(st.commands_for(&w("w1"), &[key(1)]).is_empty());
+    assert!(st.commands_for(&w("w2"), &[key(1)]).is_empty());
+    // w2 is lost: every partition has only w1's copy (promoted where w2 was the primary), and
+    // no other worker can take the writes as a pair.
+    st.apply(Command::WorkerLost { worker: w("w2") });
+    let want: Vec<WorkerCommand> =
+        a.locations.iter().map(|l| WorkerCommand::SpillPartition { shuffle: key(1), partition: l.partition }).collect();
+    assert_eq!(st.commands_for(&w("w1"), &[key(1)]), want);
+    // Once sealed, the seal spill covers it.
+    commit(&mut st, 1, 0, 1, vec![]);
+    commit(&mut st, 1, 1, 1, vec![]);
+    assert_eq!(st.commands_for(&w("w1"), &[key(1)]), vec![WorkerCommand::Seal { shuffle: key(1) }]);
+    st.check_invariants().unwrap();
+}
+
+#[test]
 fn decommission_moves_writes_then_finishes_after_spill() {
     let mut st = cluster(&["w1", "w2"]);
     let a = register(&mut st, 1, 2, 2, 1);
@@ -345,11 +406,11 @@ fn sealed_shuffles_ask_owners_to_spill_and_removed_ones_to_delete() {
     let mut st = cluster(&["w1"]);
     register(&mut st, 1, 1, 2, 1);
     register(&mut st, 2, 1, 1, 1);
-    assert!(st.commands_for(&[key(1)]).is_empty());
+    assert!(st.commands_for(&w("w1"), &[key(1)]).is_empty());
     commit(&mut st, 1, 0, 1, vec![]);
-    assert_eq!(st.commands_for(&[key(1)]), vec![WorkerCommand::Seal { shuffle: key(1) }]);
+    assert_eq!(st.commands_for(&w("w1"), &[key(1)]), vec![WorkerCommand::Seal { shuffle: key(1) }]);
     st.apply(Command::UnregisterShuffle { shuffle: key(2) });
-    assert_eq!(st.commands_for(&[key(2)]), vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }]);
+    assert_eq!(st.commands_for(&w("w1"), &[key(2)]), vec![WorkerCommand::DeleteShuffle { shuffle: key(2) }]);
     assert_eq!(st.counters.tombstones, vec![key(2)]);
     // Unregistering the app removes the rest.
     st.apply(Command::UnregisterApp { app: AppId::new("app-1").unwrap() });

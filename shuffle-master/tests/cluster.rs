@@ -28,6 +28,7 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path, tls: &TlsSource) -
         worker_timeout: Duration::from_secs(60),
         election_timeout: Duration::from_millis(300),
         snapshot_every: 50,
+        replication: 1,
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

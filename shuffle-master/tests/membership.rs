@@ -32,6 +32,7 @@ fn config(id: u64, addr: &str, peers: &BTreeMap<u64, String>, dir: &Path, tls: &
         election_timeout: Duration::from_millis(300),
         // Small, so the new master catches up through a snapshot and a log suffix.
         snapshot_every: 40,
+        replication: 1,
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

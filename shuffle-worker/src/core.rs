@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use shuffle_proto::messages::WorkerState;
-use shuffle_proto::{ErrorCode, ShuffleKey};
+use shuffle_proto::{Epoch, ErrorCode, ShuffleKey};
 
 /// A partition of a shuffle on this worker.
 pub type PartKey = (ShuffleKey, u32);
@@ -60,6 +60,29 @@ pub enum SpillKind {
     Seal,
     /// The worker drains.
     Drain,
+    /// A replication-2 partition has only this worker's copy left (the master asks): the object
+    /// store becomes the second copy. Like pressure, exactly what was scanned goes.
+    SingleCopy,
+}
+
+/// The epoch up to which a single-copy spill may release what it scanned: the newest epoch of
+/// the partition that lives only here (this worker its primary, no replica) and takes no more
+/// pushes (not `current`, the partition's epoch for new writes). `None`: release nothing, as
+/// when the only copy is the current epoch (no second worker to move writes to): its later
+/// batches are spilled by the next request.
+///
+/// `sources`: the partition's live epochs as `(epoch, primary here, has a replica)`.
+pub fn single_copy_release(sources: &[(Epoch, bool, bool)], current: Option<Epoch>) -> Option<Epoch> {
+    sources.iter().filter(|(e, here, replica)| *here && !*replica && Some(*e) != current).map(|(e, _, _)| *e).max()
+}
+
+/// Whether a spill of `kind` uploads this worker's copy, given whether the worker is the
+/// primary of any of the partition's read sources. At seal a replica leaves the upload to its
+/// primary, which holds the same batches (one segment, not two); it keeps its copy until the
+/// master no longer reads it, then drops it. Pressure, drains and single-copy spills upload
+/// what the worker holds whatever its role: each copy must be able to leave on its own.
+pub fn uploads(kind: SpillKind, primary_of_a_source: bool) -> bool {
+    kind != SpillKind::Seal || primary_of_a_source
 }
 
 /// What to delete locally once the segment is recorded.
@@ -191,6 +214,10 @@ impl WorkerCore {
         }
         let go = match kind {
             SpillKind::Pressure => SpillStart::Go { delete: Delete::Scanned, last: false },
+            // May release old epochs (see `single_copy_release`): like a drain, only once no
+            // push admitted to the partition is still being stored.
+            SpillKind::SingleCopy if self.in_flight(key) > 0 => SpillStart::Wait,
+            SpillKind::SingleCopy => SpillStart::Go { delete: Delete::Scanned, last: true },
             SpillKind::Seal if !writing => SpillStart::Go { delete: Delete::Partition, last: true },
             // A seal the worker heard of before its assignment caught up: keep what may follow.
             SpillKind::Seal => SpillStart::Go { delete: Delete::Scanned, last: false },
@@ -216,6 +243,26 @@ impl WorkerCore {
     /// A draining worker holds nothing and has nothing running: the drain is complete.
     pub fn drained(&self, held: u64) -> bool {
         self.lifecycle == Lifecycle::Draining && held == 0 && self.spilling.is_empty() && self.inflight.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use shuffle_proto::Epoch;
+
+    use super::single_copy_release;
+
+    #[test]
+    fn a_single_copy_spill_releases_only_old_epochs_that_live_only_here() {
+        let (e1, e2, e3) = (Epoch(1), Epoch(2), Epoch(3));
+        // e1: only here; e2: here with a replica; e3: the current epoch, only here.
+        let sources = [(e1, true, false), (e2, true, true), (e3, true, false)];
+        assert_eq!(single_copy_release(&sources, Some(e3)), Some(e1));
+        assert_eq!(single_copy_release(&sources, Some(Epoch(9))), Some(e3));
+        // The current epoch alone: nothing may be released (it still takes pushes).
+        assert_eq!(single_copy_release(&[(e3, true, false)], Some(e3)), None);
+        // Another worker's primary epochs are not this worker's to release.
+        assert_eq!(single_copy_release(&[(e1, false, false)], Some(e3)), None);
     }
 }
 
@@ -259,7 +306,7 @@ mod tests {
             Just(Ev::Store),
             Just(Ev::Store),
             Just(Ev::Fail),
-            (0u32..2, 0u32..2, 0u8..3).prop_map(|(s, p, k)| Ev::Spill(s, p, k)),
+            (0u32..2, 0u32..2, 0u8..4).prop_map(|(s, p, k)| Ev::Spill(s, p, k)),
             (0u32..2).prop_map(|s| Ev::Spill(s, 0, 2)),
             Just(Ev::Scan),
             Just(Ev::Finish),
@@ -348,7 +395,7 @@ mod tests {
                     }
                     Ev::Spill(s, p, kind) => {
                         let k = key(s, p);
-                        let kind = [SpillKind::Pressure, SpillKind::Seal, SpillKind::Drain][kind as usize];
+                        let kind = [SpillKind::Pressure, SpillKind::Seal, SpillKind::Drain, SpillKind::SingleCopy][kind as usize];
                         if kind == SpillKind::Seal && !w.sealed.contains(&s) {
                             continue;
                         }
@@ -359,7 +406,10 @@ mod tests {
                                 if delete == Delete::Partition {
                                     prop_assert!(!writing, "whole-partition delete of a writing shuffle");
                                 }
-                                let covers = (last && writing).then_some(w.next);
+                                // A single-copy spill releases only epochs closed to pushes
+                                // (`single_copy_release`), never the partition's writes: it
+                                // claims no coverage of batches admitted later.
+                                let covers = (last && writing && kind != SpillKind::SingleCopy).then_some(w.next);
                                 w.spills.push((k, delete, None, covers));
                             }
                             SpillStart::Wait => prop_assert!(core.in_flight(&k) > 0),

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub bytes_buffered: Gauge,
     pub partitions: Gauge,
     pub push_latency: Histogram,
+    pub forward_latency: Histogram,
     pub backpressure: Counter,
     pub segments: Counter,
     pub errors: Family<ErrorLabels, Counter>,
@@ -77,6 +78,7 @@ impl Default for Metrics {
             partitions: Gauge::default(),
             // 50 µs .. ~1.6 s
             push_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            forward_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             backpressure: Counter::default(),
             segments: Counter::default(),
             errors: Family::default(),
@@ -89,6 +91,11 @@ impl Default for Metrics {
         registry.register("buffered_bytes", "Bytes held in the local buffer", m.bytes_buffered.clone());
         registry.register("partitions", "Partitions with local data", m.partitions.clone());
         registry.register("push_latency_seconds", "From receiving a push to its ack", m.push_latency.clone());
+        registry.register(
+            "forward_latency_seconds",
+            "Replication 2: from forwarding a batch to the replica's ack",
+            m.forward_latency.clone(),
+        );
         registry.register("backpressure_events", "Pushes refused with Busy", m.backpressure.clone());
         registry.register("segments_written", "Segments uploaded", m.segments.clone());
         registry.register("errors", "Requests that ended in an error, by kind", m.errors.clone());

@@ -40,7 +40,7 @@ struct Line {
     /// order): the plugin must be on the executors' class path from the start.
     plugin_on_executor_class_path: bool,
     /// Spark 4.1+ carries row checksums in MapStatus: the line runs the checksum check, which
-    /// loses a second worker (so the cluster starts three).
+    /// loses one more worker (so the cluster starts one more).
     row_checksums: bool,
 }
 
@@ -112,6 +112,8 @@ const CHECKS: &[&str] = &[
     "dead-attempt-not-read",
     "lost-data",
     "lost-data-map-stage-rerun",
+    "replicated-loss",
+    "replicated-loss-no-rerun",
 ];
 
 /// The checks of lines with row checksums (Spark 4.1+) only.
@@ -135,7 +137,9 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
 
     let mut s3 = S3Server::start("shoal").await?;
     s3.export_env();
-    let workers = if line.row_checksums { 3 } else { 2 };
+    // Each check that kills a worker needs one more: lost data, the row checksums (4.1+), and
+    // the replicated application, which needs two left when it starts.
+    let workers = if line.row_checksums { 4 } else { 3 };
     let mut cluster = Cluster::start_with_store(1, workers, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
     // Outside the cluster's temporary directory, so it is there to read after a failure.

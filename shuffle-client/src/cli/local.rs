@@ -262,6 +262,10 @@ impl Running {
         for line in &f.spark_conf {
             s.push_str(&format!("  --conf {line}\n"));
         }
+        s.push_str(
+            "  (Spark 3.5 to 4.2: spark.shuffle.manager=io.shoal.spark.ShoalShuffleManagerPre43; on 3.5 also \
+             spark.executor.extraClassPath=<the Shoal jar>)\n",
+        );
         s
     }
 }

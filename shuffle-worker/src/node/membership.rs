@@ -128,6 +128,13 @@ impl Inner {
             WorkerCommand::Seal { shuffle } => {
                 tokio::spawn(async move { self.spill_shuffle(shuffle, SpillKind::Seal).await });
             }
+            WorkerCommand::SpillPartition { shuffle, partition } => {
+                // Level-triggered: asked every heartbeat while the copy is single; nothing
+                // held, nothing to do.
+                if self.buffer.partitions().iter().any(|(s, p, _)| *s == shuffle && *p == partition.0) {
+                    tokio::spawn(async move { self.spill_single_copy(shuffle, partition.0).await });
+                }
+            }
             WorkerCommand::DeleteShuffle { shuffle } => {
                 tokio::spawn(async move {
                     self.forget(&shuffle);

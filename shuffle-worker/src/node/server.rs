@@ -19,6 +19,9 @@ use crate::core::WorkerCore;
 /// Chunks of a partition scan, in key order; the scan stops when the receiver is dropped.
 pub(super) type ScanChunks = mpsc::Receiver<Result<(Vec<u8>, u32), BufferError>>;
 
+/// How long a primary waits for its replica to store a forwarded batch.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn werr(code: ErrorCode, msg: impl Into<String>) -> WireError {
     WireError::new(code, msg)
 }
@@ -142,6 +145,20 @@ impl Inner {
                 format!("partition {} belongs to {}", push.partition, loc.primary.id),
             ));
         }
+        if push.flags & PUSH_FLAG_REPLICA != 0 && loc.replica.as_ref().is_none_or(|r| r.id != self.cfg.id) {
+            // Only a primary sends replica copies, and only to its replica.
+            return Err(werr(ErrorCode::PartitionNotOwned, "a replica copy for a worker that is not the replica"));
+        }
+        // With replication 2 the primary forwards the batch to the replica while it stores its
+        // own copy, and acknowledges only once both hold it. A forwarded copy goes no further.
+        let forward = match &loc.replica {
+            Some(r) if loc.primary.id == self.cfg.id && push.flags & PUSH_FLAG_REPLICA == 0 => Some(r.clone()),
+            _ => None,
+        };
+        let header = (forward.is_some()).then(|| PushBatch { flags: push.flags | PUSH_FLAG_REPLICA, ..push.clone() });
+        let epoch = loc.epoch;
+        // Only a replicated push needs the key again (to report a failed replica).
+        let reported = forward.as_ref().map(|_| push.shuffle.clone());
         let key = BatchKey {
             shuffle: push.shuffle,
             partition: push.partition.0,
@@ -151,25 +168,87 @@ impl Inner {
         };
         let buffer = self.buffer.clone();
         let len = body.len() as u64;
-        let stored = tokio::task::spawn_blocking(move || {
+        let body = Arc::new(body);
+        let local = body.clone();
+        let store = tokio::task::spawn_blocking(move || {
             // Fault tests slow, fail or crash the store here, with the push admitted and in
             // flight, and right after the batch is in the WAL but not yet acknowledged.
             fail::fail_point!("worker-before-put", |a| super::fault(
                 a,
                 Err(BufferError::Injected("worker-before-put"))
             ));
-            buffer.put(&key, &body)?;
+            buffer.put(&key, &local)?;
             fail::fail_point!("worker-after-put", |a| super::fault(a, Err(BufferError::Injected("worker-after-put"))));
             Ok::<(), BufferError>(())
-        })
-        .await
-        .map_err(|_| werr(ErrorCode::Internal, "storing the batch failed"))?;
+        });
+        let replicate = async {
+            match (&forward, header) {
+                (Some(r), Some(h)) => self.forward(r, h, &body).await,
+                _ => Ok(()),
+            }
+        };
+        let (stored, replicated) = tokio::join!(store, replicate);
+        let stored = stored.map_err(|_| werr(ErrorCode::Internal, "storing the batch failed"))?;
         if let Err(e) = stored {
             warn!("storing a batch failed: {e}");
             return Err(e.wire());
         }
+        if let (Err(e), Some(shuffle)) = (replicated, reported) {
+            return Err(self.replica_failed(&shuffle, push.partition, epoch, forward, e).await);
+        }
         self.metrics.bytes_pushed.inc_by(len);
         Ok(PushAck { seq: push.seq })
+    }
+
+    /// Sends a batch's replica copy; `Ok` once the replica has it in its WAL.
+    async fn forward(&self, replica: &WorkerEndpoint, header: PushBatch, body: &[u8]) -> Result<(), TransportError> {
+        let t0 = tokio::time::Instant::now();
+        let msg = Message::PushBatch(header);
+        let call = self.master.client().call(&replica.addr, &msg, body);
+        let (reply, _) = tokio::time::timeout(FORWARD_TIMEOUT, call)
+            .await
+            .map_err(|_| TransportError::Remote(werr(ErrorCode::Timeout, "the replica did not answer in time")))??;
+        reply.expect::<PushAck>().map_err(TransportError::from)?;
+        self.metrics.forward_latency.observe(t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// What the client hears when the replica did not take a batch. A replica that is only
+    /// busy passes its backpressure on; otherwise the primary asks the masters to move the
+    /// partition away from the replica (best effort: the client relocates either way), so the
+    /// next batches go to a new pair and nothing is acknowledged with one copy.
+    async fn replica_failed(
+        &self,
+        shuffle: &ShuffleKey,
+        partition: shuffle_proto::PartitionId,
+        epoch: shuffle_proto::Epoch,
+        replica: Option<WorkerEndpoint>,
+        e: TransportError,
+    ) -> WireError {
+        self.metrics.error("replica_failed");
+        if e.code() == ErrorCode::Busy {
+            self.metrics.backpressure.inc();
+            return werr(ErrorCode::Busy, "the partition's replica is over its watermark");
+        }
+        let Some(replica) = replica else { return werr(ErrorCode::Internal, "replication failed") };
+        warn!(%shuffle, %partition, replica = %replica.id, "forwarding to the replica failed: {e}");
+        if e.unreachable() {
+            self.master.client().forget(&replica.addr).await;
+        }
+        let moved = self
+            .master
+            .call_typed::<Relocated>(Relocate {
+                shuffle: shuffle.clone(),
+                partition,
+                failed_epoch: epoch,
+                failed_worker: replica.id.clone(),
+            })
+            .await;
+        if let Err(m) = moved {
+            debug!(%shuffle, %partition, "reporting the failed replica: {m}");
+        }
+        self.forget(shuffle);
+        werr(ErrorCode::ReplicaFailed, "the partition's replica did not store the batch")
     }
 
     /// Runs a partition scan on a blocking thread, handing chunks over a bounded channel.

@@ -12,7 +12,7 @@ use shuffle_proto::objstore::{SegmentUpload, StoreError};
 use shuffle_proto::retry::{retry, Backoff};
 use shuffle_proto::segment::{segment_key, segment_prefix, shuffle_dir};
 use shuffle_proto::transport::TransportError;
-use shuffle_proto::{ErrorCode, MapId, PartitionId, ShuffleKey};
+use shuffle_proto::{Epoch, ErrorCode, MapId, PartitionId, ShuffleKey};
 use tracing::{debug, info, warn};
 
 use super::{CoreHold, Inner};
@@ -111,6 +111,15 @@ impl Inner {
         self.spilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
     }
 
+    /// Spills a replication-2 partition whose other copy was lost, so the object store holds
+    /// it twice over; exactly what is scanned goes, and pushes may still follow.
+    pub(super) async fn spill_single_copy(self: Arc<Self>, shuffle: ShuffleKey, partition: u32) {
+        match self.spill_partition(&shuffle, partition, SpillKind::SingleCopy).await {
+            Ok(()) | Err(SpillError::InProgress) => {}
+            Err(e) => warn!(%shuffle, partition, "spilling a single copy failed (asked again next heartbeat): {e}"),
+        }
+    }
+
     /// Spills one partition, as the core allows: under pressure everything scanned goes
     /// (every attempt), exactly those keys are deleted, and the worker stays a read source for
     /// what arrives next; at seal only committed attempts go and the partition is dropped; in
@@ -155,6 +164,24 @@ impl Inner {
             debug!(%shuffle, partition, "local copy is not a read source: dropping it");
             self.buffer.delete_partition(shuffle, partition)?;
             return Ok(());
+        };
+        let primary = pp.sources.iter().any(|s| s.primary.id == self.cfg.id);
+        if !crate::core::uploads(kind, primary) {
+            // A replica's copy: the primary's segment covers it; dropped once no longer read.
+            debug!(%shuffle, partition, "replica copy: left to the primary's spill");
+            return Ok(());
+        }
+        let (last, upto) = if kind == SpillKind::SingleCopy {
+            // Only epochs that live here alone and take no more pushes are released.
+            let current = self.current_epoch(shuffle, partition).await?;
+            let roles: Vec<_> =
+                pp.sources.iter().map(|s| (s.epoch, s.primary.id == self.cfg.id, s.replica.is_some())).collect();
+            match crate::core::single_copy_release(&roles, current) {
+                Some(e) => (last, e),
+                None => (false, upto),
+            }
+        } else {
+            (last, upto)
         };
         // A sealed shuffle keeps only committed attempts; a writing one (drain) keeps all,
         // since its maps may still commit.
@@ -208,6 +235,12 @@ impl Inner {
         self.metrics.segments.inc();
         debug!(%shuffle, partition, bytes = spilled, %key, "partition spilled");
         Ok(())
+    }
+
+    /// The partition's epoch for new writes, fresh from the masters (`None` once sealed).
+    async fn current_epoch(&self, shuffle: &ShuffleKey, partition: u32) -> Result<Option<Epoch>, SpillError> {
+        let a: ShuffleAssignment = self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await?;
+        Ok((a.state == ShuffleState::Writing).then(|| a.locations.get(partition as usize).map(|l| l.epoch)).flatten())
     }
 
     /// Deletes this worker's objects for the partition that the master never recorded: left by

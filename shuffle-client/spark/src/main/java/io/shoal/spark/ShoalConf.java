@@ -49,9 +49,10 @@ final class ShoalConf implements java.io.Serializable {
     tlsCa = conf.get(TLS_CA, "").trim();
     tlsInsecure = conf.getBoolean(TLS_INSECURE, false);
     objectStore = conf.get(OBJECT_STORE, "").trim();
-    replication = conf.getInt(REPLICATION, 1);
-    if (replication != 1) {
-      throw new IllegalArgumentException(REPLICATION + "=" + replication + ": only 1 is supported");
+    // 0: the cluster's default (the masters' replication setting).
+    replication = conf.contains(REPLICATION) ? conf.getInt(REPLICATION, 1) : 0;
+    if (conf.contains(REPLICATION) && replication != 1 && replication != 2) {
+      throw new IllegalArgumentException(REPLICATION + "=" + replication + ": Shoal keeps 1 or 2 copies");
     }
     long chunk = conf.getSizeAsBytes(CHUNK_SIZE, "256k");
     if (chunk < 1024 || chunk > MAX_CHUNK) {

@@ -40,8 +40,9 @@ import scala.reflect.ClassTag$;
 /**
  * Runs Spark workloads twice, under Spark's own sort shuffle (local[2]) and through Shoal
  * (local-cluster, executors in their own JVMs, dynamic allocation, speculation on), and compares
- * the results exactly; then scale to zero, an attempt dying mid-write, lost data and (Spark 4.1+)
- * a map stage whose retry writes different rows.
+ * the results exactly; then scale to zero, an attempt dying mid-write, lost data, (Spark 4.1+)
+ * a map stage whose retry writes different rows, and a second application with replication 2
+ * losing a worker.
  *
  * <p>Arguments: {@code key=value} Spark settings for the Shoal session (the cluster's
  * {@code spark.shoal.*} lines). Talks to the test that started it on stdin/stdout: it prints
@@ -223,6 +224,7 @@ public final class SparkChecks {
     expected.put("scale-to-zero", canonical(twoStage(baseSc, 0, 40_000)));
     expected.put("dead-attempt", canonical(twoStage(baseSc, 0, 20_000)));
     expected.put("lost-data", canonical(twoStage(baseSc, 0, 30_000)));
+    expected.put("replicated-loss", canonical(twoStage(baseSc, 7, 25_000)));
     base.stop();
 
     SparkConf c =
@@ -259,7 +261,39 @@ public final class SparkChecks {
     }
 
     spark.stop();
+    replicatedLoss(shoalConf, expected.get("replicated-loss"));
     System.out.println("SHOAL-RESULT ok");
+  }
+
+  /**
+   * A second application, with {@code spark.shoal.replication=2}: with the object store still
+   * stopped, a shuffle is written and the worker owning its first partition is killed. Every
+   * batch was acknowledged by both copies, so the reduce side reads the replica: no FetchFailed,
+   * no map task run again, exact results.
+   */
+  static void replicatedLoss(Map<String, String> shoalConf, List<String> want) throws Exception {
+    SparkSession spark = session(shoalSession("shoal-checks-replicated", shoalConf).set("spark.shoal.replication", "2"));
+    JavaSparkContext sc = new JavaSparkContext(spark.sparkContext());
+    Tracker t = new Tracker();
+    sc.sc().addSparkListener(t);
+    JavaPairRDD<Long, Long> shuffled = pairs(sc, 7, 25_000);
+    int shuffleId = shuffleIdOf(shuffled);
+    shuffled.count();
+    settle(sc);
+    int attemptsBefore = t.attemptsWriting(shuffleId);
+    int tasksBefore = t.tasksWriting(shuffleId);
+    event("kill-worker " + sc.sc().applicationId() + " " + shuffleId);
+    List<String> got = canonical(render(shuffled));
+    settle(sc);
+    int reruns = t.attemptsWriting(shuffleId) - attemptsBefore, tasks = t.tasksWriting(shuffleId) - tasksBefore;
+    if (reruns != 0 || tasks != 0) {
+      throw new AssertionError(
+          "replication 2: the map stage of shuffle " + shuffleId + " ran again (" + reruns + " stage attempts, " + tasks
+              + " tasks) after one worker was lost");
+    }
+    compare("replicated-loss", want, got);
+    System.out.println("CHECK replicated-loss-no-rerun ok (shuffle " + shuffleId + ": 0 map tasks re-run)");
+    spark.stop();
   }
 
   /** Waits until no executor is left, runs the reduce side: the map stage must be skipped. */

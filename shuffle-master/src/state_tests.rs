@@ -33,6 +33,16 @@ fn commit(st: &mut MasterState, s: u32, map: u32, attempt: u64, stats: Vec<Parti
     st.apply(Command::CommitMap { shuffle: key(s), map: MapId(map), attempt: AttemptId(attempt), partitions: stats })
 }
 
+/// A failed push at `epoch` on `worker`, reported for partition 0 of shuffle 1.
+fn relocate(st: &mut MasterState, epoch: Epoch, worker: WorkerId) -> CommandResult {
+    st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(0),
+        failed_epoch: epoch,
+        failed_worker: worker,
+    })
+}
+
 fn error_code(r: &CommandResult) -> Option<ErrorCode> {
     match r {
         CommandResult::Error(e) => Some(e.code()),
@@ -141,24 +151,14 @@ fn stale_relocations_return_the_current_location() {
     let mut st = cluster(&["w1", "w2"]);
     let a = register(&mut st, 1, 1, 1, 1);
     let first = a.locations[0].clone();
-    let moved = match st.apply(Command::Relocate {
-        shuffle: key(1),
-        partition: PartitionId(0),
-        failed_epoch: first.epoch,
-        failed_worker: first.primary.id.clone(),
-    }) {
+    let moved = match relocate(&mut st, first.epoch, first.primary.id.clone()) {
         CommandResult::Location(l) => l,
         other => panic!("{other:?}"),
     };
     assert!(moved.epoch > first.epoch);
     assert_ne!(moved.primary.id, first.primary.id);
     // A second report of the same failure (another map task) must not move it again.
-    let again = st.apply(Command::Relocate {
-        shuffle: key(1),
-        partition: PartitionId(0),
-        failed_epoch: first.epoch,
-        failed_worker: first.primary.id.clone(),
-    });
+    let again = relocate(&mut st, first.epoch, first.primary.id.clone());
     assert_eq!(again, CommandResult::Location(moved.clone()));
     assert_eq!(st.assignment(&key(1)).unwrap().locations[0], moved);
     // The old worker is still alive: its data stays a read source.
@@ -216,24 +216,14 @@ fn a_failed_replica_moves_the_partition_away_from_it() {
     let first = a.locations[0].clone();
     let replica = first.replica.clone().unwrap().id;
     // The primary reports the replica it could not forward to.
-    let moved = match st.apply(Command::Relocate {
-        shuffle: key(1),
-        partition: PartitionId(0),
-        failed_epoch: first.epoch,
-        failed_worker: replica.clone(),
-    }) {
+    let moved = match relocate(&mut st, first.epoch, replica.clone()) {
         CommandResult::Location(l) => l,
         other => panic!("{other:?}"),
     };
     assert!(moved.epoch > first.epoch);
     assert!(moved.primary.id != replica && moved.replica.as_ref().is_some_and(|r| r.id != replica));
     // The client's report of the same epoch (naming its primary) gets the new pair, not a third.
-    let again = st.apply(Command::Relocate {
-        shuffle: key(1),
-        partition: PartitionId(0),
-        failed_epoch: first.epoch,
-        failed_worker: first.primary.id.clone(),
-    });
+    let again = relocate(&mut st, first.epoch, first.primary.id.clone());
     assert_eq!(again, CommandResult::Location(moved.clone()));
     // A worker named in neither role moves nothing.
     let outsider = ["w1", "w2", "w3"]
@@ -241,12 +231,7 @@ fn a_failed_replica_moves_the_partition_away_from_it() {
         .map(w)
         .find(|x| *x != moved.primary.id && Some(x) != moved.replica.as_ref().map(|r| &r.id))
         .unwrap();
-    let stale = st.apply(Command::Relocate {
-        shuffle: key(1),
-        partition: PartitionId(0),
-        failed_epoch: moved.epoch,
-        failed_worker: outsider,
-    });
+    let stale = relocate(&mut st, moved.epoch, outsider);
     assert_eq!(stale, CommandResult::Location(moved));
     st.check_invariants().unwrap();
 }

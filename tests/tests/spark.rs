@@ -106,6 +106,8 @@ const CHECKS: &[&str] = &[
     "2000-partitions-mostly-empty",
     "1MiB-records",
     "kryo",
+    "leader-failover",
+    "leader-failover-no-rerun",
     "scale-to-zero",
     "scale-to-zero-map-stage-skipped",
     "dead-attempt",
@@ -140,7 +142,8 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
     // Each check that kills a worker needs one more: lost data, the row checksums (4.1+), and
     // the replicated application, which needs two left when it starts.
     let workers = if line.row_checksums { 4 } else { 3 };
-    let mut cluster = Cluster::start_with_store(1, workers, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
+    // Three masters: a check kills the leader mid-job.
+    let mut cluster = Cluster::start_with_store(3, workers, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
     // Outside the cluster's temporary directory, so it is there to read after a failure.
     let log = std::env::temp_dir().join(format!("shoal-spark-{}-checks.log", line.name));
@@ -174,6 +177,15 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
                 passed.push(name.split(' ').next().unwrap_or_default().to_string());
             } else if line == "SHOAL-RESULT ok" {
                 result = true;
+            } else if line == "SHOAL-EVENT kill-leader" {
+                let t0 = std::time::Instant::now();
+                let old = cluster.kill_leader().await?;
+                let st = shoal_tests::eventually(Duration::from_secs(20), "a new leader", || async {
+                    cluster.status().await.ok().filter(|s| s.leader.is_some_and(|l| l != old))
+                })
+                .await?;
+                println!("killed leader master {old}; master {:?} leads after {:.1?}", st.leader, t0.elapsed());
+                stdin.write_all(b"ok\n").await?;
             } else if line == "SHOAL-EVENT stop-object-store" {
                 s3.stop();
                 stdin.write_all(b"ok\n").await?;

@@ -225,6 +225,7 @@ public final class SparkChecks {
     expected.put("dead-attempt", canonical(twoStage(baseSc, 0, 20_000)));
     expected.put("lost-data", canonical(twoStage(baseSc, 0, 30_000)));
     expected.put("replicated-loss", canonical(twoStage(baseSc, 7, 25_000)));
+    expected.put("leader-failover", canonical(twoStage(baseSc, 3, 24_000)));
     base.stop();
 
     SparkConf c =
@@ -253,6 +254,7 @@ public final class SparkChecks {
       }
     }
 
+    leaderFailover(sc, tracker, expected.get("leader-failover"));
     scaleToZero(sc, tracker, expected.get("scale-to-zero"));
     deadAttempt(sc, tracker, expected.get("dead-attempt"));
     lostData(sc, tracker, expected.get("lost-data"));
@@ -294,6 +296,46 @@ public final class SparkChecks {
     compare("replicated-loss", want, got);
     System.out.println("CHECK replicated-loss-no-rerun ok (shuffle " + shuffleId + ": 0 map tasks re-run)");
     spark.stop();
+  }
+
+  /**
+   * The leading Shoal master is killed while map tasks push and commit: the other masters elect
+   * a leader, clients follow, and the job finishes with exact results and no stage run again.
+   */
+  static void leaderFailover(JavaSparkContext sc, Tracker t, List<String> want) throws Exception {
+    JavaPairRDD<Long, Long> p =
+        sc.parallelize(range(24_000), 6)
+            .mapToPair(
+                i -> {
+                  // Each map task spans the kill: half its rows before, half after.
+                  if (i % 4_000 == 2_000) {
+                    Thread.sleep(1_500);
+                  }
+                  return new Tuple2<>((long) (i % 1000), (long) i + 3);
+                })
+            .reduceByKey(Long::sum, 8);
+    int shuffleId = shuffleIdOf(p);
+    long started = System.currentTimeMillis();
+    int tasksBefore = t.tasks.values().stream().mapToInt(AtomicInteger::get).sum();
+    org.apache.spark.api.java.JavaFutureAction<List<String>> job = p.map(x -> x._1() + "=" + x._2()).collectAsync();
+    long deadline = System.currentTimeMillis() + 60_000;
+    while (t.tasks.values().stream().mapToInt(AtomicInteger::get).sum() == tasksBefore) {
+      if (System.currentTimeMillis() > deadline) {
+        throw new AssertionError("no map task started");
+      }
+      Thread.sleep(50);
+    }
+    Thread.sleep(500);
+    event("kill-leader");
+    List<String> got = canonical(job.get());
+    settle(sc);
+    int attempts = t.attemptsWriting(shuffleId);
+    if (attempts != 1) {
+      throw new AssertionError("the map stage ran " + attempts + " times across the leader change");
+    }
+    compare("leader-failover", want, got);
+    System.out.println(
+        "CHECK leader-failover-no-rerun ok (job done " + (System.currentTimeMillis() - started) + " ms after it started)");
   }
 
   /** Waits until no executor is left, runs the reduce side: the map stage must be skipped. */

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use shoal_tests::{Cluster, S3Server};
 use shuffle_proto::transport::TlsSource;
+use shuffle_proto::messages::WorkerState;
 use shuffle_proto::{AppId, ShuffleKey};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -170,6 +171,7 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
 
     let mut passed = Vec::new();
     let mut result = false;
+    let mut stopped: Vec<String> = Vec::new();
     let run = async {
         while let Some(line) = lines.next_line().await? {
             println!("{line}");
@@ -177,6 +179,37 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
                 passed.push(name.split(' ').next().unwrap_or_default().to_string());
             } else if line == "SHOAL-RESULT ok" {
                 result = true;
+            } else if let Some(rest) = line.strip_prefix("SHOAL-EVENT stop-workers ") {
+                // Once the shuffle is wholly in the object store, the whole worker pool goes.
+                let mut it = rest.split(' ');
+                let (app, sid) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+                let key = ShuffleKey::new(AppId::new(app)?, sid.parse()?, 0);
+                let n = client.assignment(&key).await?.num_partitions;
+                shoal_tests::eventually(Duration::from_secs(60), "every partition spilled", || async {
+                    let plan = cluster.plan(&key, 0, n).await.ok()?;
+                    plan.partitions
+                        .iter()
+                        .all(|p| p.sources.is_empty() && (!p.segments.is_empty() || p.expected.is_empty()))
+                        .then_some(())
+                })
+                .await?;
+                stopped = cluster.workers.keys().cloned().collect();
+                for id in &stopped {
+                    cluster.stop_worker(id).await;
+                }
+                println!("stopped every worker ({}) once {key} was spilled", stopped.join(", "));
+                stdin.write_all(b"ok\n").await?;
+            } else if line == "SHOAL-EVENT start-workers" {
+                for id in std::mem::take(&mut stopped) {
+                    cluster.start_worker(&id).await?;
+                }
+                let want = cluster.workers.len();
+                shoal_tests::eventually(Duration::from_secs(30), "the workers active again", || async {
+                    let st = cluster.status().await.ok()?;
+                    (st.workers.iter().filter(|w| w.state == WorkerState::Active).count() >= want).then_some(())
+                })
+                .await?;
+                stdin.write_all(b"ok\n").await?;
             } else if line == "SHOAL-EVENT kill-leader" {
                 let t0 = std::time::Instant::now();
                 let old = cluster.kill_leader().await?;

@@ -338,7 +338,10 @@ public final class SparkChecks {
         "CHECK leader-failover-no-rerun ok (job done " + (System.currentTimeMillis() - started) + " ms after it started)");
   }
 
-  /** Waits until no executor is left, runs the reduce side: the map stage must be skipped. */
+  /**
+   * Waits until no executor is left and, once the shuffle is spilled, stops every Shoal worker;
+   * runs the reduce side, which reads the object store: the map stage must be skipped.
+   */
   static void scaleToZero(JavaSparkContext sc, Tracker t, List<String> want) throws Exception {
     JavaPairRDD<Long, Long> shuffled = pairs(sc, 0, 40_000);
     int shuffleId = shuffleIdOf(shuffled);
@@ -354,15 +357,20 @@ public final class SparkChecks {
       }
       Thread.sleep(250);
     }
+    // The Shoal workers go too, once the shuffle is in the object store.
+    event("stop-workers " + sc.sc().applicationId() + " " + shuffleId);
     int before = t.tasksWriting(shuffleId);
     List<String> got = canonical(render(shuffled));
     settle(sc);
     int rerun = t.tasksWriting(shuffleId) - before;
+    event("start-workers");
     if (rerun != 0) {
-      throw new AssertionError("the map stage ran " + rerun + " tasks again after executors went away");
+      throw new AssertionError("the map stage ran " + rerun + " tasks again after executors and workers went away");
     }
     compare("scale-to-zero", want, got);
-    System.out.println("CHECK scale-to-zero-map-stage-skipped ok (shuffle " + shuffleId + ": 0 map tasks re-run)");
+    System.out.println(
+        "CHECK scale-to-zero-map-stage-skipped ok (shuffle " + shuffleId
+            + ": no executor and no worker left; read from the object store, 0 map tasks re-run)");
   }
 
   /**

@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use shoal_tests::{Cluster, S3Server};
-use shuffle_proto::transport::TlsSource;
 use shuffle_proto::messages::WorkerState;
+use shuffle_proto::transport::TlsSource;
 use shuffle_proto::{AppId, ShuffleKey};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

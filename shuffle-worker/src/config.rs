@@ -39,6 +39,10 @@ pub struct WorkerSettings {
     /// Refuse pushes (retryable `Busy`) above this many buffered bytes, e.g. "200GiB".
     #[arg(long, env = "SHOAL_MAX_BUFFERED")]
     pub max_buffered: Option<String>,
+    /// Free space kept on the data disk: pushes are refused with a retryable `DiskFull` below
+    /// it, e.g. "1GiB".
+    #[arg(long, env = "SHOAL_DISK_RESERVE")]
+    pub disk_reserve: Option<String>,
     /// fsync the WAL before every ack.
     #[arg(long, env = "SHOAL_SYNC_WRITES")]
     pub sync_writes: Option<bool>,
@@ -72,6 +76,8 @@ pub struct WorkerConfig {
     pub tls: TlsSource,
     /// Pushes are refused with `Busy` once this many bytes are buffered.
     pub max_buffered_bytes: u64,
+    /// Pushes are refused with `DiskFull` when the data disk has less than this free.
+    pub disk_reserve_bytes: u64,
     /// Above this many buffered bytes the largest partitions are spilled early...
     pub spill_high_bytes: u64,
     /// ...until the buffer is under this many.
@@ -107,6 +113,7 @@ impl WorkerConfig {
             object_store,
             tls,
             max_buffered_bytes: 64 << 30,
+            disk_reserve_bytes: 256 << 20,
             spill_high_bytes: 48 << 30,
             spill_low_bytes: 32 << 30,
             sync_writes: false,
@@ -128,6 +135,7 @@ pub const KEYS: &[&str] = &[
     "data_dir",
     "object_store",
     "max_buffered",
+    "disk_reserve",
     "sync_writes",
     "heartbeat_interval",
     "upload_part_size",
@@ -154,6 +162,7 @@ impl WorkerSettings {
             data_dir,
             object_store,
             max_buffered,
+            disk_reserve,
             sync_writes,
             heartbeat_interval,
             upload_part_size,
@@ -189,6 +198,7 @@ impl WorkerSettings {
         }
         let tls = self.tls.resolve()?;
         let max_buffered_bytes = size("max_buffered", self.max_buffered.as_deref(), 64 << 30)?;
+        let disk_reserve_bytes = size("disk_reserve", self.disk_reserve.as_deref(), 1 << 30)?;
         let upload_part_bytes = size("upload_part_size", self.upload_part_size.as_deref(), 8 << 20)?;
         if upload_part_bytes < 5 << 20 {
             return Err(bad("upload_part_size", "S3 needs parts of at least 5MiB"));
@@ -215,6 +225,7 @@ impl WorkerSettings {
             object_store,
             tls,
             max_buffered_bytes,
+            disk_reserve_bytes,
             sync_writes: self.sync_writes.unwrap_or(false),
             read_chunk_bytes: 1 << 20,
             upload_part_bytes: upload_part_bytes as usize,

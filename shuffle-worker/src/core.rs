@@ -112,6 +112,10 @@ pub enum SpillStart {
 pub struct CoreLimits {
     /// Pushes are refused with `Busy` past this many buffered bytes.
     pub max_buffered_bytes: u64,
+    /// Pushes are refused with `DiskFull` when the data disk would have less than this free:
+    /// RocksDB never meets a full disk (its flushes and compactions need room too, and a write
+    /// that fails for lack of space stops the database until it is reopened).
+    pub disk_reserve_bytes: u64,
 }
 
 /// The worker's decision state.
@@ -121,11 +125,24 @@ pub struct WorkerCore {
     lifecycle: Lifecycle,
     inflight: BTreeMap<PartKey, u32>,
     spilling: BTreeSet<PartKey>,
+    /// Free bytes on the data disk: the last reading, less what was admitted since.
+    disk_free: Option<u64>,
 }
 
 impl WorkerCore {
     pub fn new(limits: CoreLimits) -> WorkerCore {
-        WorkerCore { limits, lifecycle: Lifecycle::Active, inflight: BTreeMap::new(), spilling: BTreeSet::new() }
+        WorkerCore {
+            limits,
+            lifecycle: Lifecycle::Active,
+            inflight: BTreeMap::new(),
+            spilling: BTreeSet::new(),
+            disk_free: None,
+        }
+    }
+
+    /// A reading of the data disk's free bytes (taken every few hundred milliseconds).
+    pub fn disk_free(&mut self, bytes: u64) {
+        self.disk_free = Some(bytes);
     }
 
     pub fn lifecycle(&self) -> Lifecycle {
@@ -191,6 +208,13 @@ impl WorkerCore {
         }
         if held.saturating_add(len) > self.limits.max_buffered_bytes {
             return Err((ErrorCode::Busy, "buffer is over its watermark"));
+        }
+        if let Some(free) = self.disk_free {
+            if free < self.limits.disk_reserve_bytes.saturating_add(len) {
+                return Err((ErrorCode::DiskFull, "the worker's disk is nearly full"));
+            }
+            // Pushes between two readings count against the last one.
+            self.disk_free = Some(free - len);
         }
         *self.inflight.entry(key.clone()).or_default() += 1;
         Ok(())
@@ -279,7 +303,7 @@ mod tests {
         (ShuffleKey::new(AppId::new("a").unwrap(), s, 0), p)
     }
 
-    const LIMITS: CoreLimits = CoreLimits { max_buffered_bytes: 1 << 20 };
+    const LIMITS: CoreLimits = CoreLimits { max_buffered_bytes: 1 << 20, disk_reserve_bytes: 1 << 10 };
 
     /// One thing that happens to a worker.
     #[derive(Clone, Debug)]
@@ -503,5 +527,24 @@ mod tests {
         assert_eq!(c.admit_push(&k, 1, 0).unwrap_err().0, ErrorCode::PartitionNotOwned);
         assert_eq!(c.desired(WorkerState::Active, 0), vec![Step::Resume]);
         assert_eq!(c.admit_push(&k, LIMITS.max_buffered_bytes, 1).unwrap_err().0, ErrorCode::Busy);
+    }
+
+    #[test]
+    fn a_nearly_full_disk_refuses_pushes_until_space_returns() {
+        let mut c = WorkerCore::new(LIMITS);
+        let k = key(0, 0);
+        let reserve = LIMITS.disk_reserve_bytes;
+        // No reading yet: nothing to judge by.
+        assert!(c.admit_push(&k, 100, 0).is_ok());
+        c.disk_free(reserve + 250);
+        assert!(c.admit_push(&k, 100, 0).is_ok());
+        assert!(c.admit_push(&k, 100, 0).is_ok());
+        // Admitted pushes count against the reading: the third would cross the reserve.
+        let refused = c.admit_push(&k, 100, 0).unwrap_err().0;
+        assert_eq!(refused, ErrorCode::DiskFull);
+        assert!(refused.retryable());
+        assert_eq!(c.in_flight(&k), 3, "a refused push is not in flight");
+        c.disk_free(reserve + 10_000);
+        assert!(c.admit_push(&k, 100, 0).is_ok());
     }
 }

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub bytes_read: Counter,
     pub bytes_spilled: Counter,
     pub bytes_buffered: Gauge,
+    pub disk_free: Gauge,
     pub partitions: Gauge,
     pub push_latency: Histogram,
     pub forward_latency: Histogram,
@@ -75,6 +76,7 @@ impl Default for Metrics {
             bytes_read: Counter::default(),
             bytes_spilled: Counter::default(),
             bytes_buffered: Gauge::default(),
+            disk_free: Gauge::default(),
             partitions: Gauge::default(),
             // 50 µs .. ~1.6 s
             push_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
@@ -89,6 +91,11 @@ impl Default for Metrics {
         registry.register("read_bytes", "Bytes streamed to readers", m.bytes_read.clone());
         registry.register("spilled_bytes", "Record bytes written to the object store", m.bytes_spilled.clone());
         registry.register("buffered_bytes", "Bytes held in the local buffer", m.bytes_buffered.clone());
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the data disk (pushes get DiskFull below disk_reserve)",
+            m.disk_free.clone(),
+        );
         registry.register("partitions", "Partitions with local data", m.partitions.clone());
         registry.register("push_latency_seconds", "From receiving a push to its ack", m.push_latency.clone());
         registry.register(

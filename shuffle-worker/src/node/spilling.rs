@@ -23,6 +23,12 @@ use crate::spill::plan_pressure_spill;
 /// How long a drain spill waits for pushes in flight to its partition before trying later.
 const SPILL_FENCE_WAIT: Duration = Duration::from_secs(30);
 
+/// Bytes an unprivileged process may still write on the file system holding `dir`.
+fn data_disk_free(dir: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
     #[error("another spill of the partition is running")]
@@ -73,6 +79,13 @@ impl Inner {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            match data_disk_free(&self.cfg.data_dir) {
+                Ok(free) => {
+                    self.metrics.disk_free.set(free as i64);
+                    self.core().disk_free(free);
+                }
+                Err(e) => debug!("reading the data disk's free space failed: {e}"),
+            }
             let parts = self.buffer.partitions();
             let sizes: Vec<u64> = parts.iter().map(|(_, _, b)| *b).collect();
             let held = self.buffer.bytes_held();

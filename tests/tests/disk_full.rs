@@ -1,0 +1,135 @@
+//! A worker whose data disk fills up, on a small file system of its own (a tmpfs with a size;
+//! mounting needs root, as CI runs): pushes are refused with a retryable `DiskFull` before
+//! RocksDB meets a full disk, no refused batch is ever read, and once space returns the same
+//! worker takes pushes again and serves everything it acknowledged.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shoal_tests::*;
+use shuffle_proto::batch::{BatchView, StreamRecords};
+use shuffle_proto::messages::*;
+use shuffle_proto::*;
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> anyhow::Result<SmallDisk> {
+        std::fs::create_dir_all(dir)?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a tmpfs for the worker's disk failed (the test needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Free bytes on the file system holding `dir`, as `df` reports them.
+fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let avail = text.lines().nth(1).ok_or_else(|| anyhow::anyhow!("df printed {text:?}"))?;
+    Ok(avail.trim().parse()?)
+}
+
+fn stat(loc: &PartitionLocation, raw: &[Vec<u8>]) -> PartitionStat {
+    PartitionStat {
+        partition: loc.partition,
+        bytes: raw.iter().map(|r| r.len() as u64).sum(),
+        crc_sum: raw.iter().fold(0u32, |a, r| a.wrapping_add(crc32fast::hash(r))),
+        batches: raw.len() as u32,
+        epochs: vec![loc.epoch],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_disk_refuses_pushes_cleanly_and_recovers() -> anyhow::Result<()> {
+    let mut c = Cluster::start(0).await?;
+    let disk = SmallDisk::mount(&c.dir.path().join("small-disk"), "128m")?;
+    let mut cfg = c.worker_config("w0")?;
+    cfg.data_dir = disk.0.join("w0");
+    cfg.disk_reserve_bytes = 24 << 20;
+    let w = shuffle_worker::node::WorkerNode::start(cfg).await?;
+    let addr = w.addr.to_string();
+    c.workers.insert("w0".into(), w);
+    // Half the disk goes to another tenant of the volume.
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 64 << 20])?;
+
+    let key = ShuffleKey::new(AppId::new("app-disk")?, 0, 0);
+    // Two maps, one committed: the shuffle is never sealed, so nothing is spilled under the read.
+    let a = c.register("app-disk", 0, 2, 1).await?;
+    let loc = a.locations[0].clone();
+    // Incompressible 1 MiB batches until the worker refuses one.
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for seq in 0..100u32 {
+        let raw = noise(1 << 20, u64::from(seq));
+        match c.push(&key, &loc, 0, 7, seq, &raw).await {
+            Ok(_) => acked.push(raw),
+            Err(e) => {
+                refused = Some((seq, e));
+                break;
+            }
+        }
+    }
+    let (refused_seq, e) = refused.ok_or_else(|| anyhow::anyhow!("100 MiB fit on a 128 MiB disk holding 64 MiB"))?;
+    assert_eq!(e.code(), ErrorCode::DiskFull, "refused with {e}");
+    assert!(e.retryable());
+    // Refused by the reserve, not by a write that ran out of space: room is left for RocksDB.
+    let free = free_bytes(&disk.0)?;
+    assert!(free >= 8 << 20, "only {free} bytes were left when pushes were refused");
+    assert!(acked.len() >= 8, "only {} MiB were taken before the disk counted as full", acked.len());
+    println!("{} MiB acknowledged, then DiskFull with {} MiB still free", acked.len(), free >> 20);
+
+    // Space returns: the same worker takes the refused batch and more.
+    std::fs::remove_file(&filler)?;
+    let retry = noise(1 << 20, u64::from(refused_seq));
+    eventually(Duration::from_secs(10), "a push taken again", || async {
+        c.push(&key, &loc, 0, 7, refused_seq, &retry).await.ok()
+    })
+    .await?;
+    acked.push(retry);
+    for seq in refused_seq + 1..refused_seq + 4 {
+        let raw = noise(1 << 20, u64::from(seq));
+        c.push(&key, &loc, 0, 7, seq, &raw).await?;
+        acked.push(raw);
+    }
+
+    // Exactly the acknowledged batches read back, in order.
+    let committed: MapCommitted =
+        c.mc.call_typed(CommitMap {
+            shuffle: key.clone(),
+            map: MapId(0),
+            attempt: AttemptId(7),
+            partitions: vec![stat(&loc, &acked)],
+        })
+        .await?;
+    assert!(committed.accepted);
+    let plan = c.plan(&key, 0, 1).await?;
+    let records = c.read_live(&addr, &key, 0, &plan.partitions[0].expected).await?;
+    let mut got = Vec::new();
+    for r in StreamRecords::new(&records, 1 << 26) {
+        let r = r?;
+        let mut raw = Vec::new();
+        BatchView::parse_exact(r.batch, 1 << 26)?.decode_into(&mut raw)?;
+        got.push(raw);
+    }
+    assert_eq!(got.len(), acked.len());
+    assert!(got == acked, "the batches read back differ from the acknowledged ones");
+    c.shutdown().await;
+    drop(disk);
+    Ok(())
+}

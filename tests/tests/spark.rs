@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use shoal_tests::{Cluster, S3Server};
-use shuffle_proto::messages::WorkerState;
+use shuffle_proto::messages::{Ack, DecommissionWorker, WorkerState};
 use shuffle_proto::transport::TlsSource;
 use shuffle_proto::{AppId, ShuffleKey};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -111,6 +111,8 @@ const CHECKS: &[&str] = &[
     "leader-failover-no-rerun",
     "scale-to-zero",
     "scale-to-zero-map-stage-skipped",
+    "drained-worker",
+    "drained-worker-no-rerun",
     "dead-attempt",
     "dead-attempt-not-read",
     "lost-data",
@@ -140,9 +142,9 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
 
     let mut s3 = S3Server::start("shoal").await?;
     s3.export_env();
-    // Each check that kills a worker needs one more: lost data, the row checksums (4.1+), and
-    // the replicated application, which needs two left when it starts.
-    let workers = if line.row_checksums { 4 } else { 3 };
+    // Each check that takes a worker away needs one more: the drain, lost data, the row
+    // checksums (4.1+), and the replicated application, which needs two left when it starts.
+    let workers = if line.row_checksums { 5 } else { 4 };
     // Three masters: a check kills the leader mid-job.
     let mut cluster = Cluster::start_with_store(3, workers, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
@@ -209,6 +211,23 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
                     (st.workers.iter().filter(|w| w.state == WorkerState::Active).count() >= want).then_some(())
                 })
                 .await?;
+                stdin.write_all(b"ok\n").await?;
+            } else if let Some(rest) = line.strip_prefix("SHOAL-EVENT drain-worker ") {
+                // Decommission the owner of partition 0 while maps push to it; it leaves once
+                // everything it holds is in the object store.
+                let mut it = rest.split(' ');
+                let (app, sid) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+                let key = ShuffleKey::new(AppId::new(app)?, sid.parse()?, 0);
+                let victim = client.assignment(&key).await?.locations[0].primary.id.clone();
+                let t0 = std::time::Instant::now();
+                let _: Ack = cluster.mc.call_typed(DecommissionWorker { worker: victim.clone() }).await?;
+                shoal_tests::eventually(Duration::from_secs(60), "the worker drained", || async {
+                    let st = cluster.status().await.ok()?;
+                    st.workers.iter().any(|w| w.id == victim && w.state == WorkerState::Decommissioned).then_some(())
+                })
+                .await?;
+                cluster.stop_worker(victim.as_str()).await;
+                println!("worker {victim} drained and removed in {:.1?}", t0.elapsed());
                 stdin.write_all(b"ok\n").await?;
             } else if line == "SHOAL-EVENT kill-leader" {
                 let t0 = std::time::Instant::now();

@@ -226,6 +226,7 @@ public final class SparkChecks {
     expected.put("lost-data", canonical(twoStage(baseSc, 0, 30_000)));
     expected.put("replicated-loss", canonical(twoStage(baseSc, 7, 25_000)));
     expected.put("leader-failover", canonical(twoStage(baseSc, 3, 24_000)));
+    expected.put("drained-worker", canonical(twoStage(baseSc, 5, 24_000)));
     base.stop();
 
     SparkConf c =
@@ -256,6 +257,7 @@ public final class SparkChecks {
 
     leaderFailover(sc, tracker, expected.get("leader-failover"));
     scaleToZero(sc, tracker, expected.get("scale-to-zero"));
+    drainMidJob(sc, tracker, expected.get("drained-worker"));
     deadAttempt(sc, tracker, expected.get("dead-attempt"));
     lostData(sc, tracker, expected.get("lost-data"));
     if (hasRowChecksums(sc.version())) {
@@ -303,15 +305,31 @@ public final class SparkChecks {
    * a leader, clients follow, and the job finishes with exact results and no stage run again.
    */
   static void leaderFailover(JavaSparkContext sc, Tracker t, List<String> want) throws Exception {
+    midJob(sc, t, want, 3, "leader-failover", p -> "kill-leader");
+  }
+
+  /**
+   * The worker owning partition 0 is drained (decommissioned, its data spilled, the process
+   * gone) while map tasks push to it: their pushes move to other workers, and the job finishes
+   * with exact results and no stage run again.
+   */
+  static void drainMidJob(JavaSparkContext sc, Tracker t, List<String> want) throws Exception {
+    midJob(sc, t, want, 5, "drained-worker", shuffleId -> "drain-worker " + sc.sc().applicationId() + " " + shuffleId);
+  }
+
+  /** Runs a two-stage job whose six map tasks each span an event the test makes happen. */
+  static void midJob(
+      JavaSparkContext sc, Tracker t, List<String> want, int salt, String name, java.util.function.IntFunction<String> what)
+      throws Exception {
     JavaPairRDD<Long, Long> p =
         sc.parallelize(range(24_000), 6)
             .mapToPair(
                 i -> {
-                  // Each map task spans the kill: half its rows before, half after.
+                  // Each map task spans the event: half its rows before, half after.
                   if (i % 4_000 == 2_000) {
                     Thread.sleep(1_500);
                   }
-                  return new Tuple2<>((long) (i % 1000), (long) i + 3);
+                  return new Tuple2<>((long) (i % 1000), (long) i + salt);
                 })
             .reduceByKey(Long::sum, 8);
     int shuffleId = shuffleIdOf(p);
@@ -326,16 +344,16 @@ public final class SparkChecks {
       Thread.sleep(50);
     }
     Thread.sleep(500);
-    event("kill-leader");
+    event(what.apply(shuffleId));
     List<String> got = canonical(job.get());
     settle(sc);
     int attempts = t.attemptsWriting(shuffleId);
     if (attempts != 1) {
-      throw new AssertionError("the map stage ran " + attempts + " times across the leader change");
+      throw new AssertionError(name + ": the map stage ran " + attempts + " times");
     }
-    compare("leader-failover", want, got);
+    compare(name, want, got);
     System.out.println(
-        "CHECK leader-failover-no-rerun ok (job done " + (System.currentTimeMillis() - started) + " ms after it started)");
+        "CHECK " + name + "-no-rerun ok (job done " + (System.currentTimeMillis() - started) + " ms after it started)");
   }
 
   /**

@@ -387,6 +387,17 @@ pub async fn assert_round_partition(
     assert_same_units(&got, &want, 100, &format!("{what}: partition {p}"));
 }
 
+/// What a map that pushed the raw batches `raw` to `loc` commits for that partition.
+pub fn partition_stat<B: AsRef<[u8]>>(loc: &PartitionLocation, raw: &[B]) -> PartitionStat {
+    PartitionStat {
+        partition: loc.partition,
+        bytes: raw.iter().map(|r| r.as_ref().len() as u64).sum(),
+        crc_sum: raw.iter().fold(0u32, |a, r| a.wrapping_add(crc32fast::hash(r.as_ref()))),
+        batches: raw.len() as u32,
+        epochs: vec![loc.epoch],
+    }
+}
+
 /// How many segment objects (`*.seg`) lie under `dir`, at any depth.
 pub fn segment_objects(dir: &std::path::Path) -> usize {
     let mut n = 0;

@@ -44,16 +44,6 @@ fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
     Ok(avail.trim().parse()?)
 }
 
-fn stat(loc: &PartitionLocation, raw: &[Vec<u8>]) -> PartitionStat {
-    PartitionStat {
-        partition: loc.partition,
-        bytes: raw.iter().map(|r| r.len() as u64).sum(),
-        crc_sum: raw.iter().fold(0u32, |a, r| a.wrapping_add(crc32fast::hash(r))),
-        batches: raw.len() as u32,
-        epochs: vec![loc.epoch],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_data_disk_refuses_pushes_cleanly_and_recovers() -> anyhow::Result<()> {
     let mut c = Cluster::start(0).await?;
@@ -114,7 +104,7 @@ async fn a_full_data_disk_refuses_pushes_cleanly_and_recovers() -> anyhow::Resul
             shuffle: key.clone(),
             map: MapId(0),
             attempt: AttemptId(7),
-            partitions: vec![stat(&loc, &acked)],
+            partitions: vec![partition_stat(&loc, &acked)],
         })
         .await?;
     assert!(committed.accepted);

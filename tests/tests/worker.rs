@@ -20,16 +20,6 @@ async fn commit(c: &Cluster, key: &ShuffleKey, map: u32, attempt: u64, stats: Ve
         .unwrap()
 }
 
-fn stat(loc: &PartitionLocation, raw: &[&[u8]]) -> PartitionStat {
-    PartitionStat {
-        partition: loc.partition,
-        bytes: raw.iter().map(|r| r.len() as u64).sum(),
-        crc_sum: raw.iter().fold(0u32, |a, r| a.wrapping_add(crc32fast::hash(r))),
-        batches: raw.len() as u32,
-        epochs: vec![loc.epoch],
-    }
-}
-
 /// Decodes stream records to (map, attempt, seq, raw bytes).
 fn decode(records: &[u8]) -> Vec<(u32, u64, u32, Vec<u8>)> {
     StreamRecords::new(records, 1 << 26)
@@ -74,7 +64,7 @@ async fn push_read_spill_and_restart() {
             if map == 1 {
                 c.push(&k, loc, map, 999, 0, &rows(9, p, 50, 3)).await.unwrap();
             }
-            stats.push(stat(loc, &[&b0, &b1]));
+            stats.push(partition_stat(loc, &[&b0, &b1]));
             want.entry(p).or_default().extend([b0, b1]);
         }
         let r = commit(&c, &k, map, 100 + map as u64, stats).await;
@@ -269,7 +259,7 @@ async fn the_sweep_deletes_garbage_and_keeps_live_data() {
     let loc = a.locations[0].clone();
     let raw = rows(0, 0, 100, 1);
     c.push(&k, &loc, 0, 1, 0, &raw).await.unwrap();
-    commit(&c, &k, 0, 1, vec![stat(&loc, &[&raw])]).await;
+    commit(&c, &k, 0, 1, vec![partition_stat(&loc, &[&raw])]).await;
     let plan = eventually(Duration::from_secs(10), "spilled", || async {
         let p = c.plan(&k, 0, 1).await.ok()?;
         (p.partitions[0].sources.is_empty() && !p.partitions[0].segments.is_empty()).then_some(p)

@@ -131,7 +131,7 @@ impl Inner {
             WorkerCommand::SpillPartition { shuffle, partition } => {
                 // Level-triggered: asked every heartbeat while the copy is single; nothing
                 // held, nothing to do.
-                if self.buffer.partitions().iter().any(|(s, p, _)| *s == shuffle && *p == partition.0) {
+                if self.buffer.partition_bytes(&shuffle, partition.0) > 0 {
                     tokio::spawn(async move { self.spill_single_copy(shuffle, partition.0).await });
                 }
             }

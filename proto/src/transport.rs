@@ -832,20 +832,52 @@ impl<H: Handler> Stream<H> {
 
 /// Calls the master group: any master answers or points at the leader; unreachable masters
 /// and elections are retried with backoff until `deadline`.
+///
+/// One try waits at most `attempt_timeout`: a master killed outright (no connection close
+/// reaches us) would otherwise hold every call on its cached connection until QUIC's idle
+/// timeout, long enough for the new leader to count the workers whose heartbeats hang there
+/// as lost. A try that times out drops the connection and moves to the next master; master
+/// commands are idempotent, as they must be for a reply lost in a crash anyway.
 #[derive(Clone)]
 pub struct MasterClient {
     client: Client,
     masters: Arc<Vec<String>>,
     leader: Arc<std::sync::Mutex<Option<String>>>,
     deadline: Duration,
+    attempt_timeout: Duration,
 }
+
+/// The default bound on one master try: Raft commits take milliseconds, elections a second.
+pub const MASTER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl MasterClient {
     pub fn new(client: Client, masters: Vec<String>, deadline: Duration) -> Result<MasterClient, TransportError> {
         if masters.is_empty() {
             return Err(TransportError::Resolve("no master endpoints configured".into()));
         }
-        Ok(MasterClient { client, masters: Arc::new(masters), leader: Default::default(), deadline })
+        Ok(MasterClient {
+            client,
+            masters: Arc::new(masters),
+            leader: Default::default(),
+            deadline,
+            attempt_timeout: MASTER_ATTEMPT_TIMEOUT,
+        })
+    }
+
+    /// One try's bound: membership changes wait, by design, as long as their request says.
+    fn attempt_bound(&self, msg: &Message) -> Duration {
+        let waits = match msg {
+            Message::AddMaster(m) => m.timeout_ms,
+            Message::RemoveMaster(m) => m.timeout_ms,
+            _ => 0,
+        };
+        self.attempt_timeout + Duration::from_millis(waits)
+    }
+
+    /// Bounds one try at one master (see the type's doc).
+    pub fn with_attempt_timeout(mut self, t: Duration) -> MasterClient {
+        self.attempt_timeout = t;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -885,7 +917,15 @@ impl MasterClient {
         let mut hops = 0usize;
         loop {
             let target = self.leader_hint().unwrap_or_else(|| self.masters[next % self.masters.len()].clone());
-            let outcome = self.client.call_as(&target, msg, auth, &[]).await;
+            let bound = self.attempt_bound(msg);
+            let outcome = match tokio::time::timeout(bound, self.client.call_as(&target, msg, auth, &[])).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The master may be gone without a word: dial afresh next time.
+                    self.client.forget(&target).await;
+                    Err(TransportError::Timeout { addr: target.clone(), after: bound })
+                }
+            };
             let last_err = match outcome {
                 Ok((Message::WireError(e), _)) if e.code() == ErrorCode::NotLeader => {
                     match e.leader_hint.clone().filter(|h| *h != target) {

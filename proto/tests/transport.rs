@@ -257,3 +257,47 @@ async fn stale_leader_hints_in_a_circle_end_at_the_deadline() {
     // A few hops per pause, a handful of pauses in a second: not thousands of calls.
     assert!(calls < 100, "{calls} calls in {took:?}");
 }
+
+/// A master that takes calls and never answers, as one killed outright looks from a client
+/// holding a connection to it (no close ever arrives).
+struct Silent;
+
+impl Handler for Silent {
+    async fn handle(&self, _: &CallInfo, _: Message, _: Vec<u8>, _: &mut Responder) -> Result<(), ProtoError> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// A master that answers every call with an `Ack`.
+struct Answers;
+
+impl Handler for Answers {
+    async fn handle(&self, _: &CallInfo, _: Message, _: Vec<u8>, out: &mut Responder) -> Result<(), ProtoError> {
+        out.send(&Message::Ack(Ack {}), &[]).await
+    }
+}
+
+/// A client whose first master went silent moves to the next one after one bounded try,
+/// instead of waiting for QUIC's idle timeout (10 s) or its call timeout.
+#[tokio::test]
+async fn a_silent_master_costs_one_bounded_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = cluster(dir.path());
+    let opts = ServerOptions::for_tls(&tls);
+    let silent = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+    let good = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+    let addrs = vec![silent.local_addr().unwrap().to_string(), good.local_addr().unwrap().to_string()];
+    tokio::spawn(serve(silent, Arc::new(Silent), opts.clone()));
+    tokio::spawn(serve(good, Arc::new(Answers), opts.clone()));
+    let client = Client::new(&tls, ClientOptions::default()).unwrap();
+    let mc = MasterClient::new(client, addrs.clone(), Duration::from_secs(20))
+        .unwrap()
+        .with_attempt_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let (reply, _) = mc.call(&Message::GetStatus(GetStatus {})).await.unwrap();
+    let took = started.elapsed();
+    assert!(matches!(reply, Message::Ack(_)), "{reply:?}");
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(mc.leader_hint(), Some(addrs[1].clone()), "the answering master is remembered");
+}

@@ -34,6 +34,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        why = node.stopped() => {
+            // Raft stopped on a storage error: exit non-zero, so the supervisor restarts this
+            // master once its disk is usable again; the rest of the group keeps serving.
+            tracing::error!("the master's Raft node stopped ({why}); exiting");
+            node.shutdown().await;
+            std::process::exit(1);
+        }
     }
     info!("shutting down");
     node.shutdown().await;

@@ -212,6 +212,22 @@ impl MasterNode {
         self.service.raft()
     }
 
+    /// Resolves when the Raft node stops by itself, with the reason: a fatal storage error (a
+    /// full or failed disk) leaves this master unable to take part in the group, so the binary
+    /// exits and its supervisor restarts it once the disk is usable again; the other masters
+    /// go on serving meanwhile.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.service.raft().metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft node is gone".into();
+            }
+        }
+    }
+
     /// Stops serving and shuts Raft down.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"shutdown");

@@ -1,5 +1,5 @@
 //! The master's read-only HTTP pages: `/` (status page), `/status.json`, `/metrics`
-//! (Prometheus), `/healthz` (the process answers), `/readyz` (a leader is known and this
+//! (Prometheus), `/healthz` (the process answers and its Raft node runs), `/readyz` (a leader is known and this
 //! master applied its whole log). Any master serves them, from its own applied state; the page
 //! says which master answered and who leads.
 
@@ -32,7 +32,14 @@ fn escape(s: &str) -> String {
 pub fn page(service: &Weak<MasterService>, path: &str) -> Page {
     let Some(svc) = service.upgrade() else { return Page::not_found() };
     match path {
-        "/healthz" => Page::ok("text/plain", "ok\n".into()),
+        // Not alive once Raft stopped on a storage error: a liveness probe restarts it.
+        // (The reason is in the master's log; the page names no file.)
+        "/healthz" => match svc.raft().metrics().borrow().running_state {
+            Ok(()) => Page::ok("text/plain", "ok\n".into()),
+            Err(_) => {
+                Page { status: 503, content_type: "text/plain", body: "raft stopped on a storage error\n".into() }
+            }
+        },
         "/readyz" => match svc.readiness() {
             Ok(()) => Page::ok("text/plain", "ready\n".into()),
             Err(why) => Page { status: 503, content_type: "text/plain", body: format!("{why}\n") },

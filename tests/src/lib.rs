@@ -14,6 +14,21 @@ use shuffle_proto::transport::{generate_cluster_tls, Client, ClientOptions, Mast
 use shuffle_proto::*;
 use shuffle_worker::node::{WorkerConfig, WorkerNode};
 
+/// `SHOAL_LONG_FAULTS=1` runs the fault suite's long variants: more iterations, more data,
+/// longer outages. CI runs the short ones.
+pub fn long_faults() -> bool {
+    std::env::var("SHOAL_LONG_FAULTS").is_ok_and(|v| v == "1")
+}
+
+/// `short`, or `long` under [`long_faults`].
+pub fn scaled(short: u32, long: u32) -> u32 {
+    if long_faults() {
+        long
+    } else {
+        short
+    }
+}
+
 /// Free loopback UDP ports (bound then released).
 pub fn free_ports(n: usize) -> Vec<u16> {
     let socks: Vec<std::net::UdpSocket> =
@@ -23,7 +38,15 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 /// An in-process cluster: masters and workers on loopback.
 pub struct Cluster {
+    /// Set by [`Cluster::start_processes`]: every node is a child process, and stopping one is
+    /// a SIGKILL (no connection close reaches its peers, nothing is flushed). First, so the
+    /// processes die before their disks go.
+    pub procs: Option<ProcNodes>,
+    /// File systems of their own under `dir` (see [`ProcOptions::master_disk`]).
+    pub disks: Vec<SmallDisk>,
     pub dir: tempfile::TempDir,
+    /// The address nodes listen on.
+    pub host: String,
     pub tls: TlsSource,
     pub master_addr: String,
     pub master_addrs: Vec<String>,
@@ -36,6 +59,23 @@ pub struct Cluster {
     pub mc: MasterClient,
     /// Tenants `tenant-a` and `tenant-b`, and the admin `ops`.
     pub auth: AuthFiles,
+}
+
+/// How [`Cluster::start_processes_with`] lays out its nodes.
+#[derive(Default)]
+pub struct ProcOptions {
+    /// Each master's data dir on a tmpfs of this size (e.g. "32m") instead of the shared disk.
+    pub master_disk: Option<String>,
+    /// The local address masters and workers listen on (default 127.0.0.1): the host end of a
+    /// veth, so nodes in a network namespace reach them.
+    pub host: Option<String>,
+}
+
+/// The child processes of a [`Cluster::start_processes`] cluster.
+#[derive(Default)]
+pub struct ProcNodes {
+    pub masters: BTreeMap<u64, Proc>,
+    pub workers: BTreeMap<String, Proc>,
 }
 
 /// The tenants every harness cluster admits.
@@ -83,6 +123,7 @@ impl Cluster {
         let master = if masters == 1 { nodes.remove(&1) } else { None };
         let mut c = Cluster {
             dir,
+            host: "127.0.0.1".into(),
             tls,
             master_addr: master_addrs[0].clone(),
             master_addrs,
@@ -93,11 +134,139 @@ impl Cluster {
             client,
             mc,
             auth,
+            procs: None,
+            disks: Vec::new(),
         };
         for i in 0..workers {
             c.start_worker(&format!("w{i}")).await?;
         }
         Ok(c)
+    }
+
+    /// A cluster whose masters and workers are the real binaries (`cargo build --workspace`),
+    /// with the harness's settings: killing one is `kill -9`.
+    pub async fn start_processes(
+        masters: usize,
+        workers: usize,
+        object_store: Option<String>,
+    ) -> anyhow::Result<Cluster> {
+        Self::start_processes_with(masters, workers, object_store, ProcOptions::default()).await
+    }
+
+    pub async fn start_processes_with(
+        masters: usize,
+        workers: usize,
+        object_store: Option<String>,
+        opts: ProcOptions,
+    ) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let tls = generate_cluster_tls(&dir.path().join("tls"))?;
+        let auth = init_auth_dir(&dir.path().join("auth"), &TENANTS, "ops")?;
+        let object_store = object_store.unwrap_or_else(|| format!("file://{}", dir.path().join("objects").display()));
+        let host = opts.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let master_addrs: Vec<String> = free_ports(masters).into_iter().map(|p| format!("{host}:{p}")).collect();
+        let client = Client::new(&Tls::load(&tls)?, ClientOptions::default())?;
+        let mc = MasterClient::new(client.clone(), master_addrs.clone(), Duration::from_secs(20))?;
+        let mut c = Cluster {
+            dir,
+            host,
+            tls,
+            master_addr: master_addrs[0].clone(),
+            master_addrs,
+            master: None,
+            masters: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            object_store,
+            client,
+            mc,
+            auth,
+            procs: Some(ProcNodes::default()),
+            disks: Vec::new(),
+        };
+        std::fs::create_dir_all(c.dir.path().join("logs"))?;
+        for id in 1..=masters as u64 {
+            if let Some(size) = &opts.master_disk {
+                let disk = SmallDisk::mount(&c.master_dir(id), size)?;
+                c.disks.push(disk);
+            }
+            c.restart_master(id)?;
+        }
+        eventually(Duration::from_secs(30), "a leader master", || async {
+            c.status().await.ok().and_then(|s| s.leader)
+        })
+        .await?;
+        for i in 0..workers {
+            c.start_worker(&format!("w{i}")).await?;
+        }
+        Ok(c)
+    }
+
+    fn procs_mut(&mut self) -> anyhow::Result<&mut ProcNodes> {
+        self.procs.as_mut().ok_or_else(|| anyhow::anyhow!("not a process cluster"))
+    }
+
+    /// Where a process cluster's node `name` logs (appended across restarts).
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{name}.log"))
+    }
+
+    pub fn master_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("master{id}"))
+    }
+
+    /// Starts master `id` again on its data dir (a process cluster).
+    pub fn restart_master(&mut self, id: u64) -> anyhow::Result<()> {
+        let p = Proc::spawn(
+            &format!("master{id}"),
+            "shuffle-master",
+            &self.master_args(id),
+            &self.log_path(&format!("master{id}")),
+        )?;
+        self.procs_mut()?.masters.insert(id, p);
+        Ok(())
+    }
+
+    /// Flags that start master `id` of this cluster as a process (`shuffle-master`).
+    pub fn master_args(&self, id: u64) -> Vec<String> {
+        let peers: Vec<String> = self.master_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            self.master_addrs[id as usize - 1].clone(),
+            "--peers".into(),
+            peers.join(","),
+            "--data-dir".into(),
+            self.master_dir(id).display().to_string(),
+            "--heartbeat-interval".into(),
+            "200ms".into(),
+            "--worker-timeout".into(),
+            "3s".into(),
+            "--election-timeout".into(),
+            "300ms".into(),
+            "--auth-principals".into(),
+            self.auth.principals.display().to_string(),
+            "--auth-signing-keys".into(),
+            self.auth.signing_keys.display().to_string(),
+        ];
+        args.extend(self.tls_args());
+        args
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let TlsSource::Files { cert, key, ca } = &self.tls {
+            for (flag, path) in [("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)] {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
+        args
+    }
+
+    /// The ids of the workers running now, in process or as processes.
+    pub fn worker_ids(&self) -> Vec<String> {
+        let procs = self.procs.iter().flat_map(|p| p.workers.keys());
+        self.workers.keys().chain(procs).cloned().collect()
     }
 
     /// The cluster CA only: what an application's client trusts (it has no node certificate).
@@ -140,10 +309,16 @@ impl Cluster {
         Ok(shuffle_client::ShuffleClient::new(cfg)?)
     }
 
-    /// Shuts down the master that leads now; returns its id.
+    /// Shuts down the master that leads now (`kill -9` in a process cluster); returns its id.
     pub async fn kill_leader(&mut self) -> anyhow::Result<u64> {
         let st = self.status().await?;
         let leader = st.leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        if let Some(procs) = self.procs.as_mut() {
+            let mut p =
+                procs.masters.remove(&leader).ok_or_else(|| anyhow::anyhow!("leader {leader} not running here"))?;
+            p.kill9();
+            return Ok(leader);
+        }
         let node = self.masters.remove(&leader).ok_or_else(|| anyhow::anyhow!("leader {leader} not running here"))?;
         node.shutdown().await;
         Ok(leader)
@@ -179,11 +354,7 @@ impl Cluster {
             "--heartbeat-interval".into(),
             "200ms".into(),
         ];
-        if let TlsSource::Files { cert, key, ca } = &self.tls {
-            for (flag, path) in [("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)] {
-                args.extend([flag.to_string(), path.display().to_string()]);
-            }
-        }
+        args.extend(self.tls_args());
         args
     }
 
@@ -191,15 +362,47 @@ impl Cluster {
         self.dir.path().join(id)
     }
 
+    /// Starts worker `id` (again, on its data dir) and, in a process cluster, waits until the
+    /// masters count it active.
     pub async fn start_worker(&mut self, id: &str) -> anyhow::Result<()> {
-        let w = WorkerNode::start(self.worker_config(id)?).await?;
-        self.workers.insert(id.to_string(), w);
-        Ok(())
+        if self.procs.is_none() {
+            let w = WorkerNode::start(self.worker_config(id)?).await?;
+            self.workers.insert(id.to_string(), w);
+            return Ok(());
+        }
+        let listen = format!("{}:{}", self.host, free_ports(1)[0]);
+        let p = Proc::spawn(id, "shuffle-worker", &self.worker_args(id, &listen), &self.log_path(id))?;
+        self.procs_mut()?.workers.insert(id.to_string(), p);
+        self.wait_active(id).await
     }
 
+    /// Starts worker `id` as a process inside network namespace `netns`, listening on `ip`
+    /// there (a process cluster whose `host` the namespace can reach).
+    pub async fn start_worker_in_netns(&mut self, id: &str, netns: &str, ip: &str) -> anyhow::Result<()> {
+        let listen = format!("{ip}:{}", free_ports(1)[0]);
+        let mut args: Vec<String> =
+            vec!["netns".into(), "exec".into(), netns.into(), bin_path("shuffle-worker")?.display().to_string()];
+        args.extend(self.worker_args(id, &listen));
+        let p = Proc::spawn_program(id, std::path::Path::new("ip"), &args, &[], &self.log_path(id))?;
+        self.procs_mut()?.workers.insert(id.to_string(), p);
+        self.wait_active(id).await
+    }
+
+    async fn wait_active(&self, id: &str) -> anyhow::Result<()> {
+        eventually(Duration::from_secs(30), "the worker active", || async {
+            let st = self.status().await.ok()?;
+            st.workers.iter().any(|w| w.id.as_str() == id && w.state == WorkerState::Active).then_some(())
+        })
+        .await
+    }
+
+    /// Stops worker `id`: a shutdown in process, `kill -9` in a process cluster.
     pub async fn stop_worker(&mut self, id: &str) {
         if let Some(w) = self.workers.remove(id) {
             w.shutdown().await;
+        }
+        if let Some(mut p) = self.procs.as_mut().and_then(|p| p.workers.remove(id)) {
+            p.kill9();
         }
     }
 
@@ -483,8 +686,19 @@ impl Proc {
         env: &[(&str, &str)],
         log: &std::path::Path,
     ) -> anyhow::Result<Proc> {
+        Self::spawn_program(name, &bin_path(bin)?, args, env, log)
+    }
+
+    /// Runs `program` (a path, or a name looked up in PATH) as [`Proc::spawn_env`] does.
+    pub fn spawn_program(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Proc> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let child = std::process::Command::new(bin_path(bin)?)
+        let child = std::process::Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .env("SHOAL_LOG", "info")
@@ -585,6 +799,157 @@ impl S3Server {
         std::env::set_var("AWS_REGION", "us-east-1");
         std::env::set_var("AWS_ENDPOINT_URL", &self.endpoint);
     }
+}
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &std::path::Path, size: &str) -> anyhow::Result<SmallDisk> {
+        std::fs::create_dir_all(dir)?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a tmpfs failed (the test needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Free bytes on the file system holding `dir`, as `df` reports them.
+pub fn free_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let avail = text.lines().nth(1).ok_or_else(|| anyhow::anyhow!("df printed {text:?}"))?;
+    Ok(avail.trim().parse()?)
+}
+
+/// Fills the file system holding `dir` to the last byte with a file `dir/filler`, as another
+/// tenant of the volume would; returns the filler's path.
+pub fn fill_disk(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path)?;
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The last partial chunk, byte by byte up to ENOSPC.
+    while let Ok(1) = f.write(&chunk[..1]) {}
+    Ok(path)
+}
+
+/// An HTTP proxy on loopback in front of an S3-protocol server that fails a chosen share of
+/// requests with `503 SlowDown` (the answer S3 gives when overloaded) and delays every request.
+/// Which requests fail is fixed by their order, so a run is repeatable.
+pub struct FaultyProxy {
+    pub endpoint: String,
+    faults: std::sync::Arc<ProxyFaults>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyFaults {
+    fail_permille: std::sync::atomic::AtomicU32,
+    delay_ms: std::sync::atomic::AtomicU64,
+    requests: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+type ProxyBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+
+impl FaultyProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str) -> anyhow::Result<FaultyProxy> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let faults = std::sync::Arc::new(ProxyFaults::default());
+        let f = faults.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (f, upstream) = (f.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (f, upstream) = (f.clone(), upstream.clone());
+                        async move {
+                            let n = f.requests.fetch_add(1, Relaxed);
+                            tokio::time::sleep(Duration::from_millis(f.delay_ms.load(Relaxed))).await;
+                            // A multiplicative hash of the request number: a fixed, even spread.
+                            if (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) % 1000
+                                < u64::from(f.fail_permille.load(Relaxed))
+                            {
+                                f.failed.fetch_add(1, Relaxed);
+                                return Ok::<_, anyhow::Error>(slow_down());
+                            }
+                            forward(&upstream, req).await.or_else(|_| Ok(slow_down()))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                });
+            }
+        });
+        Ok(FaultyProxy { endpoint, faults, task })
+    }
+
+    /// Fails `permille` of every 1000 requests from now on, each after `delay`.
+    pub fn set_faults(&self, permille: u32, delay: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.faults.fail_permille.store(permille.min(1000), Relaxed);
+        self.faults.delay_ms.store(delay.as_millis() as u64, Relaxed);
+    }
+
+    /// Requests seen and requests failed so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.faults.requests.load(Relaxed), self.faults.failed.load(Relaxed))
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn slow_down() -> hyper::Response<ProxyBody> {
+    use http_body_util::BodyExt;
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+    let mut resp = hyper::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed(),
+    );
+    *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    resp
+}
+
+/// One request over a connection of its own; headers (and so the signature) pass unchanged.
+async fn forward(
+    upstream: &str,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> anyhow::Result<hyper::Response<ProxyBody>> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(upstream).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await?;
+    Ok(resp.map(|b| b.boxed()))
 }
 
 /// Bytes lz4 cannot shrink (xorshift), so sizes on the wire are what a test asks for.

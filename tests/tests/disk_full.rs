@@ -3,46 +3,12 @@
 //! RocksDB meets a full disk, no refused batch is ever read, and once space returns the same
 //! worker takes pushes again and serves everything it acknowledged.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_tests::*;
 use shuffle_proto::batch::{BatchView, StreamRecords};
 use shuffle_proto::messages::*;
 use shuffle_proto::*;
-
-/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path, size: &str) -> anyhow::Result<SmallDisk> {
-        std::fs::create_dir_all(dir)?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "mounting a tmpfs for the worker's disk failed (the test needs root): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(SmallDisk(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Free bytes on the file system holding `dir`, as `df` reports them.
-fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let avail = text.lines().nth(1).ok_or_else(|| anyhow::anyhow!("df printed {text:?}"))?;
-    Ok(avail.trim().parse()?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_data_disk_refuses_pushes_cleanly_and_recovers() -> anyhow::Result<()> {

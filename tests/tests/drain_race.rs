@@ -22,7 +22,7 @@ async fn draining_under_pushes_in_flight_loses_no_acknowledged_batch() {
     // One store in four waits 40 ms after its push was admitted.
     fail::cfg("worker-before-put", "25%sleep(40)").unwrap();
     assert!(fail::has_failpoints(), "built with failpoints");
-    for i in 0..8u32 {
+    for i in 0..scaled(8, 100) {
         let id = format!("d{i}");
         c.start_worker(&id).await.unwrap();
         let k = ShuffleKey::new(app.clone(), i, 0);

@@ -2,8 +2,9 @@
 //! `scripts/test.sh` runs first), Spark from the pyspark packages, local-cluster mode with
 //! executors in their own JVMs. The checks themselves (`SparkChecks.java`) run every workload
 //! under Spark's sort shuffle and through Shoal and compare the results exactly; this test owns
-//! the cluster and acts on the events the checks ask for: stopping the object store and killing
-//! the worker that holds a shuffle's unspilled data. The same plugin jar runs them on Spark 4.3
+//! the cluster (three master and several worker processes) and acts on the events the checks ask
+//! for: stopping the object store, `kill -9` of the leader master or of the worker that holds a
+//! shuffle's unspilled data, draining a worker, stopping the whole pool. The same plugin jar runs them on Spark 4.3
 //! and on Spark 3.5 (Scala 2.12); speculation and the JNI checks, which do not depend on the
 //! Spark line, run on 4.3 only.
 
@@ -145,8 +146,9 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
     // Each check that takes a worker away needs one more: the drain, lost data, the row
     // checksums (4.1+), and the replicated application, which needs two left when it starts.
     let workers = if line.row_checksums { 5 } else { 4 };
-    // Three masters: a check kills the leader mid-job.
-    let mut cluster = Cluster::start_with_store(3, workers, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
+    // Three masters: a check kills the leader mid-job. Every node is a process of its own, so
+    // the checks that take one away do it with `kill -9`.
+    let mut cluster = Cluster::start_processes(3, workers, Some(format!("s3://{}/shuffle", s3.bucket))).await?;
     let TlsSource::Files { ca, .. } = cluster.tls.clone() else { anyhow::bail!("the cluster has no CA file") };
     // Outside the cluster's temporary directory, so it is there to read after a failure.
     let log = std::env::temp_dir().join(format!("shoal-spark-{}-checks.log", line.name));
@@ -195,7 +197,7 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
                         .then_some(())
                 })
                 .await?;
-                stopped = cluster.workers.keys().cloned().collect();
+                stopped = cluster.worker_ids();
                 for id in &stopped {
                     cluster.stop_worker(id).await;
                 }
@@ -205,7 +207,7 @@ async fn checks_through_shoal(line: &Line) -> anyhow::Result<()> {
                 for id in std::mem::take(&mut stopped) {
                     cluster.start_worker(&id).await?;
                 }
-                let want = cluster.workers.len();
+                let want = cluster.worker_ids().len();
                 shoal_tests::eventually(Duration::from_secs(30), "the workers active again", || async {
                     let st = cluster.status().await.ok()?;
                     (st.workers.iter().filter(|w| w.state == WorkerState::Active).count() >= want).then_some(())

@@ -37,6 +37,7 @@ use shuffle_proto::objstore::open_store_observed;
 use shuffle_proto::retry::{retry, Backoff};
 use shuffle_proto::transport::{
     serve, server_endpoint, Client, ClientOptions, MasterClient, ServerOptions, Tls, TransportError,
+    MASTER_ATTEMPT_TIMEOUT,
 };
 use shuffle_proto::ShuffleKey;
 use tokio::sync::watch;
@@ -100,7 +101,11 @@ impl WorkerNode {
         let store = open_store_observed(&cfg.object_store, Some(Arc::new(metrics.store.clone())))?;
         let tls = Tls::load(&cfg.tls)?;
         let client = Client::new(&tls, ClientOptions::default())?;
-        let master = MasterClient::new(client, cfg.masters.clone(), Duration::from_secs(30))?;
+        // A try at a dead master must end well within the masters' worker timeout (a few
+        // heartbeats), or a leader killed outright gets this worker declared lost.
+        let attempt = (cfg.heartbeat_interval * 5).clamp(Duration::from_millis(500), MASTER_ATTEMPT_TIMEOUT);
+        let master =
+            MasterClient::new(client, cfg.masters.clone(), Duration::from_secs(30))?.with_attempt_timeout(attempt);
         let server_opts = ServerOptions::for_tls(&tls);
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| WorkerError::Config(e.to_string()))?;

@@ -20,7 +20,9 @@ use crate::core::WorkerCore;
 pub(super) type ScanChunks = mpsc::Receiver<Result<(Vec<u8>, u32), BufferError>>;
 
 /// How long a primary waits for its replica to store a forwarded batch.
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// One batch into the replica's WAL takes milliseconds; a replica silent this long is cut off
+/// or stalled, and the partition moves to a new pair (well before a client's push timeout).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn werr(code: ErrorCode, msg: impl Into<String>) -> WireError {
     WireError::new(code, msg)
@@ -205,9 +207,10 @@ impl Inner {
         let t0 = tokio::time::Instant::now();
         let msg = Message::PushBatch(header);
         let call = self.master.client().call(&replica.addr, &msg, body);
+        // A timeout counts as unreachable: the cached connection is dropped with the replica.
         let (reply, _) = tokio::time::timeout(FORWARD_TIMEOUT, call)
             .await
-            .map_err(|_| TransportError::Remote(werr(ErrorCode::Timeout, "the replica did not answer in time")))??;
+            .map_err(|_| TransportError::Timeout { addr: replica.addr.clone(), after: FORWARD_TIMEOUT })??;
         reply.expect::<PushAck>().map_err(TransportError::from)?;
         self.metrics.forward_latency.observe(t0.elapsed().as_secs_f64());
         Ok(())

@@ -98,6 +98,7 @@ def main():
         "spark.sql.autoBroadcastJoinThreshold": "-1",
         "spark.sql.adaptive.enabled": "false",
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
         "spark.jars": jar,
     }
     shoal = dict(common)

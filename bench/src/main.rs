@@ -87,6 +87,10 @@ struct Report {
     read_from_workers: u64,
     worker_peak_rss_mib: Vec<f64>,
     raw_quic_push_mib_s: f64,
+    /// Pre-encoded batches over raw QUIC: the transport alone, in bytes on the wire.
+    transport_wire_mib_s: f64,
+    transport_avg_datagram_bytes: u64,
+    transport_datagrams_per_send: f64,
     local_files_write_mib_s: f64,
     local_files_read_mib_s: f64,
     ratio_push_vs_raw_quic: f64,
@@ -161,8 +165,30 @@ impl Handler for NoStore {
     }
 }
 
-/// The same batches as the Shoal run, pushed to a QUIC server that stores nothing.
-async fn raw_quic(args: &Args, per: usize, batch: usize) -> anyhow::Result<Duration> {
+/// One raw-QUIC run: its time, the bytes it put in batches, and what the transport sent.
+struct RawRun {
+    time: Duration,
+    wire_bytes: u64,
+    datagrams: u64,
+    udp_bytes: u64,
+    send_calls: u64,
+}
+
+/// The batches map `m` pushes to partition `p`, lz4-compressed as the Shoal run sends them.
+fn encoded_batches(m: u32, p: u32, per: usize, batch: usize) -> anyhow::Result<Arc<Vec<Vec<u8>>>> {
+    let mut out = Vec::new();
+    for raw in records(m, p, per).chunks(batch) {
+        let mut enc = Vec::new();
+        encode_batch(raw, Codec::Lz4, &mut enc)?;
+        out.push(enc);
+    }
+    Ok(Arc::new(out))
+}
+
+/// The same batches as the Shoal run, pushed to a QUIC server that stores nothing. With
+/// `pre_encoded`, records are generated and compressed before the clock starts, so the time is
+/// the transport's alone; otherwise inside it, as the Shoal run does.
+async fn raw_quic(args: &Args, per: usize, batch: usize, pre_encoded: bool) -> anyhow::Result<RawRun> {
     let tls = Tls::load(&TlsSource::Insecure)?;
     let opts = ServerOptions::for_tls(&tls);
     let ep = server_endpoint("127.0.0.1:0".parse()?, &tls, &opts)?;
@@ -170,20 +196,28 @@ async fn raw_quic(args: &Args, per: usize, batch: usize) -> anyhow::Result<Durat
     tokio::spawn(serve(ep.clone(), Arc::new(NoStore), opts));
     let client = Client::new(&tls, ClientOptions::default())?;
     let key = ShuffleKey::new(AppId::new("bench-raw")?, 0, 0);
+    let mut ready: Vec<Vec<Arc<Vec<Vec<u8>>>>> = Vec::new();
+    if pre_encoded {
+        for m in 0..args.mappers {
+            ready.push((0..args.partitions).map(|p| encoded_batches(m, p, per, batch)).collect::<anyhow::Result<_>>()?);
+        }
+    }
+    let ready = Arc::new(ready);
+    let wire = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t0 = Instant::now();
     let mut maps = tokio::task::JoinSet::new();
     for m in 0..args.mappers {
-        let client = client.clone();
-        let addr = addr.clone();
-        let key = key.clone();
+        let (client, addr, key, ready, wire) = (client.clone(), addr.clone(), key.clone(), ready.clone(), wire.clone());
         let (parts, in_flight) = (args.partitions, args.in_flight);
         maps.spawn(async move {
             let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
             let mut pushes = tokio::task::JoinSet::new();
             for p in 0..parts {
-                for (seq, raw) in records(m, p, per).chunks(batch).enumerate() {
-                    let mut enc = Vec::new();
-                    encode_batch(raw, Codec::Lz4, &mut enc)?;
+                let batches = match ready.get(m as usize) {
+                    Some(r) => r[p as usize].clone(),
+                    None => encoded_batches(m, p, per, batch)?,
+                };
+                for seq in 0..batches.len() {
                     let permit = sem.clone().acquire_owned().await?;
                     let msg = Message::PushBatch(PushBatch {
                         shuffle: key.clone(),
@@ -194,9 +228,10 @@ async fn raw_quic(args: &Args, per: usize, batch: usize) -> anyhow::Result<Durat
                         epoch: Epoch(1),
                         flags: 0,
                     });
-                    let (client, addr) = (client.clone(), addr.clone());
+                    wire.fetch_add(batches[seq].len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    let (client, addr, batches) = (client.clone(), addr.clone(), batches.clone());
                     pushes.spawn(async move {
-                        let r = client.call(&addr, &msg, &enc).await;
+                        let r = client.call(&addr, &msg, &batches[seq]).await;
                         drop(permit);
                         r.map(|_| ())
                     });
@@ -211,9 +246,16 @@ async fn raw_quic(args: &Args, per: usize, batch: usize) -> anyhow::Result<Durat
     while let Some(r) = maps.join_next().await {
         r??;
     }
-    let d = t0.elapsed();
+    let time = t0.elapsed();
+    let st = client.connection(&addr).await?.stats();
     ep.close(0u32.into(), b"done");
-    Ok(d)
+    Ok(RawRun {
+        time,
+        wire_bytes: wire.load(std::sync::atomic::Ordering::Relaxed),
+        datagrams: st.udp_tx.datagrams,
+        udp_bytes: st.udp_tx.bytes,
+        send_calls: st.udp_tx.ios,
+    })
 }
 
 /// Spark-style shuffle files: per map one data file with partitions in order plus offsets;
@@ -471,7 +513,8 @@ async fn main() -> anyhow::Result<()> {
     drop(running);
 
     // Baselines, same data, same machine, same run.
-    let raw = raw_quic(&args, per, batch).await?;
+    let raw = raw_quic(&args, per, batch, false).await?;
+    let transport = raw_quic(&args, per, batch, true).await?;
     let (lw, lr, lok) = local_files(&args, per)?;
     verified &= lok;
 
@@ -487,10 +530,13 @@ async fn main() -> anyhow::Result<()> {
         read_from_segments: from_seg,
         read_from_workers: from_workers,
         worker_peak_rss_mib: rss,
-        raw_quic_push_mib_s: mib_s(bytes, raw),
+        raw_quic_push_mib_s: mib_s(bytes, raw.time),
+        transport_wire_mib_s: mib_s(transport.wire_bytes, transport.time),
+        transport_avg_datagram_bytes: transport.udp_bytes / transport.datagrams.max(1),
+        transport_datagrams_per_send: transport.datagrams as f64 / transport.send_calls.max(1) as f64,
         local_files_write_mib_s: mib_s(bytes, lw),
         local_files_read_mib_s: mib_s(bytes, lr),
-        ratio_push_vs_raw_quic: raw.as_secs_f64() / push.as_secs_f64(),
+        ratio_push_vs_raw_quic: raw.time.as_secs_f64() / push.as_secs_f64(),
         ratio_push_vs_local_files: lw.as_secs_f64() / push.as_secs_f64(),
         ratio_read_vs_local_files: lr.as_secs_f64() / read.as_secs_f64(),
         verified,
@@ -517,6 +563,13 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{:<28} {:>10.1} MiB/s   (local shuffle files read:  {:>8.1} MiB/s, ratio {:.2})",
                 "shoal read", r.shoal_read_mib_s, r.local_files_read_mib_s, r.ratio_read_vs_local_files
+            );
+            println!(
+                "{:<28} {:>10.1} MiB/s on the wire (pre-encoded batches; datagrams of {} B, {:.1} per send)",
+                "raw QUIC transport alone",
+                r.transport_wire_mib_s,
+                r.transport_avg_datagram_bytes,
+                r.transport_datagrams_per_send
             );
             println!("{:<28} p50 {:.2} ms, p99 {:.2} ms", "push latency", r.push_p50_ms, r.push_p99_ms);
             println!(

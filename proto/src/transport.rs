@@ -258,6 +258,9 @@ fn transport_config(max_streams: u32, window: u32) -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         t.max_idle_timeout(Some(idle));
     }
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtud));
     t.stream_receive_window((window / 4).into());
     t.receive_window(window.into());
     t.send_window(64 << 20);
@@ -348,7 +351,7 @@ pub struct Client {
 impl Client {
     pub fn new(tls: &Tls, opts: ClientOptions) -> Result<Client, TransportError> {
         let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut endpoint = bind_endpoint(bind, None).map_err(|e| TransportError::Tls(e.to_string()))?;
         endpoint.set_default_client_config(tls.client_config()?);
         Ok(Client { endpoint, opts, conns: Default::default(), auth: Arc::from(&[][..]) })
     }
@@ -626,7 +629,23 @@ impl ServerOptions {
 /// Binds a server endpoint.
 pub fn server_endpoint(bind: SocketAddr, tls: &Tls, opts: &ServerOptions) -> Result<quinn::Endpoint, TransportError> {
     let cfg = tls.server_config(opts.max_streams_per_connection)?;
-    quinn::Endpoint::server(cfg, bind).map_err(|e| TransportError::Tls(format!("bind {bind}: {e}")))
+    bind_endpoint(bind, Some(cfg)).map_err(|e| TransportError::Tls(format!("bind {bind}: {e}")))
+}
+
+/// The largest UDP payload Shoal sends or accepts. A datagram's cost (encryption, headers,
+/// acknowledgements, a syscall share) is per packet, so larger datagrams cut the transport's
+/// CPU per byte. MTU discovery only climbs to what the path carries: about 1450 bytes on a
+/// 1500-MTU network, up to this on loopback and jumbo-frame networks. quinn batches up to 10
+/// datagrams into one GSO send, which the kernel caps at 64 KiB; 6500 keeps a batch under it.
+pub const MAX_UDP_PAYLOAD: u16 = 6_500;
+
+fn bind_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
+    let mut cfg = quinn::EndpointConfig::default();
+    // Within quinn's 1200..=65527, so it cannot fail; peers cap their discovery by it.
+    let _ = cfg.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    quinn::Endpoint::new(cfg, server, socket, runtime)
 }
 
 /// Budget units: KiB, rounded up, so a semaphore's permits cover any budget.

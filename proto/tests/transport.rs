@@ -301,3 +301,27 @@ async fn a_silent_master_costs_one_bounded_try() {
     assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "took {took:?}");
     assert_eq!(mc.leader_hint(), Some(addrs[1].clone()), "the answering master is remembered");
 }
+
+/// On loopback, MTU discovery climbs past the 1452-byte default to Shoal's datagram size, so a
+/// byte costs a fraction of the packets.
+#[tokio::test]
+async fn loopback_connections_use_large_datagrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = cluster(dir.path());
+    let opts = ServerOptions::for_tls(&tls);
+    let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+    let addr = ep.local_addr().unwrap().to_string();
+    tokio::spawn(serve(ep, Arc::new(Answers), opts));
+    let client = Client::new(&tls, ClientOptions::default()).unwrap();
+    let body = vec![7u8; 256 << 10];
+    let mut mtu = 0;
+    for _ in 0..50 {
+        client.call(&addr, &Message::Ack(Ack {}), &body).await.unwrap();
+        mtu = client.connection(&addr).await.unwrap().stats().path.current_mtu;
+        if mtu > 1500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(mtu > 1500 && mtu <= shuffle_proto::transport::MAX_UDP_PAYLOAD, "path MTU {mtu}");
+}

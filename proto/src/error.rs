@@ -80,6 +80,9 @@ pub enum ErrorCode {
     /// With replication 2, the partition's replica did not store the batch: the primary has
     /// asked the masters to move the partition to a new pair; relocate there.
     ReplicaFailed = 25,
+    /// The partition's current piece reached the split size on this worker: ask the master
+    /// for its next piece (relocate with `split`); what was pushed here stays and is read.
+    PartitionSplit = 26,
 }
 
 impl ErrorCode {
@@ -89,7 +92,9 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             NotLeader | NoLeader | Busy | Timeout | Storage | Internal | NoWorkers | Unavailable => Remedy::RetryLater,
-            StaleEpoch | PartitionNotOwned | Decommissioning | DiskFull | ReplicaFailed => Remedy::Relocate,
+            StaleEpoch | PartitionNotOwned | Decommissioning | DiskFull | ReplicaFailed | PartitionSplit => {
+                Remedy::Relocate
+            }
             DataLost | Corrupt | UnknownShuffle => Remedy::Recompute,
             BadRequest | Malformed | UnsupportedVersion | UnknownApp | UnknownWorker | ShuffleNotWriting
             | Unauthorized | AlreadyCommitted | TooLarge => Remedy::Fail,
@@ -109,7 +114,7 @@ impl ErrorCode {
     /// Maps a number from the wire to a code; unknown numbers become `Internal`.
     pub fn from_u16(v: u16) -> ErrorCode {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 25] = [
+        const ALL: [ErrorCode; 26] = [
             Internal,
             BadRequest,
             Malformed,
@@ -135,6 +140,7 @@ impl ErrorCode {
             NoWorkers,
             Unavailable,
             ReplicaFailed,
+            PartitionSplit,
         ];
         ALL.into_iter().find(|c| *c as u16 == v).unwrap_or(Internal)
     }

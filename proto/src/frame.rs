@@ -24,7 +24,7 @@ use crate::error::ProtoError;
 use crate::messages::Message;
 
 pub const MAGIC: [u8; 2] = *b"SH";
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 pub const FRAME_HEADER_LEN: usize = 16;
 /// A buffer is never grown by more than this before the bytes to fill it have arrived.
 const GROW_STEP: usize = 64 << 10;

@@ -276,11 +276,15 @@ wire! {
     /// A push to `failed_worker` at `failed_epoch` failed: move the partition (or return the
     /// location that already replaced it). Clients name the primary they pushed to; a primary
     /// names the replica it could not forward to (a node call), and the move avoids it.
+    /// `split`: nothing failed, the piece at `failed_epoch` reached the split size
+    /// (`PartitionSplit`); the next piece goes elsewhere when another worker is active, else
+    /// stays on the same worker as a new epoch.
     pub struct Relocate {
         pub shuffle: ShuffleKey,
         pub partition: PartitionId,
         pub failed_epoch: Epoch,
         pub failed_worker: WorkerId,
+        pub split: bool,
     }
     pub struct Relocated { pub location: PartitionLocation }
 

@@ -312,6 +312,7 @@ impl Push {
                             partition: self.header.partition,
                             failed_epoch: self.location.epoch,
                             failed_worker: self.location.primary.id.clone(),
+                            split: err.code() == shuffle_proto::ErrorCode::PartitionSplit,
                         })
                         .await;
                     match relocated {

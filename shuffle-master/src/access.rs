@@ -165,6 +165,7 @@ mod tests {
                 partition: shuffle_proto::PartitionId(0),
                 failed_epoch: shuffle_proto::Epoch(1),
                 failed_worker: WorkerId::new("w").unwrap(),
+                split: false,
             }
             .into(),
             CommitMap {

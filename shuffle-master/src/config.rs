@@ -69,6 +69,10 @@ pub struct MasterSettings {
     /// (`spark.shoal.replication`). With 2, an ack means both workers' WALs hold the batch.
     #[arg(long, env = "SHOAL_REPLICATION")]
     pub replication: Option<u8>,
+    /// Most map commits and segment reports carried by one Raft entry (group commit); 1
+    /// gives each its own entry.
+    #[arg(long, env = "SHOAL_COMMIT_BATCH")]
+    pub commit_batch: Option<usize>,
 }
 
 pub const KEYS: &[&str] = &[
@@ -88,6 +92,7 @@ pub const KEYS: &[&str] = &[
     "token_ttl",
     "capability_ttl",
     "replication",
+    "commit_batch",
 ];
 
 /// Parses a TOML file's text; returns the settings and the unknown keys found.
@@ -138,6 +143,7 @@ impl MasterSettings {
             token_ttl: self.token_ttl.or(lower.token_ttl),
             capability_ttl: self.capability_ttl.or(lower.capability_ttl),
             replication: self.replication.or(lower.replication),
+            commit_batch: self.commit_batch.or(lower.commit_batch),
         }
     }
 
@@ -175,6 +181,10 @@ impl MasterSettings {
         let replication = self.replication.unwrap_or(1);
         if !(1..=2).contains(&replication) {
             return Err(bad("replication", format!("{replication} copies: Shoal keeps 1 or 2")));
+        }
+        let commit_batch = self.commit_batch.unwrap_or(crate::group::Limits::default().max_commands);
+        if !(1..=4096).contains(&commit_batch) {
+            return Err(bad("commit_batch", format!("{commit_batch}: between 1 and 4096")));
         }
         let http_listen = match self.http_listen {
             None => None,
@@ -214,6 +224,7 @@ impl MasterSettings {
             election_timeout,
             snapshot_every,
             replication,
+            commit_batch,
         })
     }
 }

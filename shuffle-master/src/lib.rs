@@ -11,6 +11,7 @@
 pub mod access;
 pub mod assign;
 pub mod config;
+pub mod group;
 pub mod liveness;
 pub mod membership;
 pub mod node;

@@ -35,6 +35,8 @@ pub struct MasterConfig {
     pub snapshot_every: u64,
     /// Copies of each batch for shuffles registered without a choice (1 or 2).
     pub replication: u8,
+    /// Most commands in one group-committed Raft entry (1: no grouping).
+    pub commit_batch: usize,
     /// Where to serve the status page, `/status.json`, `/metrics` and `/healthz`.
     pub http_listen: Option<SocketAddr>,
     pub auth: AuthConfig,
@@ -104,6 +106,7 @@ impl MasterConfig {
             election_timeout: Duration::from_millis(500),
             snapshot_every: 10_000,
             replication: 1,
+            commit_batch: crate::group::Limits::default().max_commands,
             http_listen: None,
             auth: AuthConfig::Disabled,
         }
@@ -173,6 +176,7 @@ impl MasterNode {
             heartbeat_interval: cfg.heartbeat_interval,
             worker_timeout: cfg.worker_timeout,
             replication: cfg.replication,
+            commit_batch: cfg.commit_batch,
         };
         let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts, auth, client));
         let server_opts = ServerOptions::for_tls(&tls);

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - Only the leader answers; a follower replies `NotLeader` with the leader's address.
 //! - Every change goes through `raft.client_write`; replies come from the applied result, so a
-//!   reply never reports something that is not committed.
+//!   reply never reports something that is not committed. Map commits and segment reports
+//!   share entries with the ones that arrive meanwhile (`group.rs`).
 //! - Read plans are served after `ensure_linearizable`, so a reader never sees an older state
 //!   than a commit it already got a reply for.
 
@@ -21,6 +22,7 @@ use tracing::{info, warn};
 use shuffle_proto::auth::{now_unix_ms, Authenticator, Caller, Issuer, Principal, RIGHT_READ, RIGHT_WRITE};
 
 use crate::access::View;
+use crate::group::{GroupCommit, Limits as GroupLimits, Propose};
 use crate::liveness::Liveness;
 use crate::raft::{serve_rpc, NodeId, Raft};
 use crate::state::{Command, CommandResult};
@@ -53,11 +55,18 @@ pub struct ServiceOptions {
     pub worker_timeout: Duration,
     /// The copies a shuffle registered with replication 0 ("the cluster's choice") gets.
     pub replication: u8,
+    /// Most commands in one group-committed Raft entry.
+    pub commit_batch: usize,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        Self { heartbeat_interval: Duration::from_secs(2), worker_timeout: Duration::from_secs(30), replication: 1 }
+        Self {
+            heartbeat_interval: Duration::from_secs(2),
+            worker_timeout: Duration::from_secs(30),
+            replication: 1,
+            commit_batch: GroupLimits::default().max_commands,
+        }
     }
 }
 
@@ -90,10 +99,40 @@ pub struct MasterService {
     auth: Option<MasterAuth>,
     /// Calls other masters (reachability probes before a membership change).
     peers: Client,
+    group: GroupCommit,
 }
 
 fn internal(msg: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::Internal, msg)
+}
+
+fn addr_of(raft: &Raft, node: NodeId) -> Option<String> {
+    let m = raft.metrics().borrow().membership_config.clone();
+    m.membership().get_node(&node).map(|n| n.addr.clone())
+}
+
+fn forward_error(raft: &Raft, f: openraft::error::ForwardToLeader<NodeId, openraft::BasicNode>) -> WireError {
+    let hint = f.leader_node.map(|n| n.addr).or_else(|| f.leader_id.and_then(|l| addr_of(raft, l)));
+    match hint {
+        Some(h) => WireError::not_leader(Some(h)),
+        None => WireError::new(ErrorCode::NoLeader, "no leader elected yet"),
+    }
+}
+
+/// Proposes through this master's Raft: the applied result, or where the leader is.
+struct RaftProposer(Raft);
+
+impl Propose for RaftProposer {
+    async fn propose(&self, cmd: Command) -> Result<CommandResult, WireError> {
+        match self.0.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Error(e) => Err(e),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward_error(&self.0, f)),
+            Err(e) => Err(internal(e.to_string())),
+        }
+    }
 }
 
 impl MasterService {
@@ -107,6 +146,10 @@ impl MasterService {
         peers: Client,
     ) -> Self {
         Self {
+            group: GroupCommit::start(
+                RaftProposer(raft.clone()),
+                GroupLimits { max_commands: opts.commit_batch.max(1), ..GroupLimits::default() },
+            ),
             peers,
             auth,
             id,
@@ -137,8 +180,7 @@ impl MasterService {
     }
 
     fn addr_of(&self, node: NodeId) -> Option<String> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().get_node(&node).map(|n| n.addr.clone())
+        addr_of(&self.raft, node)
     }
 
     fn not_leader(&self) -> WireError {
@@ -185,24 +227,19 @@ impl MasterService {
 
     /// Proposes a command and returns its applied result.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WireError> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => match resp.data {
-                CommandResult::Error(e) => Err(e),
-                other => Ok(other),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.forward_error(f)),
-            Err(e) => Err(internal(e.to_string())),
-        }
+        RaftProposer(self.raft.clone()).propose(cmd).await
+    }
+
+    /// Like [`Self::write`], sharing a Raft entry with the commands that arrive meanwhile: for
+    /// the calls that come by the thousand (map commits, segment reports).
+    async fn write_grouped(&self, cmd: Command) -> Result<CommandResult, WireError> {
+        self.group.write(cmd).await
     }
 
     /// Points the caller at the leader: its address comes from the membership, so a master
     /// added at runtime is named too.
     pub(crate) fn forward_error(&self, f: openraft::error::ForwardToLeader<NodeId, openraft::BasicNode>) -> WireError {
-        let hint = f.leader_node.map(|n| n.addr).or_else(|| f.leader_id.and_then(|l| self.addr_of(l)));
-        match hint {
-            Some(h) => WireError::not_leader(Some(h)),
-            None => WireError::new(ErrorCode::NoLeader, "no leader elected yet"),
-        }
+        forward_error(&self.raft, f)
     }
 
     fn now(&self) -> u64 {
@@ -298,6 +335,7 @@ impl MasterService {
                     partition: m.partition,
                     failed_epoch: m.failed_epoch,
                     failed_worker: m.failed_worker,
+                    split: m.split,
                 };
                 match self.write(cmd).await? {
                     R::Location(location) => Relocated { location }.into(),
@@ -307,7 +345,7 @@ impl MasterService {
             Message::CommitMap(m) => {
                 let cmd =
                     Command::CommitMap { shuffle: m.shuffle, map: m.map, attempt: m.attempt, partitions: m.partitions };
-                match self.write(cmd).await? {
+                match self.write_grouped(cmd).await? {
                     R::Committed(c) => c.into(),
                     _ => return Err(unexpected("CommitMap")),
                 }
@@ -372,7 +410,7 @@ impl MasterService {
                     last: m.last,
                     upto: m.upto,
                 };
-                self.write(cmd).await?;
+                self.write_grouped(cmd).await?;
                 Ack {}.into()
             }
             Message::DrainComplete(m) => {

@@ -62,6 +62,10 @@ pub enum Command {
         partition: PartitionId,
         failed_epoch: Epoch,
         failed_worker: WorkerId,
+        /// The piece reached the split size (nothing failed): `failed_worker` is preferred
+        /// against, not excluded. Absent in entries written before splits existed.
+        #[serde(default)]
+        split: bool,
     },
     CommitMap {
         shuffle: ShuffleKey,
@@ -104,6 +108,9 @@ pub enum Command {
     SetStoreUrl {
         url: String,
     },
+    /// Commands that arrived together (group commit, see `group.rs`), applied in order as if
+    /// each had its own entry; one result each. A batch never holds a batch.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command gave; errors are part of the replicated outcome.
@@ -115,6 +122,8 @@ pub enum CommandResult {
     Location(PartitionLocation),
     Committed(MapCommitted),
     Error(WireError),
+    /// A [`Command::Batch`]'s results, in its commands' order.
+    Batch(Vec<CommandResult>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,8 +278,8 @@ impl MasterState {
                 }
                 CommandResult::Ack
             }
-            Command::Relocate { shuffle, partition, failed_epoch, failed_worker } => {
-                self.relocate(&shuffle, partition, failed_epoch, &failed_worker)
+            Command::Relocate { shuffle, partition, failed_epoch, failed_worker, split } => {
+                self.relocate(&shuffle, partition, failed_epoch, &failed_worker, split)
             }
             Command::CommitMap { shuffle, map, attempt, partitions } => {
                 self.commit_map(&shuffle, map, attempt, partitions)
@@ -328,6 +337,14 @@ impl MasterState {
                 }
                 CommandResult::Ack
             }
+            Command::Batch(cmds) => CommandResult::Batch(
+                cmds.into_iter()
+                    .map(|c| match c {
+                        Command::Batch(_) => err(ErrorCode::BadRequest, "a batch cannot hold a batch"),
+                        c => self.apply(c),
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -513,14 +530,18 @@ impl MasterState {
 
     /// Moves the partition's writes to a new worker under a new epoch. The old entry keeps
     /// its data state (a live worker still serves what it holds).
+    /// Places the partition's next epoch away from `away_from`; with `or_back`, on it again
+    /// when no other placement exists (a split on the only worker).
     fn move_partition(
         &mut self,
         key: &ShuffleKey,
         partition: u32,
         away_from: &WorkerId,
+        or_back: bool,
     ) -> Result<EpochEntry, WireError> {
         let replication = self.shuffles.get(key).map(|r| r.meta.replication).unwrap_or(1);
         let placement = place(&self.candidates(Some(away_from)), 1, replication)
+            .or_else(|| if or_back { place(&self.candidates(None), 1, replication) } else { None })
             .and_then(|mut v| v.pop())
             .ok_or_else(|| WireError::new(ErrorCode::NoWorkers, "no active worker to move the partition to"))?;
         let entry = EpochEntry {
@@ -546,6 +567,7 @@ impl MasterState {
         partition: PartitionId,
         failed_epoch: Epoch,
         failed: &WorkerId,
+        split: bool,
     ) -> CommandResult {
         let Some(rec) = self.shuffles.get(key) else {
             return err(ErrorCode::UnknownShuffle, format!("shuffle {key} is not registered"));
@@ -557,12 +579,13 @@ impl MasterState {
             return err(ErrorCode::BadRequest, format!("partition {partition} out of range"));
         };
         // A client reports its primary; a primary reports the replica it could not forward to.
-        let involved = &current.primary == failed || current.replica.as_ref() == Some(failed);
+        // Only a primary closes a piece at the split size.
+        let involved = &current.primary == failed || (!split && current.replica.as_ref() == Some(failed));
         if current.epoch != failed_epoch || !involved {
             // Someone already moved it (or the report is stale): hand out the current one.
             return CommandResult::Location(self.location(partition.0, current));
         }
-        match self.move_partition(key, partition.0, failed) {
+        match self.move_partition(key, partition.0, failed, split) {
             Ok(e) => CommandResult::Location(self.location(partition.0, &e)),
             Err(e) => CommandResult::Error(e),
         }
@@ -705,7 +728,7 @@ impl MasterState {
             }
             for p in to_move {
                 // Pushes continue elsewhere; with no active worker left they fail and retry.
-                let _ = self.move_partition(&key, p, worker);
+                let _ = self.move_partition(&key, p, worker, false);
             }
         }
         CommandResult::Ack
@@ -736,7 +759,7 @@ impl MasterState {
             }
         }
         for (key, p) in moves {
-            let _ = self.move_partition(&key, p, worker);
+            let _ = self.move_partition(&key, p, worker, false);
         }
         self.finish_drain_if_empty(worker);
         CommandResult::Ack
@@ -856,10 +879,15 @@ impl MasterState {
                     batches: s.batches,
                 });
             }
+            // One source per worker, named by its newest live epoch: a worker's spill reports
+            // that epoch as what its scan covered, so every piece it holds (splits, a
+            // partition placed back on it) is released together.
             let mut sources: Vec<PartitionLocation> = Vec::new();
             for e in p.epochs.iter().filter(|e| e.state == EpochState::Live) {
-                if !sources.iter().any(|s| s.primary.id == e.primary) {
-                    sources.push(self.location(pi, e));
+                match sources.iter_mut().find(|s| s.primary.id == e.primary) {
+                    Some(s) if s.epoch < e.epoch => *s = self.location(pi, e),
+                    Some(_) => {}
+                    None => sources.push(self.location(pi, e)),
                 }
             }
             partitions.push(PartitionReadPlan {

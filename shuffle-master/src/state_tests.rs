@@ -40,6 +40,7 @@ fn relocate(st: &mut MasterState, epoch: Epoch, worker: WorkerId) -> CommandResu
         partition: PartitionId(0),
         failed_epoch: epoch,
         failed_worker: worker,
+        split: false,
     })
 }
 
@@ -165,6 +166,100 @@ fn stale_relocations_return_the_current_location() {
     let plan = st.read_plan(&key(1), 0, 1, 0, 1).unwrap();
     assert_eq!(plan.partitions[0].sources.len(), 2);
     st.check_invariants().unwrap();
+}
+
+fn split(st: &mut MasterState, epoch: Epoch, worker: WorkerId) -> CommandResult {
+    st.apply(Command::Relocate {
+        shuffle: key(1),
+        partition: PartitionId(0),
+        failed_epoch: epoch,
+        failed_worker: worker,
+        split: true,
+    })
+}
+
+#[test]
+fn a_split_moves_the_next_piece_to_another_worker_and_reads_both() {
+    let mut st = cluster(&["w1", "w2"]);
+    let first = register(&mut st, 1, 2, 1, 1).locations[0].clone();
+    commit(&mut st, 1, 0, 1, vec![stat(0, 100, first.epoch)]);
+    let CommandResult::Location(next) = split(&mut st, first.epoch, first.primary.id.clone()) else { panic!() };
+    assert_ne!(next.primary.id, first.primary.id);
+    assert!(next.epoch > first.epoch);
+    // Both pieces are read: a map may have pushed to each.
+    commit(
+        &mut st,
+        1,
+        1,
+        1,
+        vec![PartitionStat { epochs: vec![first.epoch, next.epoch], ..stat(0, 100, first.epoch) }],
+    );
+    let plan = st.read_plan(&key(1), 0, 1, 0, 2).unwrap();
+    let sources: Vec<_> = plan.partitions[0].sources.iter().map(|s| s.primary.id.clone()).collect();
+    assert_eq!(sources, vec![first.primary.id.clone(), next.primary.id.clone()]);
+    assert!(st.check_invariants().is_ok());
+}
+
+#[test]
+fn a_split_on_the_only_worker_opens_a_new_piece_there() {
+    let mut st = cluster(&["w1"]);
+    let first = register(&mut st, 1, 1, 1, 1).locations[0].clone();
+    // A failure has nowhere to go; a split stays on the same worker under a new epoch.
+    assert_eq!(error_code(&relocate(&mut st, first.epoch, w("w1"))), Some(ErrorCode::NoWorkers));
+    let CommandResult::Location(next) = split(&mut st, first.epoch, w("w1")) else { panic!() };
+    assert_eq!(next.primary.id, w("w1"));
+    assert!(next.epoch > first.epoch);
+    // The same split reported again (another map hit it) hands out the new piece.
+    assert_eq!(split(&mut st, first.epoch, w("w1")), CommandResult::Location(next.clone()));
+    // Two pieces on one worker are one read source.
+    commit(&mut st, 1, 0, 1, vec![PartitionStat { epochs: vec![first.epoch, next.epoch], ..stat(0, 10, next.epoch) }]);
+    assert_eq!(st.read_plan(&key(1), 0, 1, 0, 1).unwrap().partitions[0].sources.len(), 1);
+}
+
+/// A worker holding two pieces of a partition (split away and back) is one read source named
+/// by its newest piece, so the last segment it reports with that epoch (as a seal spill does)
+/// releases both pieces and the partition is read from the object store alone.
+#[test]
+fn a_last_segment_releases_every_piece_the_worker_holds() {
+    let mut st = cluster(&["w1", "w2"]);
+    let first = register(&mut st, 1, 1, 1, 1).locations[0].clone();
+    let CommandResult::Location(second) = split(&mut st, first.epoch, first.primary.id.clone()) else { panic!() };
+    let CommandResult::Location(third) = split(&mut st, second.epoch, second.primary.id.clone()) else { panic!() };
+    assert_eq!(third.primary.id, first.primary.id, "back on the first worker");
+    let stat0 = PartitionStat { epochs: vec![first.epoch, second.epoch, third.epoch], ..stat(0, 30, first.epoch) };
+    commit(&mut st, 1, 0, 1, vec![stat0]);
+    let plan = st.read_plan(&key(1), 0, 1, 0, 1).unwrap();
+    for holder in [&first.primary.id, &second.primary.id] {
+        let upto = plan.partitions[0].sources.iter().find(|s| &s.primary.id == holder).unwrap().epoch;
+        let seg = SegmentRef {
+            object_key: format!("shoal/app-1/1.0/0/seg-{holder}"),
+            index_offset: 10,
+            total_len: 20,
+            first_map: MapId(0),
+            end_map: MapId(1),
+        };
+        let r = st.apply(Command::ReportSegment {
+            worker: holder.clone(),
+            shuffle: key(1),
+            partition: PartitionId(0),
+            segment: seg,
+            last: true,
+            upto,
+        });
+        assert_eq!(r, CommandResult::Ack);
+    }
+    let p = &st.read_plan(&key(1), 0, 1, 0, 1).unwrap().partitions[0];
+    assert!(p.sources.is_empty(), "a piece stayed live: {:?}", p.sources);
+    assert_eq!(p.segments.len(), 2);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn only_the_primary_splits_a_piece() {
+    let mut st = cluster(&["w1", "w2", "w3"]);
+    let first = register(&mut st, 1, 1, 1, 2).locations[0].clone();
+    let replica = first.replica.clone().unwrap().id;
+    assert_eq!(split(&mut st, first.epoch, replica), CommandResult::Location(first.clone()));
 }
 
 #[test]
@@ -316,6 +411,7 @@ fn a_last_segment_releases_only_the_epochs_its_scan_covered() {
         partition: PartitionId(p),
         failed_epoch: moved.epoch,
         failed_worker: w("w2"),
+        split: false,
     }) {
         CommandResult::Location(l) => l,
         other => panic!("{other:?}"),
@@ -471,6 +567,26 @@ proptest! {
         }
     }
 
+    /// Group commit is invisible: cutting a history into batches anywhere gives every command
+    /// the result it gets alone, and the same state and change log.
+    #[test]
+    fn batches_apply_as_their_commands_alone(cmds in history(60), cuts in proptest::collection::vec(1usize..8, 1..20)) {
+        let mut alone = MasterState::default();
+        let mut grouped = MasterState::default();
+        let mut rest = cmds.as_slice();
+        let mut cut = cuts.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*cut.next().unwrap()).min(rest.len());
+            let (now, later) = rest.split_at(n);
+            rest = later;
+            let want: Vec<CommandResult> = now.iter().map(|c| alone.apply(c.clone())).collect();
+            let got = grouped.apply(Command::Batch(now.to_vec()));
+            prop_assert_eq!(got, CommandResult::Batch(want));
+            prop_assert_eq!(grouped.take_changes(), alone.take_changes());
+        }
+        prop_assert_eq!(&grouped, &alone);
+    }
+
     /// A refused command changes nothing, not even the change log: every rule is checked
     /// before the first write, so no master (and no store) keeps half of a refusal.
     #[test]
@@ -484,6 +600,17 @@ proptest! {
             st.take_changes();
         }
     }
+}
+
+#[test]
+fn a_batch_inside_a_batch_is_refused_alone() {
+    let mut st = MasterState::default();
+    let reg = Command::RegisterWorker { worker: w("w1"), addr: "w1:1".into(), capacity_bytes: 1 };
+    let r = st.apply(Command::Batch(vec![Command::Batch(vec![reg.clone()]), reg]));
+    let CommandResult::Batch(rs) = r else { panic!("{r:?}") };
+    assert!(matches!(&rs[0], CommandResult::Error(e) if e.code() == ErrorCode::BadRequest), "{rs:?}");
+    assert_eq!(rs[1], CommandResult::Ack);
+    assert!(st.workers.contains_key(&w("w1")));
 }
 
 /// The random histories meet every kind of refusal, so the property above holds for each

@@ -77,14 +77,14 @@ pub fn arb_command() -> impl Strategy<Value = Command> {
             stats.dedup_by_key(|s| s.partition);
             Command::CommitMap { shuffle, map: MapId(map), attempt: AttemptId(attempt), partitions: stats }
         }),
-        4 => (shuffle.clone(), (0u32..6).prop_flat_map(|p| (Just(p), epoch_near(p))), wid.clone()).prop_map(
-            |(shuffle, (p, failed_epoch), failed_worker)| Command::Relocate {
+        4 => (shuffle.clone(), (0u32..6).prop_flat_map(|p| (Just(p), epoch_near(p))), wid.clone(), any::<bool>())
+            .prop_map(|(shuffle, (p, failed_epoch), failed_worker, split)| Command::Relocate {
                 shuffle,
                 partition: PartitionId(p),
                 failed_epoch,
                 failed_worker,
-            }
-        ),
+                split,
+            }),
         2 => wid.clone().prop_map(|worker| Command::WorkerLost { worker }),
         2 => wid.clone().prop_map(|worker| Command::Decommission { worker }),
         2 => wid.clone().prop_map(|worker| Command::Recommission { worker }),

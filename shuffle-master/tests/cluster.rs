@@ -29,6 +29,7 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path, tls: &TlsSource) -
         election_timeout: Duration::from_millis(300),
         snapshot_every: 50,
         replication: 1,
+        commit_batch: shuffle_master::group::Limits::default().max_commands,
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

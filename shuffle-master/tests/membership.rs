@@ -33,6 +33,7 @@ fn config(id: u64, addr: &str, peers: &BTreeMap<u64, String>, dir: &Path, tls: &
         // Small, so the new master catches up through a snapshot and a log suffix.
         snapshot_every: 40,
         replication: 1,
+        commit_batch: shuffle_master::group::Limits::default().max_commands,
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

@@ -146,6 +146,12 @@ pub struct ScanRange {
     pub filter: AttemptFilter,
 }
 
+/// One RocksDB memtable's size. Pushed batches sit in memtables until flushed to blob files.
+pub const WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Memtables a worker keeps at most (the one filling and the ones being flushed): its memory
+/// for pushed data, whatever the partitions' sizes.
+pub const MAX_WRITE_BUFFERS: i32 = 2;
+
 /// RocksDB-backed batch storage.
 pub struct Buffer {
     db: DB,
@@ -159,7 +165,8 @@ impl Buffer {
         opts.create_if_missing(true);
         opts.set_enable_blob_files(true);
         opts.set_min_blob_size(4096);
-        opts.set_write_buffer_size(64 << 20);
+        opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+        opts.set_max_write_buffer_number(MAX_WRITE_BUFFERS);
         let db = DB::open(&opts, dir)?;
         let buf = Buffer { db, sync: sync_writes, held: Mutex::new(HashMap::new()) };
         buf.rebuild_held()?;

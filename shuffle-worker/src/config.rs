@@ -52,6 +52,10 @@ pub struct WorkerSettings {
     /// Multipart upload part size, at least "5MiB".
     #[arg(long, env = "SHOAL_UPLOAD_PART_SIZE")]
     pub upload_part_size: Option<String>,
+    /// A partition's piece on this worker is closed at this size and the masters place its
+    /// next piece (on another worker when there is one), e.g. "1GiB"; "0" never splits.
+    #[arg(long, env = "SHOAL_PARTITION_SPLIT_SIZE")]
+    pub partition_split_size: Option<String>,
     /// HTTP address for /metrics, /healthz and /readyz (IP:PORT); off when unset.
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
@@ -62,6 +66,10 @@ pub struct WorkerSettings {
     #[arg(long, env = "SHOAL_SWEEP_GRACE")]
     pub sweep_grace: Option<String>,
 }
+
+/// Where a partition's piece is closed by default: Celeborn's split size, large enough that
+/// ordinary partitions never split and small enough that a skewed one spreads over workers.
+pub const DEFAULT_SPLIT_BYTES: u64 = 1 << 30;
 
 /// A worker's resolved settings.
 #[derive(Clone, Debug)]
@@ -86,6 +94,9 @@ pub struct WorkerConfig {
     pub sync_writes: bool,
     pub read_chunk_bytes: usize,
     pub upload_part_bytes: usize,
+    /// Pushes to a partition piece that took this many bytes here are refused with
+    /// `PartitionSplit` (0: never).
+    pub partition_split_bytes: u64,
     pub heartbeat_interval: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP.
     pub http_listen: Option<SocketAddr>,
@@ -119,6 +130,7 @@ impl WorkerConfig {
             sync_writes: false,
             read_chunk_bytes: 1 << 20,
             upload_part_bytes: 8 << 20,
+            partition_split_bytes: DEFAULT_SPLIT_BYTES,
             heartbeat_interval: Duration::from_secs(1),
             http_listen: None,
             sweep_interval: Some(Duration::from_secs(3600)),
@@ -139,6 +151,7 @@ pub const KEYS: &[&str] = &[
     "sync_writes",
     "heartbeat_interval",
     "upload_part_size",
+    "partition_split_size",
     "http_listen",
     "sweep_interval",
     "sweep_grace",
@@ -166,6 +179,7 @@ impl WorkerSettings {
             sync_writes,
             heartbeat_interval,
             upload_part_size,
+            partition_split_size,
             http_listen,
             sweep_interval,
             sweep_grace
@@ -203,6 +217,11 @@ impl WorkerSettings {
         if upload_part_bytes < 5 << 20 {
             return Err(bad("upload_part_size", "S3 needs parts of at least 5MiB"));
         }
+        let partition_split_bytes =
+            size("partition_split_size", self.partition_split_size.as_deref(), DEFAULT_SPLIT_BYTES)?;
+        if partition_split_bytes != 0 && partition_split_bytes < 1 << 20 {
+            return Err(bad("partition_split_size", "at least 1MiB (or 0: never split)"));
+        }
         let heartbeat_interval =
             duration("heartbeat_interval", self.heartbeat_interval.as_deref(), Duration::from_secs(2))?;
         let http_listen = match self.http_listen {
@@ -229,6 +248,7 @@ impl WorkerSettings {
             sync_writes: self.sync_writes.unwrap_or(false),
             read_chunk_bytes: 1 << 20,
             upload_part_bytes: upload_part_bytes as usize,
+            partition_split_bytes,
             heartbeat_interval,
         })
     }
@@ -259,6 +279,11 @@ mod tests {
         assert_eq!(key(WorkerSettings { object_store: Some("ftp://x".into()), ..base() }), "object_store");
         assert_eq!(key(WorkerSettings { max_buffered: Some("lots".into()), ..base() }), "max_buffered");
         assert_eq!(key(WorkerSettings { upload_part_size: Some("1MiB".into()), ..base() }), "upload_part_size");
+        let split = |v: &str| WorkerSettings { partition_split_size: Some(v.into()), ..base() };
+        assert_eq!(key(split("1KiB")), "partition_split_size");
+        assert_eq!(split("0").resolve().unwrap().partition_split_bytes, 0);
+        assert_eq!(split("64MiB").resolve().unwrap().partition_split_bytes, 64 << 20);
+        assert_eq!(base().resolve().unwrap().partition_split_bytes, DEFAULT_SPLIT_BYTES);
         assert_eq!(key(WorkerSettings { tls: TlsSettings::default(), ..base() }), "tls_cert");
     }
 

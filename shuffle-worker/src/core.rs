@@ -116,6 +116,10 @@ pub struct CoreLimits {
     /// RocksDB never meets a full disk (its flushes and compactions need room too, and a write
     /// that fails for lack of space stops the database until it is reopened).
     pub disk_reserve_bytes: u64,
+    /// A partition's piece (its epoch here) takes pushes until it took this many bytes; then
+    /// pushes to it are refused with `PartitionSplit` and the client asks the master for the
+    /// next piece. 0: never.
+    pub split_bytes: u64,
 }
 
 /// The worker's decision state.
@@ -127,6 +131,9 @@ pub struct WorkerCore {
     spilling: BTreeSet<PartKey>,
     /// Free bytes on the data disk: the last reading, less what was admitted since.
     disk_free: Option<u64>,
+    /// Bytes each partition piece (partition, epoch) took here as a primary, for splits.
+    /// One entry per piece pushed to since start; a shuffle's go when it is deleted here.
+    piece_bytes: BTreeMap<(PartKey, Epoch), u64>,
 }
 
 impl WorkerCore {
@@ -137,6 +144,7 @@ impl WorkerCore {
             inflight: BTreeMap::new(),
             spilling: BTreeSet::new(),
             disk_free: None,
+            piece_bytes: BTreeMap::new(),
         }
     }
 
@@ -220,6 +228,30 @@ impl WorkerCore {
         Ok(())
     }
 
+    /// Whether a primary push of `len` bytes to the piece of `key` at `epoch` is taken: until
+    /// the piece took `split_bytes`, so a piece ends at most one batch past it (a batch that
+    /// crosses the size is taken). Replica copies are not checked: their primary decided.
+    /// Counted at admission, so concurrent pushes cannot all slip under the size.
+    pub fn admit_to_piece(&mut self, key: &PartKey, epoch: Epoch, len: u64) -> Result<(), (ErrorCode, &'static str)> {
+        let split = self.limits.split_bytes;
+        let took = self.piece_bytes.entry((key.clone(), epoch)).or_default();
+        if split > 0 && *took >= split {
+            return Err((ErrorCode::PartitionSplit, "the partition's piece here reached the split size"));
+        }
+        *took = took.saturating_add(len);
+        Ok(())
+    }
+
+    /// The shuffle's data here is gone (deleted or purged): forget its pieces.
+    pub fn forget_shuffle(&mut self, shuffle: &ShuffleKey) {
+        self.piece_bytes.retain(|((s, _), _), _| s != shuffle);
+    }
+
+    /// Pieces this worker tracks for splits.
+    pub fn pieces(&self) -> usize {
+        self.piece_bytes.len()
+    }
+
     /// An admitted push was stored (or failed before it was).
     pub fn push_done(&mut self, key: &PartKey) {
         if let Some(n) = self.inflight.get_mut(key) {
@@ -255,6 +287,10 @@ impl WorkerCore {
         };
         if matches!(go, SpillStart::Go { .. }) {
             self.spilling.insert(key.clone());
+        }
+        if matches!(go, SpillStart::Go { delete: Delete::Partition, .. }) {
+            // The shuffle takes no more pushes: its pieces here are done.
+            self.piece_bytes.retain(|(k, _), _| k != key);
         }
         go
     }
@@ -303,7 +339,7 @@ mod tests {
         (ShuffleKey::new(AppId::new("a").unwrap(), s, 0), p)
     }
 
-    const LIMITS: CoreLimits = CoreLimits { max_buffered_bytes: 1 << 20, disk_reserve_bytes: 1 << 10 };
+    const LIMITS: CoreLimits = CoreLimits { max_buffered_bytes: 1 << 20, disk_reserve_bytes: 1 << 10, split_bytes: 0 };
 
     /// One thing that happens to a worker.
     #[derive(Clone, Debug)]
@@ -527,6 +563,50 @@ mod tests {
         assert_eq!(c.admit_push(&k, 1, 0).unwrap_err().0, ErrorCode::PartitionNotOwned);
         assert_eq!(c.desired(WorkerState::Active, 0), vec![Step::Resume]);
         assert_eq!(c.admit_push(&k, LIMITS.max_buffered_bytes, 1).unwrap_err().0, ErrorCode::Busy);
+    }
+
+    proptest! {
+        /// A piece takes pushes until it took the split size, then refuses every later one
+        /// (retryable, relocating); it ends at most one batch past the size; pieces and
+        /// shuffles are independent, and a forgotten shuffle starts over.
+        #[test]
+        fn pieces_split_at_the_size(pushes in proptest::collection::vec((0u32..2, 0u32..2, 1u64..3, 1u64..400), 1..200)) {
+            let split = 1000u64;
+            let mut c = WorkerCore::new(CoreLimits { split_bytes: split, ..LIMITS });
+            let mut took: BTreeMap<(u32, u32, u64), u64> = BTreeMap::new();
+            for (s, p, e, len) in pushes {
+                let t = took.entry((s, p, e)).or_default();
+                match c.admit_to_piece(&key(s, p), Epoch(e), len) {
+                    Ok(()) => {
+                        prop_assert!(*t < split, "a full piece took more");
+                        *t += len;
+                        prop_assert!(*t < split + 400);
+                    }
+                    Err((code, _)) => {
+                        prop_assert_eq!(code, ErrorCode::PartitionSplit);
+                        prop_assert!(code.remedy() == shuffle_proto::Remedy::Relocate);
+                        prop_assert!(*t >= split, "refused below the size");
+                    }
+                }
+            }
+            // A seal spill of a partition ends its pieces' accounting.
+            let before = c.pieces();
+            if matches!(c.begin_spill(&key(1, 1), SpillKind::Seal, false), SpillStart::Go { .. }) {
+                prop_assert!(c.piece_bytes.keys().all(|(k, _)| *k != key(1, 1)));
+                prop_assert!(c.pieces() <= before);
+            }
+            c.forget_shuffle(&key(0, 0).0);
+            prop_assert!(c.admit_to_piece(&key(0, 0), Epoch(1), 1).is_ok());
+            prop_assert!(c.pieces() <= 2 * 2 + 1);
+        }
+    }
+
+    #[test]
+    fn split_size_zero_never_splits() {
+        let mut c = WorkerCore::new(LIMITS);
+        for _ in 0..100 {
+            assert!(c.admit_to_piece(&key(0, 0), Epoch(1), u64::MAX / 4).is_ok());
+        }
     }
 
     #[test]

@@ -370,8 +370,16 @@ impl Cluster {
             self.workers.insert(id.to_string(), w);
             return Ok(());
         }
+        self.start_worker_process(id, &[]).await
+    }
+
+    /// Starts worker `id` of a process cluster with `extra` flags after the harness's own, and
+    /// waits until the masters count it active.
+    pub async fn start_worker_process(&mut self, id: &str, extra: &[&str]) -> anyhow::Result<()> {
         let listen = format!("{}:{}", self.host, free_ports(1)[0]);
-        let p = Proc::spawn(id, "shuffle-worker", &self.worker_args(id, &listen), &self.log_path(id))?;
+        let mut args = self.worker_args(id, &listen);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let p = Proc::spawn(id, "shuffle-worker", &args, &self.log_path(id))?;
         self.procs_mut()?.workers.insert(id.to_string(), p);
         self.wait_active(id).await
     }
@@ -620,7 +628,12 @@ pub fn segment_objects(dir: &std::path::Path) -> usize {
 
 /// Resident memory of this process, from /proc (0 where there is none).
 pub fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_of("self")
+}
+
+/// Resident memory of process `pid` ("self" or a number), from /proc (0 once it is gone).
+pub fn rss_of(pid: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())

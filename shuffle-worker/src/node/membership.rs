@@ -138,6 +138,7 @@ impl Inner {
             WorkerCommand::DeleteShuffle { shuffle } => {
                 tokio::spawn(async move {
                     self.forget(&shuffle);
+                    self.core().forget_shuffle(&shuffle);
                     if let Err(e) = self.buffer.delete_shuffle(&shuffle) {
                         warn!(%shuffle, "local delete failed: {e}");
                     }

@@ -112,8 +112,11 @@ impl WorkerNode {
         let (done_tx, done_rx) = watch::channel(false);
         // Segment names must not repeat across restarts on the same data dir.
         let nonce = shuffle_proto::auth::now_unix_ms().saturating_mul(1000);
-        let limits =
-            CoreLimits { max_buffered_bytes: cfg.max_buffered_bytes, disk_reserve_bytes: cfg.disk_reserve_bytes };
+        let limits = CoreLimits {
+            max_buffered_bytes: cfg.max_buffered_bytes,
+            disk_reserve_bytes: cfg.disk_reserve_bytes,
+            split_bytes: cfg.partition_split_bytes,
+        };
         let inner = Arc::new(Inner {
             cfg,
             buffer,

@@ -159,6 +159,10 @@ impl Inner {
         };
         let header = (forward.is_some()).then(|| PushBatch { flags: push.flags | PUSH_FLAG_REPLICA, ..push.clone() });
         let epoch = loc.epoch;
+        if loc.primary.id == self.cfg.id && push.flags & PUSH_FLAG_REPLICA == 0 {
+            let part = (push.shuffle.clone(), push.partition.0);
+            self.core().admit_to_piece(&part, epoch, body.len() as u64).map_err(|(code, why)| werr(code, why))?;
+        }
         // Only a replicated push needs the key again (to report a failed replica).
         let reported = forward.as_ref().map(|_| push.shuffle.clone());
         let key = BatchKey {
@@ -245,6 +249,7 @@ impl Inner {
                 partition,
                 failed_epoch: epoch,
                 failed_worker: replica.id.clone(),
+                split: false,
             })
             .await;
         if let Err(m) = moved {

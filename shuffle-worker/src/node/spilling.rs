@@ -141,6 +141,7 @@ impl Inner {
         let plan = match self.read_plan(shuffle, partition..partition + 1).await {
             Ok(p) => p,
             Err(TransportError::Remote(w)) if w.code() == ErrorCode::UnknownShuffle => {
+                self.core().forget_shuffle(shuffle);
                 self.buffer.delete_shuffle(shuffle)?;
                 return Ok(());
             }

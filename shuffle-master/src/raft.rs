@@ -80,6 +80,8 @@ pub struct PeerClient {
     addr: String,
 }
 
+// The error type is openraft's own RPC error, returned as the network trait requires.
+#[allow(clippy::result_large_err)]
 fn encode<Req: Serialize, E: std::error::Error>(
     req: &Req,
 ) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {

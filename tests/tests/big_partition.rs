@@ -127,7 +127,7 @@ async fn a_skewed_partition_splits_across_workers_and_reads_back_in_bounded_memo
     let holders: Vec<String> = plan.partitions[0].sources.iter().map(|s| s.primary.id.to_string()).collect();
     assert_eq!(holders.len(), 2, "the pieces spread over both workers: {holders:?}");
     let serving = PeakRss::of(watched);
-    let (live, live_grew, live_s) = read_all(&sc, &k, 2).await;
+    let (live, _, live_s) = read_all(&sc, &k, 2).await;
     let serve_grew = serving.stop_all();
     assert_eq!(live, written, "every byte from the workers");
 

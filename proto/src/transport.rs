@@ -960,7 +960,9 @@ impl MasterClient {
                         }
                     }
                 }
-                Ok((Message::WireError(e), _)) if e.code() == ErrorCode::NoLeader => {
+                // No leader known, or this master cannot serve at all (its Raft stopped, as
+                // on a full disk): another master may.
+                Ok((Message::WireError(e), _)) if matches!(e.code(), ErrorCode::NoLeader | ErrorCode::Unavailable) => {
                     self.set_leader(None);
                     next += 1;
                     TransportError::Remote(e)

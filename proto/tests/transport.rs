@@ -302,6 +302,34 @@ async fn a_silent_master_costs_one_bounded_try() {
     assert_eq!(mc.leader_hint(), Some(addrs[1].clone()), "the answering master is remembered");
 }
 
+/// A master whose Raft stopped (its disk filled) answers every call `Unavailable`.
+struct Broken;
+
+impl Handler for Broken {
+    async fn handle(&self, _: &CallInfo, _: Message, _: Vec<u8>, out: &mut Responder) -> Result<(), ProtoError> {
+        out.error(WireError::new(ErrorCode::Unavailable, "this master cannot serve requests; try another")).await
+    }
+}
+
+/// A master that cannot serve sends the client on to the next one: the call succeeds there
+/// instead of failing with the broken master's answer.
+#[tokio::test]
+async fn an_unavailable_master_sends_the_client_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = cluster(dir.path());
+    let opts = ServerOptions::for_tls(&tls);
+    let broken = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+    let good = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+    let addrs = vec![broken.local_addr().unwrap().to_string(), good.local_addr().unwrap().to_string()];
+    tokio::spawn(serve(broken, Arc::new(Broken), opts.clone()));
+    tokio::spawn(serve(good, Arc::new(Answers), opts.clone()));
+    let client = Client::new(&tls, ClientOptions::default()).unwrap();
+    let mc = MasterClient::new(client, addrs.clone(), Duration::from_secs(20)).unwrap();
+    let (reply, _) = mc.call(&Message::GetStatus(GetStatus {})).await.unwrap();
+    assert!(matches!(reply, Message::Ack(_)), "{reply:?}");
+    assert_eq!(mc.leader_hint(), Some(addrs[1].clone()));
+}
+
 /// On loopback, MTU discovery climbs past the 1452-byte default to Shoal's datagram size, so a
 /// byte costs a fraction of the packets.
 #[tokio::test]

@@ -201,23 +201,42 @@ impl Reader {
                 }
             }
             let mut failed = None;
+            // A plan names a worker once per (primary, replica) pair: each primary is read
+            // once (it serves every piece it holds); the replicas of its pairs are its
+            // fallbacks.
+            let mut primaries: Vec<&shuffle_proto::messages::WorkerEndpoint> = Vec::new();
             for src in &pp.sources {
-                let mut read = self.read_worker(&src.primary.addr, &capability, &expected, &want).await;
-                // With replication 2 the replica holds every acknowledged batch: read it at once
-                // rather than wait for the masters to notice the primary is gone (what the
-                // primary already sent is skipped).
-                if let (Err(e), Some(replica)) = (&read, &src.replica) {
-                    if e.retryable() {
-                        tracing::debug!(partition = self.partition, "reading the replica: {e}");
-                        read = self.read_worker(&replica.addr, &capability, &expected, &want).await;
+                if !primaries.iter().any(|p| p.id == src.primary.id) {
+                    primaries.push(&src.primary);
+                }
+            }
+            for primary in primaries {
+                let read = self.read_worker(&primary.addr, &capability, &expected, &want).await;
+                let e = match read {
+                    Ok(()) => continue,
+                    Err(e) if !e.retryable() => return Err(e),
+                    Err(e) => e,
+                };
+                // With replication 2 the replicas hold every acknowledged batch: read them at
+                // once rather than wait for the masters to notice the primary is gone (what
+                // was already read is skipped). Each pair's replica holds its own pieces.
+                let mut replicas: Vec<&shuffle_proto::messages::WorkerEndpoint> = Vec::new();
+                for r in pp.sources.iter().filter(|s| s.primary.id == primary.id).filter_map(|s| s.replica.as_ref()) {
+                    if !replicas.iter().any(|x| x.id == r.id) {
+                        replicas.push(r);
                     }
                 }
-                if let Err(e) = read {
-                    if e.retryable() {
-                        failed = Some(e);
-                        continue;
+                if replicas.is_empty() {
+                    failed = Some(e);
+                    continue;
+                }
+                tracing::debug!(partition = self.partition, "reading the replicas: {e}");
+                for replica in replicas {
+                    match self.read_worker(&replica.addr, &capability, &expected, &want).await {
+                        Ok(()) => {}
+                        Err(e) if e.retryable() => failed = Some(e),
+                        Err(e) => return Err(e),
                     }
-                    return Err(e);
                 }
             }
             // A short read is planned again too: a seal spill may have recorded the partition

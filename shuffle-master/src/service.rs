@@ -106,6 +106,14 @@ fn internal(msg: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::Internal, msg)
 }
 
+/// This master's Raft cannot serve (stopped on a storage error, shutting down): the caller
+/// tries another master. The cause stays in this master's log, never on the wire (it names
+/// files).
+fn raft_unavailable(e: &dyn std::fmt::Display) -> WireError {
+    tracing::warn!("raft cannot serve a request: {e}");
+    WireError::new(ErrorCode::Unavailable, "this master cannot serve requests; try another")
+}
+
 fn addr_of(raft: &Raft, node: NodeId) -> Option<String> {
     let m = raft.metrics().borrow().membership_config.clone();
     m.membership().get_node(&node).map(|n| n.addr.clone())
@@ -130,7 +138,7 @@ impl Propose for RaftProposer {
                 other => Ok(other),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward_error(&self.0, f)),
-            Err(e) => Err(internal(e.to_string())),
+            Err(e) => Err(raft_unavailable(&e)),
         }
     }
 }
@@ -221,7 +229,7 @@ impl MasterService {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => Err(self.not_leader()),
             Err(RaftError::APIError(e)) => Err(WireError::new(ErrorCode::NoLeader, e.to_string())),
-            Err(e) => Err(internal(e.to_string())),
+            Err(e) => Err(raft_unavailable(&e)),
         }
     }
 
@@ -330,12 +338,20 @@ impl MasterService {
                 a.into()
             }
             Message::Relocate(m) => {
-                let cmd = Command::Relocate {
-                    shuffle: m.shuffle,
-                    partition: m.partition,
-                    failed_epoch: m.failed_epoch,
-                    failed_worker: m.failed_worker,
-                    split: m.split,
+                let cmd = if m.split {
+                    Command::SplitPiece {
+                        shuffle: m.shuffle,
+                        partition: m.partition,
+                        epoch: m.failed_epoch,
+                        worker: m.failed_worker,
+                    }
+                } else {
+                    Command::Relocate {
+                        shuffle: m.shuffle,
+                        partition: m.partition,
+                        failed_epoch: m.failed_epoch,
+                        failed_worker: m.failed_worker,
+                    }
                 };
                 match self.write(cmd).await? {
                     R::Location(location) => Relocated { location }.into(),

@@ -62,10 +62,6 @@ pub enum Command {
         partition: PartitionId,
         failed_epoch: Epoch,
         failed_worker: WorkerId,
-        /// The piece reached the split size (nothing failed): `failed_worker` is preferred
-        /// against, not excluded. Absent in entries written before splits existed.
-        #[serde(default)]
-        split: bool,
     },
     CommitMap {
         shuffle: ShuffleKey,
@@ -111,6 +107,16 @@ pub enum Command {
     /// Commands that arrived together (group commit, see `group.rs`), applied in order as if
     /// each had its own entry; one result each. A batch never holds a batch.
     Batch(Vec<Command>),
+    /// The partition's piece at `epoch` on `worker` (its primary) reached the split size:
+    /// the next piece is placed away from it where possible, on it again otherwise. A variant
+    /// of its own, appended: the log's encoding is positional, so the layout of entries
+    /// already written (`Relocate` among them) never changes.
+    SplitPiece {
+        shuffle: ShuffleKey,
+        partition: PartitionId,
+        epoch: Epoch,
+        worker: WorkerId,
+    },
 }
 
 /// What applying a command gave; errors are part of the replicated outcome.
@@ -278,8 +284,11 @@ impl MasterState {
                 }
                 CommandResult::Ack
             }
-            Command::Relocate { shuffle, partition, failed_epoch, failed_worker, split } => {
-                self.relocate(&shuffle, partition, failed_epoch, &failed_worker, split)
+            Command::Relocate { shuffle, partition, failed_epoch, failed_worker } => {
+                self.relocate(&shuffle, partition, failed_epoch, &failed_worker, false)
+            }
+            Command::SplitPiece { shuffle, partition, epoch, worker } => {
+                self.relocate(&shuffle, partition, epoch, &worker, true)
             }
             Command::CommitMap { shuffle, map, attempt, partitions } => {
                 self.commit_map(&shuffle, map, attempt, partitions)
@@ -879,12 +888,18 @@ impl MasterState {
                     batches: s.batches,
                 });
             }
-            // One source per worker, named by its newest live epoch: a worker's spill reports
-            // that epoch as what its scan covered, so every piece it holds (splits, a
-            // partition placed back on it) is released together.
+            // One source per (primary, replica) pair, named by the pair's newest live epoch.
+            // Every worker holding a live piece is named (as a primary or a replica), and a
+            // worker's spill reports the newest epoch naming it as what its scan covered, so
+            // every piece it holds (splits, a partition placed back on it) is released
+            // together. Readers read each primary once and fall back to the replicas of its
+            // pairs.
             let mut sources: Vec<PartitionLocation> = Vec::new();
             for e in p.epochs.iter().filter(|e| e.state == EpochState::Live) {
-                match sources.iter_mut().find(|s| s.primary.id == e.primary) {
+                let pair = |s: &&mut PartitionLocation| {
+                    s.primary.id == e.primary && s.replica.as_ref().map(|r| &r.id) == e.replica.as_ref()
+                };
+                match sources.iter_mut().find(pair) {
                     Some(s) if s.epoch < e.epoch => *s = self.location(pi, e),
                     Some(_) => {}
                     None => sources.push(self.location(pi, e)),
@@ -1062,6 +1077,31 @@ impl MasterState {
                 }
                 if let Some(e) = p.epochs.iter().find(|e| e.replica.as_ref() == Some(&e.primary)) {
                     return Err(format!("{}: epoch {} has its replica on its primary", rec.meta.key, e.epoch));
+                }
+            }
+            self.check_read_sources(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Every worker holding a live piece is named by the read plan, by an epoch at or above
+    /// the piece's, in the same role: its spill releases what it holds, and readers find a
+    /// replica of every piece.
+    fn check_read_sources(&self, rec: &ShuffleRecord) -> Result<(), String> {
+        let key = &rec.meta.key;
+        let plan = self.read_plan(key, 0, rec.meta.num_partitions, 0, rec.meta.num_maps).map_err(|e| e.to_string())?;
+        for (p, pp) in rec.partitions.iter().zip(&plan.partitions) {
+            for e in p.epochs.iter().filter(|e| e.state == EpochState::Live) {
+                let covered = pp.sources.iter().any(|s| {
+                    s.epoch >= e.epoch
+                        && s.primary.id == e.primary
+                        && s.replica.as_ref().map(|r| &r.id) == e.replica.as_ref()
+                });
+                if !covered {
+                    return Err(format!(
+                        "{key}: live epoch {} of partition {} has no read source",
+                        e.epoch, pp.partition
+                    ));
                 }
             }
         }

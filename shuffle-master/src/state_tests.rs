@@ -40,7 +40,6 @@ fn relocate(st: &mut MasterState, epoch: Epoch, worker: WorkerId) -> CommandResu
         partition: PartitionId(0),
         failed_epoch: epoch,
         failed_worker: worker,
-        split: false,
     })
 }
 
@@ -169,13 +168,7 @@ fn stale_relocations_return_the_current_location() {
 }
 
 fn split(st: &mut MasterState, epoch: Epoch, worker: WorkerId) -> CommandResult {
-    st.apply(Command::Relocate {
-        shuffle: key(1),
-        partition: PartitionId(0),
-        failed_epoch: epoch,
-        failed_worker: worker,
-        split: true,
-    })
+    st.apply(Command::SplitPiece { shuffle: key(1), partition: PartitionId(0), epoch, worker })
 }
 
 #[test]
@@ -230,7 +223,9 @@ fn a_last_segment_releases_every_piece_the_worker_holds() {
     commit(&mut st, 1, 0, 1, vec![stat0]);
     let plan = st.read_plan(&key(1), 0, 1, 0, 1).unwrap();
     for holder in [&first.primary.id, &second.primary.id] {
-        let upto = plan.partitions[0].sources.iter().find(|s| &s.primary.id == holder).unwrap().epoch;
+        // As a worker's spill computes it: the newest epoch of a source naming it.
+        let upto =
+            plan.partitions[0].sources.iter().filter(|s| &s.primary.id == holder).map(|s| s.epoch).max().unwrap();
         let seg = SegmentRef {
             object_key: format!("shoal/app-1/1.0/0/seg-{holder}"),
             index_offset: 10,
@@ -251,6 +246,44 @@ fn a_last_segment_releases_every_piece_the_worker_holds() {
     let p = &st.read_plan(&key(1), 0, 1, 0, 1).unwrap().partitions[0];
     assert!(p.sources.is_empty(), "a piece stayed live: {:?}", p.sources);
     assert_eq!(p.segments.len(), 2);
+    st.check_invariants().unwrap();
+}
+
+/// With replication 2, pieces of one partition on the same primary can have different
+/// replicas: the read plan names every holder, so a replica's seal spill finds it still holds
+/// a live piece (and keeps it until the primary's segment covers it), and a reader whose
+/// primary is gone finds each piece's replica.
+#[test]
+fn every_holder_of_a_replicated_piece_is_a_read_source() {
+    let mut st = cluster(&["w1", "w2", "w3"]);
+    let mut cur = register(&mut st, 1, 1, 1, 2).locations[0].clone();
+    let mut held: Vec<(Epoch, WorkerId, WorkerId)> = Vec::new();
+    // Pieces close at the split size (on the primary) or move off a replica that failed a
+    // forward (a live worker all the same): each move places a new pair.
+    for i in 0..8 {
+        held.push((cur.epoch, cur.primary.id.clone(), cur.replica.clone().unwrap().id));
+        let next = if i % 2 == 0 {
+            relocate(&mut st, cur.epoch, cur.replica.clone().unwrap().id)
+        } else {
+            split(&mut st, cur.epoch, cur.primary.id.clone())
+        };
+        let CommandResult::Location(next) = next else { panic!("{next:?}") };
+        cur = next;
+    }
+    assert!(
+        held.iter().any(|(_, p, r)| held.iter().any(|(_, p2, r2)| p == p2 && r != r2)),
+        "a primary holds pieces with two replicas: {held:?}"
+    );
+    let plan = st.read_plan(&key(1), 0, 1, 0, 1).unwrap();
+    for (epoch, primary, replica) in &held {
+        assert!(
+            plan.partitions[0].sources.iter().any(|s| s.epoch >= *epoch
+                && s.primary.id == *primary
+                && s.replica.as_ref().map(|r| &r.id) == Some(replica)),
+            "piece {epoch} on {primary}+{replica} is not read: {:?}",
+            plan.partitions[0].sources
+        );
+    }
     st.check_invariants().unwrap();
 }
 
@@ -411,7 +444,6 @@ fn a_last_segment_releases_only_the_epochs_its_scan_covered() {
         partition: PartitionId(p),
         failed_epoch: moved.epoch,
         failed_worker: w("w2"),
-        split: false,
     }) {
         CommandResult::Location(l) => l,
         other => panic!("{other:?}"),

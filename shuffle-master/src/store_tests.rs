@@ -134,3 +134,24 @@ proptest! {
         prop_assert_eq!(rt.block_on(sm.applied_state())?.0, Some(log_id(1, 0, index)));
     }
 }
+
+/// Log entries are encoded positionally (postcard): a command's layout, once released, never
+/// changes, or a master upgraded on its data dir could not replay its log. New fields come as
+/// new variants at the end of `Command`. These bytes are a `Relocate` as protocol 5 wrote it.
+#[test]
+fn written_log_entries_decode_unchanged() {
+    let relocate = Command::Relocate {
+        shuffle: ShuffleKey::new(AppId::new("app-1").unwrap(), 7, 1),
+        partition: PartitionId(3),
+        failed_epoch: Epoch(9),
+        failed_worker: WorkerId::new("w1").unwrap(),
+    };
+    let written = RELOCATE_V5;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(&postcard::to_allocvec(&relocate).unwrap()), written, "the layout of Relocate changed");
+    let bytes: Vec<u8> =
+        (0..written.len()).step_by(2).map(|i| u8::from_str_radix(&written[i..i + 2], 16).unwrap()).collect();
+    assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), relocate);
+}
+
+const RELOCATE_V5: &str = "04056170702d3107010309027731";

@@ -78,12 +78,12 @@ pub fn arb_command() -> impl Strategy<Value = Command> {
             Command::CommitMap { shuffle, map: MapId(map), attempt: AttemptId(attempt), partitions: stats }
         }),
         4 => (shuffle.clone(), (0u32..6).prop_flat_map(|p| (Just(p), epoch_near(p))), wid.clone(), any::<bool>())
-            .prop_map(|(shuffle, (p, failed_epoch), failed_worker, split)| Command::Relocate {
-                shuffle,
-                partition: PartitionId(p),
-                failed_epoch,
-                failed_worker,
-                split,
+            .prop_map(|(shuffle, (p, failed_epoch), failed_worker, split)| {
+                if split {
+                    Command::SplitPiece { shuffle, partition: PartitionId(p), epoch: failed_epoch, worker: failed_worker }
+                } else {
+                    Command::Relocate { shuffle, partition: PartitionId(p), failed_epoch, failed_worker }
+                }
             }),
         2 => wid.clone().prop_map(|worker| Command::WorkerLost { worker }),
         2 => wid.clone().prop_map(|worker| Command::Decommission { worker }),

@@ -65,15 +65,24 @@ pub enum SpillKind {
     SingleCopy,
 }
 
-/// The epoch up to which a single-copy spill may release what it scanned: the newest epoch of
-/// the partition that lives only here (this worker its primary, no replica) and takes no more
-/// pushes (not `current`, the partition's epoch for new writes). `None`: release nothing, as
-/// when the only copy is the current epoch (no second worker to move writes to): its later
-/// batches are spilled by the next request.
+/// The epoch up to which a single-copy spill may release what it scanned: every live epoch
+/// of the partition that holds this worker and takes no more pushes, so all but `current`
+/// (the partition's epoch for new writes; `None` once sealed, when all may go). The master
+/// releases the live epochs up to it that hold this worker: as a primary they become spilled
+/// (the scan, run with no push in flight, read every batch they hold), as a replica the
+/// worker is dropped from them. `None`: release nothing, as when the only copy here is the
+/// current epoch (no second worker to move writes to): its later batches are spilled by the
+/// next request.
 ///
-/// `sources`: the partition's live epochs as `(epoch, primary here, has a replica)`.
-pub fn single_copy_release(sources: &[(Epoch, bool, bool)], current: Option<Epoch>) -> Option<Epoch> {
-    sources.iter().filter(|(e, here, replica)| *here && !*replica && Some(*e) != current).map(|(e, _, _)| *e).max()
+/// `newest_here`: the newest live epoch holding this worker. A read plan names each worker
+/// once, by that epoch, so older pieces here (a partition split away and back, an epoch
+/// promoted after a loss) are covered by the bound without being listed.
+pub fn single_copy_release(newest_here: Epoch, current: Option<Epoch>) -> Option<Epoch> {
+    match current {
+        None => Some(newest_here),
+        Some(c) if newest_here < c => Some(newest_here),
+        Some(c) => c.0.checked_sub(1).filter(|e| *e > 0).map(Epoch),
+    }
 }
 
 /// Whether a spill of `kind` uploads this worker's copy, given whether the worker is the
@@ -234,6 +243,16 @@ impl WorkerCore {
     /// Counted at admission, so concurrent pushes cannot all slip under the size.
     pub fn admit_to_piece(&mut self, key: &PartKey, epoch: Epoch, len: u64) -> Result<(), (ErrorCode, &'static str)> {
         let split = self.limits.split_bytes;
+        if split == 0 {
+            return Ok(());
+        }
+        // Only the newest piece of a partition takes pushes here: older ones are forgotten,
+        // so the accounting holds one entry per partition pushed to.
+        let older: Vec<(PartKey, Epoch)> =
+            self.piece_bytes.range((key.clone(), Epoch(0))..(key.clone(), epoch)).map(|(k, _)| k.clone()).collect();
+        for k in older {
+            self.piece_bytes.remove(&k);
+        }
         let took = self.piece_bytes.entry((key.clone(), epoch)).or_default();
         if split > 0 && *took >= split {
             return Err((ErrorCode::PartitionSplit, "the partition's piece here reached the split size"));
@@ -245,6 +264,13 @@ impl WorkerCore {
     /// The shuffle's data here is gone (deleted or purged): forget its pieces.
     pub fn forget_shuffle(&mut self, shuffle: &ShuffleKey) {
         self.piece_bytes.retain(|((s, _), _), _| s != shuffle);
+    }
+
+    /// Keeps the pieces of the shuffles that still take pushes (`writing`, from the masters)
+    /// and forgets the rest: a shuffle sealed or removed while this worker held none of its
+    /// data gets no command that would forget them.
+    pub fn retain_writing(&mut self, writing: impl Fn(&ShuffleKey) -> bool) {
+        self.piece_bytes.retain(|((s, _), _), _| writing(s));
     }
 
     /// Pieces this worker tracks for splits.
@@ -313,16 +339,16 @@ mod release_tests {
     use super::single_copy_release;
 
     #[test]
-    fn a_single_copy_spill_releases_only_old_epochs_that_live_only_here() {
-        let (e1, e2, e3) = (Epoch(1), Epoch(2), Epoch(3));
-        // e1: only here; e2: here with a replica; e3: the current epoch, only here.
-        let sources = [(e1, true, false), (e2, true, true), (e3, true, false)];
-        assert_eq!(single_copy_release(&sources, Some(e3)), Some(e1));
-        assert_eq!(single_copy_release(&sources, Some(Epoch(9))), Some(e3));
-        // The current epoch alone: nothing may be released (it still takes pushes).
-        assert_eq!(single_copy_release(&[(e3, true, false)], Some(e3)), None);
-        // Another worker's primary epochs are not this worker's to release.
-        assert_eq!(single_copy_release(&[(e1, false, false)], Some(e3)), None);
+    fn a_single_copy_spill_releases_every_epoch_but_the_current_one() {
+        let (e1, e3, e9) = (Epoch(1), Epoch(3), Epoch(9));
+        // Epochs older than the current one take no pushes: all of them go.
+        assert_eq!(single_copy_release(e3, Some(e9)), Some(e3));
+        // The newest piece here is the current epoch: the older ones go, it stays.
+        assert_eq!(single_copy_release(e9, Some(e9)), Some(Epoch(8)));
+        // The current epoch is the first there is: nothing may be released.
+        assert_eq!(single_copy_release(e1, Some(e1)), None);
+        // Sealed: nothing takes pushes any more.
+        assert_eq!(single_copy_release(e3, None), Some(e3));
     }
 }
 
@@ -568,13 +594,19 @@ mod tests {
     proptest! {
         /// A piece takes pushes until it took the split size, then refuses every later one
         /// (retryable, relocating); it ends at most one batch past the size; pieces and
-        /// shuffles are independent, and a forgotten shuffle starts over.
+        /// shuffles are independent, a forgotten shuffle starts over, and the accounting
+        /// keeps one entry per partition.
         #[test]
         fn pieces_split_at_the_size(pushes in proptest::collection::vec((0u32..2, 0u32..2, 1u64..3, 1u64..400), 1..200)) {
             let split = 1000u64;
             let mut c = WorkerCore::new(CoreLimits { split_bytes: split, ..LIMITS });
             let mut took: BTreeMap<(u32, u32, u64), u64> = BTreeMap::new();
+            // A worker admits with the epoch of its assignment, which only grows.
+            let mut newest: BTreeMap<(u32, u32), u64> = BTreeMap::new();
             for (s, p, e, len) in pushes {
+                let n = newest.entry((s, p)).or_default();
+                *n = (*n).max(e);
+                let e = *n;
                 let t = took.entry((s, p, e)).or_default();
                 match c.admit_to_piece(&key(s, p), Epoch(e), len) {
                     Ok(()) => {
@@ -597,7 +629,10 @@ mod tests {
             }
             c.forget_shuffle(&key(0, 0).0);
             prop_assert!(c.admit_to_piece(&key(0, 0), Epoch(1), 1).is_ok());
-            prop_assert!(c.pieces() <= 2 * 2 + 1);
+            // One piece per partition is tracked: the newest one pushed to.
+            prop_assert!(c.pieces() <= 2 * 2);
+            c.retain_writing(|s| *s == key(1, 0).0);
+            prop_assert!(c.piece_bytes.keys().all(|((s, _), _)| *s == key(1, 0).0));
         }
     }
 

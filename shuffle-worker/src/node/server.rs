@@ -104,14 +104,28 @@ impl Inner {
         if let Some(a) = cached().filter(|a| fresh(a)) {
             return Ok(a);
         }
-        let a: ShuffleAssignment =
-            self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await.map_err(|e| match e {
-                TransportError::Remote(w) => w,
-                other => {
-                    debug!("assignment fetch failed: {other}");
-                    werr(ErrorCode::Unavailable, "the masters cannot be reached")
-                }
-            })?;
+        self.fetch_assignment(shuffle).await.map_err(|e| match e {
+            TransportError::Remote(w) => w,
+            other => {
+                debug!("assignment fetch failed: {other}");
+                werr(ErrorCode::Unavailable, "the masters cannot be reached")
+            }
+        })
+    }
+
+    /// Replaces the cached assignment with one fresh from the masters.
+    pub(super) async fn refresh_assignment(
+        &self,
+        shuffle: &ShuffleKey,
+    ) -> Result<Arc<ShuffleAssignment>, TransportError> {
+        let _one = self.fetch_lock.lock().await;
+        self.fetch_assignment(shuffle).await
+    }
+
+    /// Fetches and caches an assignment; callers hold `fetch_lock`, so fetches are applied in
+    /// the order they were made and an older answer never replaces a newer one.
+    async fn fetch_assignment(&self, shuffle: &ShuffleKey) -> Result<Arc<ShuffleAssignment>, TransportError> {
+        let a: ShuffleAssignment = self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await?;
         let a = Arc::new(a);
         self.assignments.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone(), a.clone());
         Ok(a)

@@ -149,6 +149,13 @@ impl Inner {
         };
         let part: PartKey = (shuffle.clone(), partition);
         let writing = plan.state == ShuffleState::Writing;
+        // A single-copy spill releases the epochs below the current one: from here on this
+        // worker refuses pushes to them (its assignment is refreshed first), and the fence
+        // below waits out those already admitted, so its scan sees every batch they hold.
+        let current = match kind {
+            SpillKind::SingleCopy => self.current_epoch(shuffle, partition).await?,
+            _ => None,
+        };
         let deadline = tokio::time::Instant::now() + SPILL_FENCE_WAIT;
         let (delete, last) = loop {
             let start = self.core().begin_spill(&part, kind, writing);
@@ -186,11 +193,8 @@ impl Inner {
             return Ok(());
         }
         let (last, upto) = if kind == SpillKind::SingleCopy {
-            // Only epochs that live here alone and take no more pushes are released.
-            let current = self.current_epoch(shuffle, partition).await?;
-            let roles: Vec<_> =
-                pp.sources.iter().map(|s| (s.epoch, s.primary.id == self.cfg.id, s.replica.is_some())).collect();
-            match crate::core::single_copy_release(&roles, current) {
+            // Only epochs that take no more pushes are released.
+            match crate::core::single_copy_release(upto, current) {
                 Some(e) => (last, e),
                 None => (false, upto),
             }
@@ -251,9 +255,11 @@ impl Inner {
         Ok(())
     }
 
-    /// The partition's epoch for new writes, fresh from the masters (`None` once sealed).
+    /// The partition's epoch for new writes, fresh from the masters (`None` once sealed). The
+    /// assignment pushes are checked against is replaced by it, so pushes to older epochs are
+    /// refused as stale from now on.
     async fn current_epoch(&self, shuffle: &ShuffleKey, partition: u32) -> Result<Option<Epoch>, SpillError> {
-        let a: ShuffleAssignment = self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await?;
+        let a = self.refresh_assignment(shuffle).await?;
         Ok((a.state == ShuffleState::Writing).then(|| a.locations.get(partition as usize).map(|l| l.epoch)).flatten())
     }
 

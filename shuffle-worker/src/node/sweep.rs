@@ -34,19 +34,19 @@ impl Inner {
     /// Sweeps once; returns how many objects were deleted.
     pub(super) async fn sweep(&self) -> Result<usize, SpillError> {
         use futures::TryStreamExt;
+        let shuffles = self.master.call_typed::<ShuffleList>(ListShuffles {}).await?.shuffles;
+        // Per-shuffle state of shuffles that no longer take pushes goes too: nothing else
+        // clears it for a shuffle this worker held no data of when it was sealed or removed.
+        let writing: HashSet<&ShuffleKey> =
+            shuffles.iter().filter(|s| s.state == ShuffleState::Writing).map(|s| &s.shuffle).collect();
+        self.core().retain_writing(|s| writing.contains(s));
+        self.assignments.lock().unwrap_or_else(|p| p.into_inner()).retain(|s, _| writing.contains(s));
+        let known: HashSet<ShuffleKey> = shuffles.into_iter().map(|s| s.shuffle).collect();
         let objects: Vec<object_store::ObjectMeta> =
             self.store.list(None).try_collect().await.map_err(StoreError::from)?;
         if objects.is_empty() {
             return Ok(0);
         }
-        let known: HashSet<ShuffleKey> = self
-            .master
-            .call_typed::<ShuffleList>(ListShuffles {})
-            .await?
-            .shuffles
-            .into_iter()
-            .map(|s| s.shuffle)
-            .collect();
         let status: ClusterStatus = self.master.call_typed(GetStatus {}).await?;
         let alive: HashSet<WorkerId> = status
             .workers

@@ -14,7 +14,9 @@
 //!   `sync_writes` is on); a process crash loses no acknowledged batch.
 //! - Writing the same (map, attempt, seq) twice stores one copy: duplicates are idempotent.
 //! - `held` counts the bytes of every stored value, per partition; it is rebuilt by a key scan
-//!   on open and kept exact on every put and delete.
+//!   on open and kept exact on every put and delete. A partition whose scanned keys were all
+//!   deleted (a pressure or drain spill) stays listed at 0 bytes until it is dropped whole, so
+//!   the heartbeat still names its shuffle and the seal spill releases its epochs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -334,12 +336,11 @@ impl Buffer {
             b.delete(k);
         }
         self.db.write(b)?;
-        let mut held = self.held();
-        if let Some(e) = held.get_mut(&(shuffle.clone(), partition)) {
+        // A partition emptied this way stays listed (at 0 bytes) until it is dropped whole:
+        // its epochs are still live at the master, and only a seal or drain spill of it (an
+        // empty last segment) releases them.
+        if let Some(e) = self.held().get_mut(&(shuffle.clone(), partition)) {
             *e = e.saturating_sub(scanned.bytes);
-            if *e == 0 {
-                held.remove(&(shuffle.clone(), partition));
-            }
         }
         Ok(())
     }

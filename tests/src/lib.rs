@@ -96,6 +96,7 @@ impl Cluster {
         workers: usize,
         object_store: Option<String>,
     ) -> anyhow::Result<Cluster> {
+        init_test_log();
         let dir = tempfile::tempdir()?;
         let tls = generate_cluster_tls(&dir.path().join("tls"))?;
         let auth = init_auth_dir(&dir.path().join("auth"), &TENANTS, "ops")?;
@@ -987,4 +988,18 @@ pub fn assert_same_units(got: &[u8], want: &[u8], unit: usize, what: &str) {
     g.sort_unstable();
     w.sort_unstable();
     assert!(g == w, "{what}: contents differ");
+}
+
+/// With `SHOAL_TEST_LOG` set (a tracing filter, e.g. `shuffle_worker=debug`), the in-process
+/// nodes of a test log to stderr: how a flaky run is read after the fact.
+pub fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("SHOAL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
 }

@@ -295,3 +295,43 @@ async fn the_sweep_deletes_garbage_and_keeps_live_data() {
     assert!(exists(recorded).await, "recorded segments stay");
     c.shutdown().await;
 }
+
+/// A partition whose every batch went to the store under memory pressure before its shuffle
+/// sealed still gets its last segment at seal: the worker stops being a read source, so the
+/// data is read from the store once the worker is gone (before, the epoch stayed live on a
+/// worker holding nothing of it, and a reader met DataLost once it left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_spilled_whole_under_pressure_is_released_at_seal() {
+    const MAPS: u32 = 2;
+    const PARTS: u32 = 3;
+    let mut c = Cluster::start(0).await.unwrap();
+    let mut cfg = c.worker_config("w0").unwrap();
+    // Every byte held is over the watermark: the pressure loop spills all it can.
+    cfg.spill_high_bytes = 1;
+    cfg.spill_low_bytes = 0;
+    c.workers.insert("w0".into(), shuffle_worker::node::WorkerNode::start(cfg).await.unwrap());
+    let sc = c.shuffle_client().unwrap();
+    let app = AppId::new("app-pressure").unwrap();
+    sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
+    let k = ShuffleKey::new(app, 0, 0);
+    // One map more than is written: the shuffle seals only when the test says.
+    let a = sc.register_shuffle(&k, MAPS + 1, PARTS, 1).await.unwrap();
+    for w in spawn_round_writers(&sc, &a, MAPS, PARTS, 3, None) {
+        assert!(w.await.unwrap().unwrap().accepted);
+    }
+    eventually(Duration::from_secs(30), "everything spilled under pressure", || async {
+        (c.workers["w0"].bytes_held() == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let last = sc.map_writer(&a, MapId(MAPS), AttemptId(0));
+    assert!(last.commit().await.unwrap().accepted, "the last map seals the shuffle");
+    for p in 0..PARTS {
+        c.wait_spilled(&k, p, Duration::from_secs(30)).await.unwrap();
+    }
+    c.stop_worker("w0").await;
+    for p in 0..PARTS {
+        assert_round_partition(&sc, &k, p, MAPS, 3, "from the store").await;
+    }
+    c.shutdown().await;
+}

@@ -530,6 +530,17 @@ impl Responder {
         crate::frame::write_frame(&mut self.send, msg, body, &mut self.scratch).await
     }
 
+    /// Like [`Responder::send`], handing `body` to the stream without copying it.
+    pub async fn send_owned(&mut self, msg: &Message, body: Vec<u8>) -> Result<(), ProtoError> {
+        self.scratch.clear();
+        crate::frame::encode_head(msg, &[], body.len(), &mut self.scratch)?;
+        self.send.write_all(&self.scratch).await.map_err(std::io::Error::from)?;
+        if !body.is_empty() {
+            self.send.write_chunk(bytes::Bytes::from(body)).await.map_err(std::io::Error::from)?;
+        }
+        Ok(())
+    }
+
     pub async fn error(&mut self, e: WireError) -> Result<(), ProtoError> {
         self.send(&Message::WireError(e), &[]).await
     }

@@ -154,6 +154,10 @@ pub const WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// for pushed data, whatever the partitions' sizes.
 pub const MAX_WRITE_BUFFERS: i32 = 2;
 
+/// Room a scan chunk has past its target size: the record that crosses the target is still
+/// appended whole (most batches are smaller).
+pub const CHUNK_SLACK: usize = 64 * 1024;
+
 /// RocksDB-backed batch storage.
 pub struct Buffer {
     db: DB,
@@ -266,7 +270,7 @@ impl Buffer {
         let snap = self.db.snapshot();
         let mut it = snap.raw_iterator();
         it.seek(map_key(&prefix, start_map, 0));
-        let mut chunk = Vec::with_capacity(chunk_bytes + 64 * 1024);
+        let mut chunk = Vec::with_capacity(chunk_bytes + CHUNK_SLACK);
         let mut in_chunk = 0u32;
         let mut stats = ScanStats::default();
         while it.valid() {

@@ -285,7 +285,12 @@ impl Inner {
         let chunk = self.cfg.read_chunk_bytes;
         let task = tokio::task::spawn_blocking(move || {
             let mut keys = ScannedKeys::default();
-            let send = |c: &mut Vec<u8>, n| tx.blocking_send(Ok((std::mem::take(c), n))).is_ok();
+            // Each chunk leaves whole (handed to the transport without a copy); the next one
+            // starts at full size, so filling it never reallocates and copies.
+            let send = |c: &mut Vec<u8>, n| {
+                let next = Vec::with_capacity(chunk + crate::buffer::CHUNK_SLACK);
+                tx.blocking_send(Ok((std::mem::replace(c, next), n))).is_ok()
+            };
             let res = if record_keys {
                 buffer.scan_partition_keys(&range, chunk, send, &mut keys)
             } else {
@@ -324,9 +329,9 @@ impl Inner {
         while let Some(item) = rx.recv().await {
             match item {
                 Ok((chunk, n)) => {
-                    out.send(&Message::Chunk(Chunk { records: n }), &chunk).await?;
                     records += n as u64;
                     bytes += chunk.len() as u64;
+                    out.send_owned(&Message::Chunk(Chunk { records: n }), chunk).await?;
                 }
                 Err(e) => {
                     warn!("reading a partition failed: {e}");

@@ -278,19 +278,25 @@ impl Handler for Answers {
     }
 }
 
+/// Two masters on loopback, the first served by `first`, the second answering every call; a
+/// client for them and their addresses in that order.
+fn first_master_then_a_good_one<H: Handler>(first: H) -> (tempfile::TempDir, Client, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = cluster(dir.path());
+    let opts = ServerOptions::for_tls(&tls);
+    let a = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+    let b = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
+    let addrs = vec![a.local_addr().unwrap().to_string(), b.local_addr().unwrap().to_string()];
+    tokio::spawn(serve(a, Arc::new(first), opts.clone()));
+    tokio::spawn(serve(b, Arc::new(Answers), opts));
+    (dir, Client::new(&tls, ClientOptions::default()).unwrap(), addrs)
+}
+
 /// A client whose first master went silent moves to the next one after one bounded try,
 /// instead of waiting for QUIC's idle timeout (10 s) or its call timeout.
 #[tokio::test]
 async fn a_silent_master_costs_one_bounded_try() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, tls) = cluster(dir.path());
-    let opts = ServerOptions::for_tls(&tls);
-    let silent = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
-    let good = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
-    let addrs = vec![silent.local_addr().unwrap().to_string(), good.local_addr().unwrap().to_string()];
-    tokio::spawn(serve(silent, Arc::new(Silent), opts.clone()));
-    tokio::spawn(serve(good, Arc::new(Answers), opts.clone()));
-    let client = Client::new(&tls, ClientOptions::default()).unwrap();
+    let (_dir, client, addrs) = first_master_then_a_good_one(Silent);
     let mc = MasterClient::new(client, addrs.clone(), Duration::from_secs(20))
         .unwrap()
         .with_attempt_timeout(Duration::from_millis(500));
@@ -315,15 +321,7 @@ impl Handler for Broken {
 /// instead of failing with the broken master's answer.
 #[tokio::test]
 async fn an_unavailable_master_sends_the_client_to_the_next() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, tls) = cluster(dir.path());
-    let opts = ServerOptions::for_tls(&tls);
-    let broken = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
-    let good = server_endpoint("127.0.0.1:0".parse().unwrap(), &tls, &opts).unwrap();
-    let addrs = vec![broken.local_addr().unwrap().to_string(), good.local_addr().unwrap().to_string()];
-    tokio::spawn(serve(broken, Arc::new(Broken), opts.clone()));
-    tokio::spawn(serve(good, Arc::new(Answers), opts.clone()));
-    let client = Client::new(&tls, ClientOptions::default()).unwrap();
+    let (_dir, client, addrs) = first_master_then_a_good_one(Broken);
     let mc = MasterClient::new(client, addrs.clone(), Duration::from_secs(20)).unwrap();
     let (reply, _) = mc.call(&Message::GetStatus(GetStatus {})).await.unwrap();
     assert!(matches!(reply, Message::Ack(_)), "{reply:?}");

@@ -14,6 +14,7 @@ Usage: python jobs_bench.py CLUSTER_JSON PLUGIN_JAR [ROWS] [ROUNDS] [JOBS]
   ROWS default 15150000 (about 2 GB shuffled), ROUNDS default 3, JOBS a comma list.
 """
 import json
+import os
 import statistics
 import sys
 import time
@@ -110,11 +111,18 @@ def main():
         order = [("sort", common), ("shoal", shoal)]
         if r % 2 == 1:
             order.reverse()
+        # SHOAL_BENCH_ONLY=shoal (or sort) runs one side only, e.g. under a profiler.
+        only = os.environ.get("SHOAL_BENCH_ONLY")
+        if only:
+            order = [(m, c) for m, c in order if m == only]
         for mode, conf in order:
             for name, t in run_round(conf, rows, jobs).items():
                 times[mode][name].append(t)
                 print(f"round {r + 1} {mode:5} {name:11} {t:7.2f} s", file=sys.stderr, flush=True)
     result = {"rows": rows, "rounds": rounds, "jobs": {}}
+    if os.environ.get("SHOAL_BENCH_ONLY"):
+        print(json.dumps(times))
+        return
     print(f"{'job':12} {'sort shuffle (s)':>18} {'Shoal (s)':>12} {'Shoal / sort':>13}")
     for name in jobs:
         s, h = statistics.median(times["sort"][name]), statistics.median(times["shoal"][name])

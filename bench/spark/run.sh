@@ -8,7 +8,8 @@
 # At the end it prints the CPU seconds the Shoal worker and master processes used over the run
 # (they are idle during the sort-shuffle runs): the CPU a shuffled byte costs on the Shoal side.
 # SHOAL_PERF=FILE also records the worker with perf (a flat profile: `perf report -i FILE
-# --no-children --sort dso,sym`).
+# --no-children --sort dso,sym`). SHOAL_BENCH_ONLY=shoal (or sort) runs one side only, e.g. to
+# profile the whole machine (`perf record -a`) while Shoal runs.
 set -euo pipefail
 source "$(dirname "$0")/../../scripts/common.sh"
 cd "$SHOAL_ROOT"

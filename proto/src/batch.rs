@@ -191,11 +191,17 @@ pub struct StreamRecord<'a> {
 impl<'a> StreamRecord<'a> {
     /// Appends the record header and `batch` to `out`.
     pub fn encode(map: u32, attempt: u64, seq: u32, batch: &[u8], out: &mut Vec<u8>) {
+        Self::encode_header(map, attempt, seq, batch.len() as u32, out);
+        out.extend_from_slice(batch);
+    }
+
+    /// Appends only the record header; the caller appends the `batch_len` bytes of the batch
+    /// (e.g. read straight from a file into `out`).
+    pub fn encode_header(map: u32, attempt: u64, seq: u32, batch_len: u32, out: &mut Vec<u8>) {
         out.extend_from_slice(&map.to_le_bytes());
         out.extend_from_slice(&attempt.to_le_bytes());
         out.extend_from_slice(&seq.to_le_bytes());
-        out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
-        out.extend_from_slice(batch);
+        out.extend_from_slice(&batch_len.to_le_bytes());
     }
 
     /// Encoded length of a record holding a batch of `batch_len` bytes.

@@ -1,4 +1,5 @@
-//! The worker's local buffer: pushed batches in RocksDB.
+//! The worker's local buffer: pushed batches, indexed in RocksDB, their bytes in the value log
+//! ([`crate::vlog`]).
 //!
 //! Key layout (big-endian, so one partition is one contiguous range in map order):
 //!
@@ -6,31 +7,41 @@
 //! app_len u8 | app bytes | shuffle_id u32 | generation u32 | partition u32 | map u32 | attempt u64 | seq u32
 //! ```
 //!
-//! Values are encoded batches (header + data), as pushed. Large values go to blob files, so
-//! compaction does not rewrite shuffle data.
+//! Values are [`ValuePtr`]s into the value log, so each pushed byte is written once locally
+//! (RocksDB's WAL and memtables carry 20 bytes a batch). Values written before the value log
+//! hold the encoded batch itself and are still read.
 //!
 //! Invariants:
-//! - A write is acknowledged only after RocksDB accepted it into its WAL (synced to disk when
-//!   `sync_writes` is on); a process crash loses no acknowledged batch.
-//! - Writing the same (map, attempt, seq) twice stores one copy: duplicates are idempotent.
-//! - `held` counts the bytes of every stored value, per partition; it is rebuilt by a key scan
+//! - A write is acknowledged only after its bytes are in the value log and its pointer in
+//!   RocksDB's WAL (both synced to disk when `sync_writes` is on); a process crash loses no
+//!   acknowledged batch.
+//! - Writing the same (map, attempt, seq) twice stores one copy, the first: duplicates are
+//!   idempotent. Puts of one key are serialized, so no copy is left unnamed.
+//! - Every pointer deleted from the index is released in the value log exactly once: deletes
+//!   of ranges exclude puts, and deletes of keys release what they found, under that same
+//!   exclusion.
+//! - `held` counts the bytes of every stored batch, per partition; it is rebuilt by a key scan
 //!   on open and kept exact on every put and delete. A partition whose scanned keys were all
 //!   deleted (a pressure or drain spill) stays listed at 0 bytes until it is dropped whole, so
 //!   the heartbeat still names its shuffle and the seal spill releases its epochs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 use shuffle_proto::batch::StreamRecord;
 use shuffle_proto::keys::prefix_end;
 use shuffle_proto::{AppId, ShuffleKey};
 
+use crate::vlog::{value_len, ValueLog, ValuePtr};
+
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
     #[error("rocksdb: {0}")]
     Db(#[from] rocksdb::Error),
+    #[error("value log: {0}")]
+    Io(#[from] std::io::Error),
     #[error("corrupt key in the buffer: {0}")]
     CorruptKey(String),
     /// A fault test failed this step on purpose (failpoints).
@@ -45,6 +56,9 @@ impl BufferError {
         use shuffle_proto::{ErrorCode, WireError};
         match self {
             BufferError::Db(e) if is_no_space(e.as_ref()) => {
+                WireError::new(ErrorCode::DiskFull, "the worker's disk is full")
+            }
+            BufferError::Io(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
                 WireError::new(ErrorCode::DiskFull, "the worker's disk is full")
             }
             _ => WireError::new(ErrorCode::Internal, "storing the batch failed"),
@@ -148,25 +162,38 @@ pub struct ScanRange {
     pub filter: AttemptFilter,
 }
 
-/// One RocksDB memtable's size. Pushed batches sit in memtables until flushed to blob files.
-pub const WRITE_BUFFER_BYTES: usize = 64 << 20;
-/// Memtables a worker keeps at most (the one filling and the ones being flushed): its memory
-/// for pushed data, whatever the partitions' sizes.
+/// One RocksDB memtable's size. Memtables hold keys and pointers only (about 60 bytes a
+/// batch), so this bounds index memory, not pushed data.
+pub const WRITE_BUFFER_BYTES: usize = 16 << 20;
+/// Memtables a worker keeps at most (the one filling and the ones being flushed).
 pub const MAX_WRITE_BUFFERS: i32 = 2;
+/// Stripes of the per-key put lock.
+const PUT_STRIPES: usize = 64;
 
 /// Room a scan chunk has past its target size: the record that crosses the target is still
 /// appended whole (most batches are smaller).
 pub const CHUNK_SLACK: usize = 64 * 1024;
 
-/// RocksDB-backed batch storage.
+/// Batch storage: a RocksDB index over the value log.
 pub struct Buffer {
     db: DB,
+    vlog: ValueLog,
     sync: bool,
     held: Mutex<HashMap<(ShuffleKey, u32), u64>>,
+    /// Puts hold it shared, deletes exclusively: a delete's pointers are exactly those it
+    /// removed from the index.
+    deletes: RwLock<()>,
+    /// Serializes puts of one key (by hash), so a duplicate never writes a second copy.
+    put_locks: Vec<Mutex<()>>,
 }
 
 impl Buffer {
     pub fn open(dir: &Path, sync_writes: bool) -> Result<Arc<Buffer>, BufferError> {
+        Self::open_sized(dir, sync_writes, crate::vlog::FILE_BYTES)
+    }
+
+    /// [`Buffer::open`] with value log files rolling over at `file_bytes`.
+    pub fn open_sized(dir: &Path, sync_writes: bool, file_bytes: u64) -> Result<Arc<Buffer>, BufferError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_enable_blob_files(true);
@@ -174,8 +201,17 @@ impl Buffer {
         opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
         opts.set_max_write_buffer_number(MAX_WRITE_BUFFERS);
         let db = DB::open(&opts, dir)?;
-        let buf = Buffer { db, sync: sync_writes, held: Mutex::new(HashMap::new()) };
-        buf.rebuild_held()?;
+        let (held, live) = scan_index(&db)?;
+        // The value log lives in the index's directory (RocksDB ignores a subdirectory).
+        let vlog = ValueLog::open_sized(&dir.join("values"), sync_writes, live, file_bytes)?;
+        let buf = Buffer {
+            db,
+            vlog,
+            sync: sync_writes,
+            held: Mutex::new(held),
+            deletes: RwLock::new(()),
+            put_locks: (0..PUT_STRIPES).map(|_| Mutex::new(())).collect(),
+        };
         Ok(Arc::new(buf))
     }
 
@@ -183,33 +219,38 @@ impl Buffer {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn rebuild_held(&self) -> Result<(), BufferError> {
-        let mut held = HashMap::new();
-        let mut it = self.db.raw_iterator();
-        it.seek_to_first();
-        while it.valid() {
-            if let (Some(k), Some(v)) = (it.key(), it.value()) {
-                let bk = parse_key(k)?;
-                *held.entry((bk.shuffle, bk.partition)).or_insert(0) += v.len() as u64;
-            }
-            it.next();
+    fn deletes_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.deletes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deletes_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.deletes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores one batch. Returns once its bytes are in the value log and its pointer in the
+    /// WAL. A batch already stored under the same key is kept, and this one dropped.
+    pub fn put(&self, key: &BatchKey, batch: &[u8]) -> Result<(), BufferError> {
+        let k = batch_key(&key.shuffle, key.partition, key.map, key.attempt, key.seq);
+        let _deletes = self.deletes_shared();
+        let stripe = crc32fast::hash(&k) as usize % self.put_locks.len();
+        let _key = self.put_locks[stripe].lock().unwrap_or_else(|p| p.into_inner());
+        if self.db.get_pinned(&k)?.is_some() {
+            return Ok(());
         }
-        it.status()?;
-        *self.held() = held;
+        let ptr = self.vlog.append(batch)?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        if let Err(e) = self.db.put_opt(&k, ptr.encode(), &wo) {
+            self.vlog.release(&[ptr]);
+            return Err(e.into());
+        }
+        *self.held().entry((key.shuffle.clone(), key.partition)).or_insert(0) += batch.len() as u64;
         Ok(())
     }
 
-    /// Stores one batch. Returns once it is in the WAL.
-    pub fn put(&self, key: &BatchKey, batch: &[u8]) -> Result<(), BufferError> {
-        let k = batch_key(&key.shuffle, key.partition, key.map, key.attempt, key.seq);
-        let existing = self.db.get_pinned(&k)?.map(|v| v.len() as u64);
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
-        self.db.put_opt(&k, batch, &wo)?;
-        let mut held = self.held();
-        let e = held.entry((key.shuffle.clone(), key.partition)).or_insert(0);
-        *e = e.saturating_sub(existing.unwrap_or(0)) + batch.len() as u64;
-        Ok(())
+    /// Bytes the value log holds live, and its files on disk.
+    pub fn value_log_usage(&self) -> (u64, usize) {
+        self.vlog.usage()
     }
 
     /// Bytes held, in all.
@@ -267,7 +308,8 @@ impl Buffer {
         let ScanRange { shuffle, partition, start_map, end_map, filter } = range;
         let (start_map, end_map) = (*start_map, *end_map);
         let prefix = partition_prefix(shuffle, *partition);
-        let snap = self.db.snapshot();
+        // One step, so every file the snapshot points into is in `files` (see crate::vlog).
+        let (snap, files) = self.vlog.with_files(|f| (self.db.snapshot(), f.clone()));
         let mut it = snap.raw_iterator();
         it.seek(map_key(&prefix, start_map, 0));
         let mut chunk = Vec::with_capacity(chunk_bytes + CHUNK_SLACK);
@@ -299,14 +341,24 @@ impl Buffer {
                 continue;
             }
             let Some(v) = it.value() else { break };
-            StreamRecord::encode(bk.map, bk.attempt, bk.seq, v, &mut chunk);
+            let len = match ValuePtr::decode(v) {
+                Some(ptr) => {
+                    StreamRecord::encode_header(bk.map, bk.attempt, bk.seq, ptr.len, &mut chunk);
+                    ValueLog::read_into(&files, ptr, &mut chunk)?;
+                    ptr.len as u64
+                }
+                None => {
+                    StreamRecord::encode(bk.map, bk.attempt, bk.seq, v, &mut chunk);
+                    v.len() as u64
+                }
+            };
             if let Some(k) = keys.as_deref_mut() {
                 k.keys.push(it.key().map(<[u8]>::to_vec).unwrap_or_default());
-                k.bytes += v.len() as u64;
+                k.bytes += len;
             }
             in_chunk += 1;
             stats.records += 1;
-            stats.bytes += v.len() as u64;
+            stats.bytes += len;
             if chunk.len() >= chunk_bytes {
                 if !flush(&mut chunk, in_chunk) {
                     return Ok(stats);
@@ -323,41 +375,88 @@ impl Buffer {
         Ok(stats)
     }
 
-    /// Drops one partition's local data.
-    pub fn delete_partition(&self, shuffle: &ShuffleKey, partition: u32) -> Result<(), BufferError> {
-        let prefix = partition_prefix(shuffle, partition);
+    /// Deletes every key under `prefix`, releases their bytes in the value log and then runs
+    /// `forget` on `held`, all while no put runs (a put's bytes are counted once, or dropped).
+    fn delete_prefix(
+        &self,
+        prefix: &[u8],
+        forget: impl FnOnce(&mut HashMap<(ShuffleKey, u32), u64>),
+    ) -> Result<(), BufferError> {
+        let _deletes = self.deletes_exclusive();
+        let end = prefix_end(prefix);
+        let mut ptrs = Vec::new();
+        let mut it = self.db.raw_iterator();
+        it.seek(prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            ptrs.extend(ValuePtr::decode(v));
+            it.next();
+        }
+        it.status()?;
         let mut b = WriteBatch::default();
-        b.delete_range(&prefix, &prefix_end(&prefix));
+        b.delete_range(prefix, &end);
         self.db.write(b)?;
-        self.held().remove(&(shuffle.clone(), partition));
+        self.vlog.release(&ptrs);
+        forget(&mut self.held());
         Ok(())
     }
 
-    /// Drops exactly the keys an earlier scan returned.
+    /// Drops one partition's local data.
+    pub fn delete_partition(&self, shuffle: &ShuffleKey, partition: u32) -> Result<(), BufferError> {
+        self.delete_prefix(&partition_prefix(shuffle, partition), |held| {
+            held.remove(&(shuffle.clone(), partition));
+        })
+    }
+
+    /// Drops exactly the keys an earlier scan returned (those still stored).
     pub fn delete_keys(&self, shuffle: &ShuffleKey, partition: u32, scanned: &ScannedKeys) -> Result<(), BufferError> {
+        let _deletes = self.deletes_exclusive();
         let mut b = WriteBatch::default();
-        for k in &scanned.keys {
+        let mut ptrs = Vec::new();
+        let mut bytes = 0u64;
+        for (k, v) in scanned.keys.iter().zip(self.db.multi_get(&scanned.keys)) {
+            let Some(v) = v? else { continue };
+            bytes += value_len(&v);
+            ptrs.extend(ValuePtr::decode(&v));
             b.delete(k);
         }
         self.db.write(b)?;
+        self.vlog.release(&ptrs);
         // A partition emptied this way stays listed (at 0 bytes) until it is dropped whole:
         // its epochs are still live at the master, and only a seal or drain spill of it (an
         // empty last segment) releases them.
         if let Some(e) = self.held().get_mut(&(shuffle.clone(), partition)) {
-            *e = e.saturating_sub(scanned.bytes);
+            *e = e.saturating_sub(bytes);
         }
         Ok(())
     }
 
     /// Drops every partition of a shuffle.
     pub fn delete_shuffle(&self, shuffle: &ShuffleKey) -> Result<(), BufferError> {
-        let prefix = shuffle_prefix(shuffle);
-        let mut b = WriteBatch::default();
-        b.delete_range(&prefix, &prefix_end(&prefix));
-        self.db.write(b)?;
-        self.held().retain(|(s, _), _| s != shuffle);
-        Ok(())
+        self.delete_prefix(&shuffle_prefix(shuffle), |held| held.retain(|(s, _), _| s != shuffle))
     }
+}
+
+/// Bytes held per partition and live bytes per value log file, from a scan of the index.
+type IndexTotals = (HashMap<(ShuffleKey, u32), u64>, HashMap<u32, u64>);
+
+fn scan_index(db: &DB) -> Result<IndexTotals, BufferError> {
+    let mut held = HashMap::new();
+    let mut live = HashMap::new();
+    let mut it = db.raw_iterator();
+    it.seek_to_first();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let bk = parse_key(k)?;
+        *held.entry((bk.shuffle, bk.partition)).or_insert(0) += value_len(v);
+        if let Some(p) = ValuePtr::decode(v) {
+            *live.entry(p.file).or_insert(0u64) += p.len as u64;
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok((held, live))
 }
 
 // `AttemptFilter::All` allows everything, so the skip branch never sees it.
@@ -487,5 +586,119 @@ mod tests {
         buf.delete_shuffle(&key()).unwrap();
         assert_eq!(buf.bytes_held(), 0);
         assert!(buf.shuffles().is_empty());
+    }
+
+    #[test]
+    fn value_log_files_go_once_their_batches_are_deleted_or_spilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open_sized(dir.path(), false, 4096).unwrap();
+        let batch = vec![9u8; 1000];
+        for p in 0..4u32 {
+            for seq in 0..10u32 {
+                buf.put(&bk(p, 0, 1, seq), &batch).unwrap();
+            }
+        }
+        let (live, files) = buf.value_log_usage();
+        assert_eq!(live, buf.bytes_held());
+        assert!(files >= 10, "40 KB in 4 KB files: {files}");
+        // A pressure spill of partition 0 (its scanned keys), a seal drop of partition 1, the
+        // rest with the shuffle.
+        let range = ScanRange { shuffle: key(), partition: 0, start_map: 0, end_map: 10, filter: AttemptFilter::All };
+        let mut scanned = ScannedKeys::default();
+        buf.scan_partition_keys(&range, 1 << 20, |_, _| true, &mut scanned).unwrap();
+        buf.delete_keys(&key(), 0, &scanned).unwrap();
+        // Deleting the same keys again (they are gone) releases nothing twice.
+        buf.delete_keys(&key(), 0, &scanned).unwrap();
+        buf.delete_partition(&key(), 1).unwrap();
+        assert_eq!(buf.value_log_usage().0, buf.bytes_held());
+        assert_eq!(collect(&buf, 2, 0, 10, &AttemptFilter::All, 1 << 20).len(), 10);
+        buf.delete_shuffle(&key()).unwrap();
+        assert_eq!(buf.value_log_usage(), (0, 1), "only the file being appended to is left");
+        let on_disk = std::fs::read_dir(dir.path().join("values")).unwrap().count();
+        assert_eq!(on_disk, 1);
+    }
+
+    #[test]
+    fn batches_stored_inline_by_an_older_worker_are_read_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = DB::open_default(dir.path()).unwrap();
+            db.put(batch_key(&key(), 5, 0, 1, 0), b"inline batch").unwrap();
+        }
+        let buf = Buffer::open(dir.path(), false).unwrap();
+        buf.put(&bk(5, 0, 1, 1), b"logged batch").unwrap();
+        assert_eq!(buf.partition_bytes(&key(), 5), 24);
+        let got = collect(&buf, 5, 0, 10, &AttemptFilter::All, 1 << 20);
+        let bodies: Vec<&[u8]> = got.iter().map(|r| r.3.as_slice()).collect();
+        assert_eq!(bodies, vec![&b"inline batch"[..], &b"logged batch"[..]]);
+        buf.delete_partition(&key(), 5).unwrap();
+        assert_eq!(buf.bytes_held(), 0);
+        assert_eq!(buf.value_log_usage().0, 0);
+    }
+
+    #[test]
+    fn a_missing_value_log_file_is_a_read_error_not_a_short_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let buf = Buffer::open(dir.path(), false).unwrap();
+            buf.put(&bk(1, 0, 1, 0), b"12345").unwrap();
+        }
+        for f in std::fs::read_dir(dir.path().join("values")).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let buf = Buffer::open(dir.path(), false).unwrap();
+        let range = ScanRange { shuffle: key(), partition: 1, start_map: 0, end_map: 10, filter: AttemptFilter::All };
+        let err = buf.scan_partition(&range, 1 << 20, |_, _| true).unwrap_err();
+        assert!(matches!(err, BufferError::Io(_)), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Concurrent puts (duplicates included) and deletes of every kind keep the value log's
+        /// live bytes equal to the bytes held, and leave nothing behind once all is deleted.
+        #[test]
+        fn value_log_accounting_stays_exact_under_concurrency(
+            ops in proptest::collection::vec((0u32..3, 0u32..4, 0u32..6, 1usize..700), 1..80),
+            deletes in proptest::collection::vec((0u8..3, 0u32..3), 0..12),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let buf = Buffer::open_sized(dir.path(), false, 2048).unwrap();
+            std::thread::scope(|s| {
+                for t in 0..2 {
+                    let (buf, ops) = (&buf, &ops);
+                    s.spawn(move || {
+                        // Both threads push the same batches: every one is pushed twice.
+                        for (i, (p, map, seq, len)) in ops.iter().enumerate() {
+                            let byte = (i + t) as u8;
+                            buf.put(&bk(*p, *map, 1, *seq), &vec![byte; *len]).unwrap();
+                        }
+                    });
+                }
+                let buf = &buf;
+                let deletes = &deletes;
+                s.spawn(move || {
+                    for (kind, p) in deletes {
+                        match kind {
+                            0 => buf.delete_partition(&key(), *p).unwrap(),
+                            1 => {
+                                let range = ScanRange {
+                                    shuffle: key(), partition: *p, start_map: 0, end_map: 10, filter: AttemptFilter::All,
+                                };
+                                let mut scanned = ScannedKeys::default();
+                                buf.scan_partition_keys(&range, 1 << 20, |_, _| true, &mut scanned).unwrap();
+                                buf.delete_keys(&key(), *p, &scanned).unwrap();
+                            }
+                            _ => buf.delete_shuffle(&key()).unwrap(),
+                        }
+                    }
+                });
+            });
+            proptest::prop_assert_eq!(buf.value_log_usage().0, buf.bytes_held());
+            let stored: u64 = (0..3).map(|p| collect(&buf, p, 0, 10, &AttemptFilter::All, 1 << 20))
+                .flatten().map(|r| r.3.len() as u64).sum();
+            proptest::prop_assert_eq!(stored, buf.bytes_held());
+            buf.delete_shuffle(&key()).unwrap();
+            proptest::prop_assert_eq!(buf.value_log_usage(), (0, 1));
+        }
     }
 }

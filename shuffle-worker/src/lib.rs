@@ -1,6 +1,7 @@
 //! `shuffle-worker`: Shoal's data service.
 //!
-//! - [`buffer`]: pushed batches in RocksDB, read back per partition in key order.
+//! - [`buffer`]: pushed batches indexed in RocksDB, read back per partition in key order.
+//! - [`vlog`]: the value log holding the pushed batches' bytes, written once.
 //! - [`node`]: the worker process: data server, membership, spill and decommission.
 
 pub mod buffer;
@@ -9,3 +10,4 @@ pub mod core;
 pub mod metrics;
 pub mod node;
 pub mod spill;
+pub mod vlog;

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub bytes_buffered: Gauge,
     pub disk_free: Gauge,
     pub partitions: Gauge,
+    pub value_log_files: Gauge,
     pub push_latency: Histogram,
     pub forward_latency: Histogram,
     pub backpressure: Counter,
@@ -78,6 +79,7 @@ impl Default for Metrics {
             bytes_buffered: Gauge::default(),
             disk_free: Gauge::default(),
             partitions: Gauge::default(),
+            value_log_files: Gauge::default(),
             // 50 µs .. ~1.6 s
             push_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             forward_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
@@ -97,6 +99,11 @@ impl Default for Metrics {
             m.disk_free.clone(),
         );
         registry.register("partitions", "Partitions with local data", m.partitions.clone());
+        registry.register(
+            "value_log_files",
+            "Value log files on the data disk (one is removed once nothing in it is buffered)",
+            m.value_log_files.clone(),
+        );
         registry.register("push_latency_seconds", "From receiving a push to its ack", m.push_latency.clone());
         registry.register(
             "forward_latency_seconds",

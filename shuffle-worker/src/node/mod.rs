@@ -232,6 +232,7 @@ impl Inner {
     fn scrape(&self) -> String {
         self.metrics.bytes_buffered.set(self.buffer.bytes_held() as i64);
         self.metrics.partitions.set(self.buffer.partitions().len() as i64);
+        self.metrics.value_log_files.set(self.buffer.value_log_usage().1 as i64);
         self.metrics.encode()
     }
 

@@ -158,6 +158,11 @@ impl WorkerCore {
     }
 
     /// A reading of the data disk's free bytes (taken every few hundred milliseconds).
+    /// Whether the last reading of the data disk was under its reserve.
+    pub fn disk_low(&self) -> bool {
+        self.disk_free.is_some_and(|f| f < self.limits.disk_reserve_bytes)
+    }
+
     pub fn disk_free(&mut self, bytes: u64) {
         self.disk_free = Some(bytes);
     }

@@ -3,10 +3,14 @@
 //! Invariant: when the buffer is above the high watermark, the plan picks the largest
 //! partitions first until the projected total falls under the low watermark; below the high
 //! watermark it picks nothing (so the worker does not spill in small steps all the time).
+//! When the data disk is under its reserve it picks every partition holding bytes, largest
+//! first: value log files interleave partitions, so a few small long-lived partitions can keep
+//! far more disk than they hold, and only emptying the log frees it.
 
 /// Partitions to spill early, as indexes into `partitions` (their sizes).
-pub fn plan_pressure_spill(partitions: &[u64], held: u64, high: u64, low: u64) -> Vec<usize> {
-    if held <= high {
+pub fn plan_pressure_spill(partitions: &[u64], held: u64, high: u64, low: u64, disk_low: bool) -> Vec<usize> {
+    let low = if disk_low { 0 } else { low };
+    if held <= high && !disk_low {
         return Vec::new();
     }
     let mut order: Vec<usize> = (0..partitions.len()).collect();
@@ -50,12 +54,19 @@ mod tests {
     #[test]
     fn largest_first_until_under_the_low_watermark() {
         let sizes = [10, 50, 30, 5, 40];
-        assert!(plan_pressure_spill(&sizes, 135, 140, 100).is_empty());
-        assert_eq!(plan_pressure_spill(&sizes, 150, 140, 100), vec![1]);
-        assert_eq!(plan_pressure_spill(&sizes, 150, 140, 60), vec![1, 4]);
-        assert_eq!(plan_pressure_spill(&sizes, 150, 140, 0), vec![1, 4, 2, 0, 3]);
-        assert!(plan_pressure_spill(&[], 150, 140, 0).is_empty());
-        assert_eq!(plan_pressure_spill(&[7, 7], 14, 10, 0), vec![0, 1]);
+        assert!(plan_pressure_spill(&sizes, 135, 140, 100, false).is_empty());
+        assert_eq!(plan_pressure_spill(&sizes, 150, 140, 100, false), vec![1]);
+        assert_eq!(plan_pressure_spill(&sizes, 150, 140, 60, false), vec![1, 4]);
+        assert_eq!(plan_pressure_spill(&sizes, 150, 140, 0, false), vec![1, 4, 2, 0, 3]);
+        assert!(plan_pressure_spill(&[], 150, 140, 0, false).is_empty());
+        assert_eq!(plan_pressure_spill(&[7, 7], 14, 10, 0, false), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_low_disk_spills_every_partition_holding_bytes() {
+        // Far under the watermarks, but the disk is low: everything with bytes goes.
+        assert_eq!(plan_pressure_spill(&[3, 0, 9, 1], 13, 1000, 500, true), vec![2, 0, 3]);
+        assert!(plan_pressure_spill(&[0, 0], 0, 1000, 500, true).is_empty());
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl Inner {
             let parts = self.buffer.partitions();
             let sizes: Vec<u64> = parts.iter().map(|(_, _, b)| *b).collect();
             let held = self.buffer.bytes_held();
-            let plan = plan_pressure_spill(&sizes, held, self.cfg.spill_high_bytes, self.cfg.spill_low_bytes);
+            let disk_low = self.core().disk_low();
+            let plan = plan_pressure_spill(&sizes, held, self.cfg.spill_high_bytes, self.cfg.spill_low_bytes, disk_low);
             for i in plan {
                 let (shuffle, p, bytes) = parts[i].clone();
                 debug!(%shuffle, partition = p, bytes, "buffer over its watermark: spilling early");

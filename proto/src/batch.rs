@@ -62,6 +62,12 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The most bytes [`encode_batch`] appends for `raw_len` raw bytes: size a batch's buffer with
+/// it, so encoding never reallocates (and copies) it.
+pub fn max_encoded_len(raw_len: usize) -> usize {
+    BATCH_HEADER_LEN + lz4_flex::block::get_maximum_output_size(raw_len)
+}
+
 /// Appends one encoded batch of `raw` to `out` and returns its CRC.
 ///
 /// With `Codec::Lz4` the data is stored uncompressed when compression would not make it

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use shuffle_proto::batch::{encode_batch, Codec, DEFAULT_MAX_BATCH_RAW};
+use shuffle_proto::batch::{encode_batch, max_encoded_len, Codec, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::messages::*;
 use shuffle_proto::transport::TransportError;
 use shuffle_proto::{AttemptId, Epoch, MapId, PartitionId, ShuffleKey};
@@ -150,7 +150,7 @@ impl MapWriter {
         while self.inflight.len() >= self.client.config().max_in_flight.max(1) {
             self.reap_one().await?;
         }
-        let mut batch = Vec::with_capacity(raw.len() / 2 + 64);
+        let mut batch = Vec::with_capacity(max_encoded_len(raw.len()));
         let crc = encode_batch(raw, Codec::Lz4, &mut batch)?;
         self.wire_bytes += batch.len() as u64;
         let st = &mut self.stats[partition as usize];

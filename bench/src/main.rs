@@ -71,6 +71,10 @@ struct Args {
     /// Masters of the local cluster (with --local).
     #[arg(long, default_value_t = 1)]
     local_masters: usize,
+    /// Measure a decommission instead (with --local): push `--bytes`, drain the worker holding
+    /// the most to the object store, against a raw multipart PUT of the same bytes.
+    #[arg(long, requires = "local")]
+    decommission: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -390,6 +394,204 @@ async fn commit(sc: &ShuffleClient, msg: shuffle_proto::messages::CommitMap) -> 
     Ok(())
 }
 
+/// What the push phase measured and the digests the read phase checks against.
+struct Pushed {
+    time: Duration,
+    wire_bytes: u64,
+    latencies_us: Vec<u32>,
+    /// Per partition: record count and CRC sum of what was written.
+    want: Vec<(u64, u32)>,
+}
+
+/// Every mapper writes `per` bytes of records to every partition and commits.
+async fn push_all(
+    sc: &ShuffleClient,
+    assignment: &shuffle_proto::messages::ShuffleAssignment,
+    args: &Args,
+    per: usize,
+    quiet: bool,
+) -> anyhow::Result<Pushed> {
+    let bytes = per as u64 * args.mappers as u64 * args.partitions as u64;
+    let pb = bar(bytes, "push", quiet);
+    let t0 = Instant::now();
+    let mut maps = tokio::task::JoinSet::new();
+    for m in 0..args.mappers {
+        let (sc, a, pb, parts) = (sc.clone(), assignment.clone(), pb.clone(), args.partitions);
+        maps.spawn(async move {
+            let mut w = sc.map_writer(&a, MapId(m), AttemptId(m as u64));
+            // Digests of what was written, so the read side checks without regenerating.
+            let mut digests = Vec::with_capacity(parts as usize);
+            for p in 0..parts {
+                let data = records(m, p, per);
+                digests.push(digest(&data));
+                for rec in data.chunks(64 * RECORD) {
+                    w.write(p, rec).await?;
+                }
+                pb.inc(data.len() as u64);
+            }
+            anyhow::Ok((w.commit().await?, digests))
+        });
+    }
+    let mut lat = Vec::new();
+    let mut wire = 0u64;
+    let mut want = vec![(0u64, 0u32); args.partitions as usize];
+    while let Some(r) = maps.join_next().await {
+        let (out, digests) = r??;
+        for (w, d) in want.iter_mut().zip(digests) {
+            *w = (w.0 + d.0, w.1.wrapping_add(d.1));
+        }
+        anyhow::ensure!(out.accepted, "a map commit was not accepted");
+        lat.extend(out.push_latencies_us);
+        wire += out.wire_bytes;
+    }
+    let time = t0.elapsed();
+    pb.finish_and_clear();
+    Ok(Pushed { time, wire_bytes: wire, latencies_us: lat, want })
+}
+
+/// Reads every partition back (maps `[0, maps)`), four at a time, and checks it against
+/// `want`: (time, all matched, batches from segments, batches from workers).
+async fn read_all(
+    sc: &ShuffleClient,
+    key: &ShuffleKey,
+    want: &[(u64, u32)],
+    maps: u32,
+    quiet: bool,
+) -> anyhow::Result<(Duration, bool, u64, u64)> {
+    let bytes = want.iter().map(|w| w.0).sum::<u64>() * RECORD as u64;
+    let pb = bar(bytes, "read", quiet);
+    let t1 = Instant::now();
+    let mut reads = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    for (p, want) in want.iter().enumerate() {
+        let (sc, key, pb, sem, want) = (sc.clone(), key.clone(), pb.clone(), sem.clone(), *want);
+        reads.spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            let mut s = sc.read_partition(&key, p as u32, 0, maps);
+            let (mut n, mut crc) = (0u64, 0u32);
+            while let Some(b) = s.next().await? {
+                let (dn, dc) = digest(&b);
+                n += dn;
+                crc = crc.wrapping_add(dc);
+                pb.inc(b.len() as u64);
+            }
+            let stats = s.stats().unwrap_or_default();
+            anyhow::Ok(((n, crc) == want, stats))
+        });
+    }
+    let (mut verified, mut from_seg, mut from_workers) = (true, 0, 0);
+    while let Some(r) = reads.join_next().await {
+        let (ok, st) = r??;
+        verified &= ok;
+        from_seg += st.from_segments;
+        from_workers += st.from_workers;
+    }
+    let read = t1.elapsed();
+    pb.finish_and_clear();
+    Ok((read, verified, from_seg, from_workers))
+}
+
+#[derive(Debug, Serialize)]
+struct DecommissionReport {
+    /// Bytes the drain wrote to the object store (segments, compressed).
+    bytes: u64,
+    drain_seconds: f64,
+    drain_mib_s: f64,
+    /// A raw multipart PUT of the same number of bytes to the same store, same part size.
+    put_seconds: f64,
+    put_mib_s: f64,
+    /// drain time / (bytes / PUT bandwidth): the target is at most 1.2.
+    ratio_drain_vs_put: f64,
+    verified: bool,
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let meta = e.metadata()?;
+        total += if meta.is_dir() { dir_bytes(&e.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
+/// `--decommission`: pushes with one map left open (so nothing is spilled at seal), drains the
+/// worker holding the most, then PUTs as many bytes to the same store; commits the open map,
+/// reads everything back from the store and checks it.
+async fn decommission(
+    args: &Args,
+    running: &shuffle_client::cli::local::Running,
+    sc: &ShuffleClient,
+    per: usize,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use shuffle_proto::messages::{ClusterStatus, GetStatus};
+    let app = AppId::new(format!("bench-decom-{}", std::process::id()))?;
+    sc.register_app(&app, Duration::from_secs(3600)).await?;
+    let key = ShuffleKey::new(app.clone(), 0, 0);
+    let open_map = args.mappers;
+    let assignment = sc.register_shuffle(&key, args.mappers + 1, args.partitions, 1).await?;
+    let pushed = push_all(sc, &assignment, args, per, quiet).await?;
+    let mc = running.admin_client()?;
+    let st: ClusterStatus = mc.call_typed(GetStatus {}).await?;
+    let worker = st.workers.iter().max_by_key(|w| w.bytes_held).context("no worker")?.id.clone();
+    let drained =
+        shuffle_client::cli::admin::decommission(&mc, &worker, Some(Duration::from_secs(1800)), |_, _| {}).await?;
+    // What the drain wrote: the segments' bytes in the (local-directory) store. The status's
+    // figure counts records before compression.
+    let root = running.file.object_store.strip_prefix("file://").context("--decommission needs the local store")?;
+    let spilled = dir_bytes(std::path::Path::new(root))?;
+    // The baseline: the same bytes as one multipart upload, as a worker spills them.
+    let store = shuffle_proto::objstore::open_store(&running.file.object_store)?;
+    // Whole stream records, so the upload's index accepts them; shared, never copied.
+    let mut recs = Vec::new();
+    for (i, r) in records(0, 0, 1 << 20).chunks(64 * RECORD).enumerate() {
+        shuffle_proto::batch::StreamRecord::encode(0, 0, i as u32, r, &mut recs);
+    }
+    let chunk = bytes::Bytes::from(recs);
+    let t = Instant::now();
+    let mut up = shuffle_proto::objstore::SegmentUpload::new(store, "bench-put-baseline".into(), 8 << 20);
+    let mut left = spilled;
+    while left > 0 {
+        up.write_owned(chunk.clone()).await?;
+        left = left.saturating_sub(chunk.len() as u64);
+    }
+    up.finish().await?;
+    let put = t.elapsed();
+    // Close the shuffle and check every byte, now read from the object store.
+    sc.map_writer(&assignment, MapId(open_map), AttemptId(open_map as u64)).commit().await?;
+    let (_, verified, _, _) = read_all(sc, &key, &pushed.want, args.mappers + 1, quiet).await?;
+    let _ = sc.unregister_app(&app).await;
+    let bytes = spilled;
+    let r = DecommissionReport {
+        bytes,
+        drain_seconds: drained.seconds,
+        drain_mib_s: mib_s(bytes, Duration::from_secs_f64(drained.seconds)),
+        put_seconds: put.as_secs_f64(),
+        put_mib_s: mib_s(bytes, put),
+        ratio_drain_vs_put: drained.seconds / put.as_secs_f64().max(1e-9),
+        verified,
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Output::Table => {
+            println!(
+                "drained {} of records ({} in segments) from {worker}",
+                bytesize::ByteSize(drained.bytes_at_start),
+                bytesize::ByteSize(r.bytes)
+            );
+            println!(
+                "{:<28} {:>8.2} s, {:>8.1} MiB/s   (raw PUT of the same bytes: {:.2} s, {:.1} MiB/s; ratio {:.2})",
+                "decommission", r.drain_seconds, r.drain_mib_s, r.put_seconds, r.put_mib_s, r.ratio_drain_vs_put
+            );
+            println!("{:<28} {}", "every byte verified", r.verified);
+        }
+    }
+    anyhow::ensure!(r.verified, "verification failed");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -434,79 +636,20 @@ async fn main() -> anyhow::Result<()> {
     if args.metadata {
         return metadata(&args, &sc).await;
     }
+    if args.decommission {
+        let r = running.as_ref().context("--decommission needs --local")?;
+        return decommission(&args, r, &sc, per, quiet).await;
+    }
     let app = AppId::new(format!("bench-{}", std::process::id()))?;
     sc.register_app(&app, Duration::from_secs(3600)).await?;
     let key = ShuffleKey::new(app.clone(), 0, 0);
     let assignment = sc.register_shuffle(&key, args.mappers, args.partitions, 1).await?;
 
-    // Shoal: push.
-    let pb = bar(bytes, "push", quiet);
-    let t0 = Instant::now();
-    let mut maps = tokio::task::JoinSet::new();
-    for m in 0..args.mappers {
-        let (sc, a, pb, parts) = (sc.clone(), assignment.clone(), pb.clone(), args.partitions);
-        maps.spawn(async move {
-            let mut w = sc.map_writer(&a, MapId(m), AttemptId(m as u64));
-            // Digests of what was written, so the read side checks without regenerating.
-            let mut digests = Vec::with_capacity(parts as usize);
-            for p in 0..parts {
-                let data = records(m, p, per);
-                digests.push(digest(&data));
-                for rec in data.chunks(64 * RECORD) {
-                    w.write(p, rec).await?;
-                }
-                pb.inc(data.len() as u64);
-            }
-            anyhow::Ok((w.commit().await?, digests))
-        });
-    }
-    let mut lat = Vec::new();
-    let mut wire = 0u64;
-    let mut want = vec![(0u64, 0u32); args.partitions as usize];
-    while let Some(r) = maps.join_next().await {
-        let (out, digests) = r??;
-        for (w, d) in want.iter_mut().zip(digests) {
-            *w = (w.0 + d.0, w.1.wrapping_add(d.1));
-        }
-        anyhow::ensure!(out.accepted, "a map commit was not accepted");
-        lat.extend(out.push_latencies_us);
-        wire += out.wire_bytes;
-    }
-    let push = t0.elapsed();
-    pb.finish_and_clear();
+    let pushed = push_all(&sc, &assignment, &args, per, quiet).await?;
+    let (push, wire, want) = (pushed.time, pushed.wire_bytes, pushed.want.clone());
+    let mut lat = pushed.latencies_us;
     lat.sort_unstable();
-
-    // Shoal: read every partition back and check it.
-    let pb = bar(bytes, "read", quiet);
-    let t1 = Instant::now();
-    let mut reads = tokio::task::JoinSet::new();
-    let sem = Arc::new(tokio::sync::Semaphore::new(4));
-    for p in 0..args.partitions {
-        let (sc, key, pb, sem, maps) = (sc.clone(), key.clone(), pb.clone(), sem.clone(), args.mappers);
-        let want = want[p as usize];
-        reads.spawn(async move {
-            let _permit = sem.acquire_owned().await?;
-            let mut s = sc.read_partition(&key, p, 0, maps);
-            let (mut n, mut crc) = (0u64, 0u32);
-            while let Some(b) = s.next().await? {
-                let (dn, dc) = digest(&b);
-                n += dn;
-                crc = crc.wrapping_add(dc);
-                pb.inc(b.len() as u64);
-            }
-            let stats = s.stats().unwrap_or_default();
-            anyhow::Ok(((n, crc) == want, stats))
-        });
-    }
-    let (mut verified, mut from_seg, mut from_workers) = (true, 0, 0);
-    while let Some(r) = reads.join_next().await {
-        let (ok, st) = r??;
-        verified &= ok;
-        from_seg += st.from_segments;
-        from_workers += st.from_workers;
-    }
-    let read = t1.elapsed();
-    pb.finish_and_clear();
+    let (read, mut verified, from_seg, from_workers) = read_all(&sc, &key, &want, args.mappers, quiet).await?;
     let rss =
         running.as_ref().map(|r| r.file.workers.iter().map(|w| peak_rss_mib(w.pid)).collect()).unwrap_or_default();
     let _ = sc.unregister_app(&app).await;

@@ -694,8 +694,10 @@ mod tests {
                 });
             });
             proptest::prop_assert_eq!(buf.value_log_usage().0, buf.bytes_held());
-            let stored: u64 = (0..3).map(|p| collect(&buf, p, 0, 10, &AttemptFilter::All, 1 << 20))
-                .flatten().map(|r| r.3.len() as u64).sum();
+            let stored: u64 = (0..3)
+                .flat_map(|p| collect(&buf, p, 0, 10, &AttemptFilter::All, 1 << 20))
+                .map(|r| r.3.len() as u64)
+                .sum();
             proptest::prop_assert_eq!(stored, buf.bytes_held());
             buf.delete_shuffle(&key()).unwrap();
             proptest::prop_assert_eq!(buf.value_log_usage(), (0, 1));

@@ -110,12 +110,16 @@ fn open_base(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Err(bad("scheme must be file://, s3:// or memory://"))
 }
 
-/// Streams one segment into the store.
+/// Streams one segment into the store. Chunks are handed to the upload as they are (owned
+/// buffers, never copied); nothing is uploaded until a part's worth has arrived, so a small
+/// segment is one plain PUT.
 pub struct SegmentUpload {
     store: Arc<dyn ObjectStore>,
     path: Path,
     key: String,
-    pending: Vec<u8>,
+    /// Chunks not yet handed to a multipart upload, and their bytes.
+    pending: Vec<Bytes>,
+    pending_len: usize,
     upload: Option<WriteMultipart>,
     index: IndexBuilder,
     part_size: usize,
@@ -128,25 +132,34 @@ impl SegmentUpload {
             store,
             path: Path::from(key.as_str()),
             key,
-            pending: Vec::with_capacity(part_size.min(16 << 20)),
+            pending: Vec::new(),
+            pending_len: 0,
             upload: None,
             index: IndexBuilder::default(),
             part_size,
         }
     }
 
-    /// Adds encoded stream records.
+    /// Adds encoded stream records (copied; [`SegmentUpload::write_owned`] takes them as they are).
     pub async fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.index.add_chunk(chunk)?;
-        self.pending.extend_from_slice(chunk);
-        if self.pending.len() >= self.part_size {
+        self.write_owned(Bytes::copy_from_slice(chunk)).await
+    }
+
+    /// Adds encoded stream records without copying them.
+    pub async fn write_owned(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        self.index.add_chunk(&chunk)?;
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= self.part_size {
             if self.upload.is_none() {
                 let up = self.store.put_multipart(&self.path).await?;
                 self.upload = Some(WriteMultipart::new_with_chunk_size(up, self.part_size));
             }
             if let Some(up) = self.upload.as_mut() {
-                up.write(&self.pending);
-                self.pending.clear();
+                for c in self.pending.drain(..) {
+                    up.put(c);
+                }
+                self.pending_len = 0;
                 if let Err(e) = up.wait_for_capacity(4).await {
                     self.abort().await;
                     return Err(e.into());
@@ -171,15 +184,17 @@ impl SegmentUpload {
         let index_offset = self.index.records_len();
         let (first_map, end_map) = self.index.maps().unwrap_or((0, 0));
         let tail = self.index.finish();
-        self.pending.extend_from_slice(&tail);
         let total_len = index_offset + tail.len() as u64;
+        self.pending.push(Bytes::from(tail));
         match self.upload.take() {
             None => {
-                let payload = PutPayload::from(std::mem::take(&mut self.pending));
+                let payload: PutPayload = std::mem::take(&mut self.pending).into_iter().collect();
                 self.store.put(&self.path, payload).await?;
             }
             Some(mut up) => {
-                up.write(&self.pending);
+                for c in self.pending.drain(..) {
+                    up.put(c);
+                }
                 up.finish().await?;
             }
         }

@@ -192,12 +192,17 @@ impl LocalUp {
 }
 
 impl Running {
-    async fn wait_ready(&mut self, workers: usize) -> anyhow::Result<()> {
+    /// A client of the masters holding the cluster's admin credential.
+    pub fn admin_client(&self) -> anyhow::Result<MasterClient> {
         let tls = Tls::load(&TlsSource::CaOnly { ca: self.file.tls_ca.clone() })?;
         let admin = Credential::load_secret_file(&self.file.admin_credential)?;
         let client = Client::new(&tls, ClientOptions::default())?.with_credential(Some(&admin))?;
         let endpoints: Vec<String> = self.file.master_endpoints.split(',').map(String::from).collect();
-        let mc = MasterClient::new(client, endpoints, Duration::from_secs(2))?;
+        Ok(MasterClient::new(client, endpoints, Duration::from_secs(2))?)
+    }
+
+    async fn wait_ready(&mut self, workers: usize) -> anyhow::Result<()> {
+        let mc = self.admin_client()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             for (name, child) in &mut self.children {

@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::{SegmentUpload, StoreError};
 use shuffle_proto::retry::{retry, Backoff};
@@ -19,6 +21,11 @@ use super::{CoreHold, Inner};
 use crate::buffer::{AttemptFilter, BufferError, ScanRange};
 use crate::core::{Delete, PartKey, SpillKind, SpillStart, WorkerCore};
 use crate::spill::plan_pressure_spill;
+
+/// Partitions of one shuffle spilled at once: one partition's scan and upload leave the disk
+/// and the store idle in turns, and each spill holds its upload's parts in memory (about
+/// 5 × `upload_part_size`).
+const SPILL_PARTITIONS_AT_ONCE: usize = 2;
 
 /// How long a drain spill waits for pushes in flight to its partition before trying later.
 const SPILL_FENCE_WAIT: Duration = Duration::from_secs(30);
@@ -110,18 +117,21 @@ impl Inner {
         }
         let parts: Vec<u32> =
             self.buffer.partitions().into_iter().filter(|(s, _, _)| *s == shuffle).map(|(_, p, _)| p).collect();
-        for p in parts {
-            let spilled = retry(
-                &Backoff::SPILL,
-                || self.spill_partition(&shuffle, p, kind),
-                SpillError::retryable,
-                |e, d| warn!(%shuffle, partition = p, "spill failed, retrying in {d:?}: {e}"),
-            )
+        let (me, shuffle_ref): (&Inner, &ShuffleKey) = (&self, &shuffle);
+        futures::stream::iter(parts)
+            .for_each_concurrent(SPILL_PARTITIONS_AT_ONCE, |p| async move {
+                let spilled = retry(
+                    &Backoff::SPILL,
+                    || me.spill_partition(shuffle_ref, p, kind),
+                    SpillError::retryable,
+                    |e, d| warn!(shuffle = %shuffle_ref, partition = p, "spill failed, retrying in {d:?}: {e}"),
+                )
+                .await;
+                if let Err(e) = spilled {
+                    warn!(shuffle = %shuffle_ref, partition = p, "spill failed: {e}");
+                }
+            })
             .await;
-            if let Err(e) = spilled {
-                warn!(%shuffle, partition = p, "spill failed: {e}");
-            }
-        }
         self.spilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
     }
 
@@ -217,7 +227,7 @@ impl Inner {
         let (mut rx, keys) = self.scan(range, true);
         while let Some(item) = rx.recv().await {
             let (chunk, _) = item?;
-            upload.write_chunk(&chunk).await?;
+            upload.write_owned(chunk.into()).await?;
         }
         let scanned = keys.await.map_err(|_| SpillError::ScanStopped)?;
         let segment = upload.finish().await?;

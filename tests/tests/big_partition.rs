@@ -80,7 +80,7 @@ const MIB: u64 = 1 << 20;
 /// whose split size is an eighth of it. The partition becomes pieces on both workers; reads
 /// from the workers and, once both are gone, from the object store return every byte. This
 /// process plays the executor: it and each worker stay within 256 MiB above where they
-/// started (a worker's RocksDB memtables, 128 MiB at most, included).
+/// started (a worker keeps pushed bytes in its value log on disk, not in memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skewed_partition_splits_across_workers_and_reads_back_in_bounded_memory() {
     let total = total_bytes();

@@ -1,12 +1,12 @@
 //! A worker whose data disk fills up, on a small file system of its own (a tmpfs with a size;
-//! mounting needs root, as CI runs): pushes are refused with a retryable `DiskFull` before
-//! RocksDB meets a full disk, no refused batch is ever read, and once space returns the same
-//! worker takes pushes again and serves everything it acknowledged.
+//! mounting needs root, as CI runs): pushes are refused with a retryable `DiskFull` before the
+//! buffer meets a full disk, the worker spills everything it holds to the object store while
+//! the disk is low, no refused batch is ever read, and once space returns the same worker takes
+//! pushes again and everything it acknowledged reads back.
 
 use std::time::Duration;
 
 use shoal_tests::*;
-use shuffle_proto::batch::{BatchView, StreamRecords};
 use shuffle_proto::messages::*;
 use shuffle_proto::*;
 
@@ -18,14 +18,13 @@ async fn a_full_data_disk_refuses_pushes_cleanly_and_recovers() -> anyhow::Resul
     cfg.data_dir = disk.0.join("w0");
     cfg.disk_reserve_bytes = 24 << 20;
     let w = shuffle_worker::node::WorkerNode::start(cfg).await?;
-    let addr = w.addr.to_string();
     c.workers.insert("w0".into(), w);
     // Half the disk goes to another tenant of the volume.
     let filler = disk.0.join("filler");
     std::fs::write(&filler, vec![1u8; 64 << 20])?;
 
     let key = ShuffleKey::new(AppId::new("app-disk")?, 0, 0);
-    // Two maps, one committed: the shuffle is never sealed, so nothing is spilled under the read.
+    // Two maps, one committed: the shuffle is never sealed, so only the low disk spills.
     let a = c.register("app-disk", 0, 2, 1).await?;
     let loc = a.locations[0].clone();
     // Incompressible 1 MiB batches until the worker refuses one.
@@ -49,6 +48,15 @@ async fn a_full_data_disk_refuses_pushes_cleanly_and_recovers() -> anyhow::Resul
     assert!(free >= 8 << 20, "only {free} bytes were left when pushes were refused");
     assert!(acked.len() >= 8, "only {} MiB were taken before the disk counted as full", acked.len());
     println!("{} MiB acknowledged, then DiskFull with {} MiB still free", acked.len(), free >> 20);
+
+    // Under the reserve, the worker spills every partition it holds (the shuffle is still
+    // writing, so nothing else would): its buffer empties into the object store.
+    eventually(Duration::from_secs(30), "the worker spilled what it held", || async {
+        (c.workers["w0"].bytes_held() == 0).then_some(())
+    })
+    .await?;
+    let segments = c.plan(&key, 0, 1).await?.partitions[0].segments.len();
+    assert!(segments >= 1, "the held batches are in the object store");
 
     // Space returns: the same worker takes the refused batch and more.
     std::fs::remove_file(&filler)?;
@@ -74,14 +82,12 @@ async fn a_full_data_disk_refuses_pushes_cleanly_and_recovers() -> anyhow::Resul
         })
         .await?;
     assert!(committed.accepted);
-    let plan = c.plan(&key, 0, 1).await?;
-    let records = c.read_live(&addr, &key, 0, &plan.partitions[0].expected).await?;
+    // Read through the plan: the spilled segment, then what the worker holds since.
+    let sc = c.node_shuffle_client()?;
+    let mut s = sc.read_partition(&key, 0, 0, 1);
     let mut got = Vec::new();
-    for r in StreamRecords::new(&records, 1 << 26) {
-        let r = r?;
-        let mut raw = Vec::new();
-        BatchView::parse_exact(r.batch, 1 << 26)?.decode_into(&mut raw)?;
-        got.push(raw);
+    while let Some(b) = s.next().await? {
+        got.push(b);
     }
     assert_eq!(got.len(), acked.len());
     assert!(got == acked, "the batches read back differ from the acknowledged ones");

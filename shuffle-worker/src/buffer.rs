@@ -354,7 +354,6 @@ impl Buffer {
             };
             if let Some(k) = keys.as_deref_mut() {
                 k.keys.push(it.key().map(<[u8]>::to_vec).unwrap_or_default());
-                k.bytes += len;
             }
             in_chunk += 1;
             stats.records += 1;
@@ -475,7 +474,6 @@ pub struct ScanStats {
 #[derive(Clone, Debug, Default)]
 pub struct ScannedKeys {
     pub keys: Vec<Vec<u8>>,
-    pub bytes: u64,
 }
 
 #[cfg(test)]

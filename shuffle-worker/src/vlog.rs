@@ -153,14 +153,8 @@ impl ValueLog {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The files readers may use now. Taken together with an index snapshot (see the module
-    /// invariants), it holds every file that snapshot points into.
-    pub fn files(&self) -> Files {
-        self.state().files.clone()
-    }
-
-    /// Runs `f` while no file can be removed or added: used to take an index snapshot and
-    /// [`ValueLog::files`] as one step.
+    /// Runs `f` on the files readers may use, while no file can be removed or added: an index
+    /// snapshot taken inside it points only into these files (see the module invariants).
     pub fn with_files<T>(&self, f: impl FnOnce(&Files) -> T) -> T {
         let st = self.state();
         f(&st.files)
@@ -297,7 +291,7 @@ mod tests {
         let b = log.append(&big).unwrap(); // rolls: a's file is full
         assert_ne!(a.file, b.file);
         assert_eq!(names(dir.path()).len(), 2);
-        let files = log.files();
+        let files = log.with_files(Files::clone);
         log.release(&[a]);
         assert_eq!(names(dir.path()), vec![file_name(b.file)], "a's file is gone once a is dead");
         // A reader that took the files before still reads a's bytes.
@@ -307,7 +301,7 @@ mod tests {
         assert!(out[2..].iter().all(|b| *b == 7));
         // A reader that took them after gets a typed error, and `out` is unchanged.
         let mut out = vec![1, 2];
-        let err = ValueLog::read_into(&log.files(), a, &mut out).unwrap_err();
+        let err = ValueLog::read_into(&log.with_files(Files::clone), a, &mut out).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert_eq!(out, vec![1, 2]);
         // The active file stays even when empty.
@@ -329,13 +323,13 @@ mod tests {
         let log = ValueLog::open(dir.path(), false, HashMap::from([(b.file, b.len as u64), (99, 5)])).unwrap();
         assert_eq!(a.file, b.file);
         let mut out = Vec::new();
-        ValueLog::read_into(&log.files(), b, &mut out).unwrap();
+        ValueLog::read_into(&log.with_files(Files::clone), b, &mut out).unwrap();
         assert_eq!(out, b"world!");
         let c = log.append(b"x").unwrap();
         assert!(c.file > b.file, "appends never go to a file from before the restart");
         // A pointer past a file's end is an error, not a panic or a short read.
         let bad = ValuePtr { file: b.file, offset: 1 << 20, len: 4 };
-        assert!(ValueLog::read_into(&log.files(), bad, &mut out).is_err());
+        assert!(ValueLog::read_into(&log.with_files(Files::clone), bad, &mut out).is_err());
         assert_eq!(log.usage().0, b.len as u64 + 1);
         // Nothing the index names is left behind: a file named by no pointer is deleted.
         drop(log);

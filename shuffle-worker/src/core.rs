@@ -140,6 +140,11 @@ pub struct WorkerCore {
     spilling: BTreeSet<PartKey>,
     /// Free bytes on the data disk: the last reading, less what was admitted since.
     disk_free: Option<u64>,
+    /// A push was refused for lack of disk since the last reading.
+    disk_refused: bool,
+    /// The disk was short between the last two readings: under its reserve, or a push was
+    /// refused for it.
+    disk_low: bool,
     /// Bytes each partition piece (partition, epoch) took here as a primary, for splits.
     /// One entry per piece pushed to since start; a shuffle's go when it is deleted here.
     piece_bytes: BTreeMap<(PartKey, Epoch), u64>,
@@ -153,17 +158,23 @@ impl WorkerCore {
             inflight: BTreeMap::new(),
             spilling: BTreeSet::new(),
             disk_free: None,
+            disk_refused: false,
+            disk_low: false,
             piece_bytes: BTreeMap::new(),
         }
     }
 
-    /// A reading of the data disk's free bytes (taken every few hundred milliseconds).
-    /// Whether the last reading of the data disk was under its reserve.
+    /// Whether the disk was short as of the last reading: under its reserve then, or short
+    /// enough since the reading before to refuse a push. A reading alone can sit just above
+    /// the reserve while every push is refused, so refusals count too.
     pub fn disk_low(&self) -> bool {
-        self.disk_free.is_some_and(|f| f < self.limits.disk_reserve_bytes)
+        self.disk_low
     }
 
+    /// A reading of the data disk's free bytes (taken every few hundred milliseconds).
     pub fn disk_free(&mut self, bytes: u64) {
+        self.disk_low = self.disk_refused || bytes < self.limits.disk_reserve_bytes;
+        self.disk_refused = false;
         self.disk_free = Some(bytes);
     }
 
@@ -233,6 +244,7 @@ impl WorkerCore {
         }
         if let Some(free) = self.disk_free {
             if free < self.limits.disk_reserve_bytes.saturating_add(len) {
+                self.disk_refused = true;
                 return Err((ErrorCode::DiskFull, "the worker's disk is nearly full"));
             }
             // Pushes between two readings count against the last one.
@@ -664,7 +676,17 @@ mod tests {
         assert_eq!(refused, ErrorCode::DiskFull);
         assert!(refused.retryable());
         assert_eq!(c.in_flight(&k), 3, "a refused push is not in flight");
+        assert!(!c.disk_low(), "judged at the next reading");
+        // The next reading is above the reserve, but a push was refused since the last one:
+        // the disk counts as low (the worker spills everything it holds).
+        c.disk_free(reserve + 250);
+        assert!(c.disk_low());
+        // A reading with nothing refused since, above the reserve: not low.
         c.disk_free(reserve + 10_000);
+        assert!(!c.disk_low());
         assert!(c.admit_push(&k, 100, 0).is_ok());
+        // Under the reserve by the reading alone: low.
+        c.disk_free(reserve - 1);
+        assert!(c.disk_low());
     }
 }

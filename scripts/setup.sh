@@ -8,6 +8,7 @@ need_apt=()
 ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v javac >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -41,3 +42,11 @@ install_pyspark() {
 }
 install_pyspark venv 4.3.0
 install_pyspark venv-spark35 3.5.9
+
+# Python's `cryptography`, the strictest certificate parser at hand: proto/src/certs.rs checks
+# that it (with OpenSSL and rustls) accepts the certificates `shoal certs` writes.
+cryptography_version=48.0.0
+if ! "$SHOAL_CACHE/venv/bin/python" -c "import cryptography, sys; sys.exit(cryptography.__version__ != '$cryptography_version')" >/dev/null 2>&1; then
+  echo "installing cryptography $cryptography_version into $SHOAL_CACHE/venv"
+  "$SHOAL_CACHE/venv/bin/pip" install --quiet --disable-pip-version-check "cryptography==$cryptography_version"
+fi

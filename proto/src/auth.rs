@@ -472,11 +472,15 @@ impl PublicKey {
     }
 }
 
-/// A verified token: its claims bytes and what they decode to, by signature.
-type Verified = (Vec<u8>, Arc<Claims>);
+/// A verified token, by signature: the key id and claims bytes it was verified with, and what
+/// the claims decode to.
+type Verified = (u32, Vec<u8>, Arc<Claims>);
 
 /// Verifies tokens against a set of public keys, remembering the ones it has verified (so a
 /// stream of pushes with the same capability costs one signature check).
+///
+/// Invariant: a remembered token is accepted only with the key id and claims it was verified
+/// with, so the cache never accepts what a signature check would refuse.
 #[derive(Default)]
 pub struct Verifier {
     keys: RwLock<BTreeMap<u32, [u8; 32]>>,
@@ -511,7 +515,7 @@ impl Verifier {
         };
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.get(signature).filter(|(c, _)| c == claims).map(|(_, v)| v.clone())
+            cache.get(signature).filter(|(k, c, _)| k == key_id && c == claims).map(|(_, _, v)| v.clone())
         };
         let verified = match cached {
             Some(c) => c,
@@ -532,7 +536,7 @@ impl Verifier {
                 if cache.len() >= CACHE_ENTRIES {
                     cache.clear();
                 }
-                cache.insert(signature.clone(), (claims.clone(), c.clone()));
+                cache.insert(signature.clone(), (*key_id, claims.clone(), c.clone()));
                 c
             }
         };
@@ -737,6 +741,21 @@ mod tests {
         v.set_keys(&new.public_keys());
         assert_eq!(v.verify(&t_old, 0), Err(AuthError::UnknownKey(1)));
         assert!(v.verify(&t_new, 0).is_ok());
+    }
+
+    #[test]
+    fn a_cached_token_verifies_under_its_own_key_id_only() {
+        let (one, two) = (keys(1), keys(2));
+        let mut both = one.public_keys();
+        both.extend(two.public_keys());
+        let v = Verifier::new(&both);
+        let tok = one.sign(&claims("a", Scope::App, 1000)).unwrap();
+        v.verify(&tok, 0).unwrap(); // cached now
+        let Credential::Token { claims: bytes, signature, .. } = tok else { unreachable!() };
+        let under = |key_id| Credential::Token { key_id, claims: bytes.clone(), signature: signature.clone() };
+        assert_eq!(v.verify(&under(2), 0), Err(AuthError::BadSignature), "another listed key");
+        assert_eq!(v.verify(&under(9), 0), Err(AuthError::UnknownKey(9)), "an unknown key");
+        assert!(v.verify(&under(1), 0).is_ok(), "its own key, still cached");
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //!
 //! Files are PEM: `ca.pem` and `ca.key` for the CA, `<stem>.pem` and `<stem>.key` for a node.
 //! Key files are created with mode 0600.
+//!
+//! Certificates are strict DER, so every verifier parses them, the strict ones too (Python's
+//! `cryptography`, hence aioquic): in particular no field holding its DEFAULT value is encoded,
+//! so a node's basicConstraints is an empty SEQUENCE (cA defaults to FALSE), never an
+//! explicit `cA FALSE`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -18,8 +23,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, Certificate, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::transport::CLUSTER_SERVER_NAME;
@@ -39,6 +44,18 @@ pub const GENERIC_NODE_NAME: &str = "shoal-node";
 
 /// How long before "now" a certificate starts to be valid, for clocks a little behind.
 const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// id-ce-basicConstraints (RFC 5280, 4.2.1.9).
+const BASIC_CONSTRAINTS_OID: &[u64] = &[2, 5, 29, 19];
+
+/// basicConstraints of a certificate that is not a CA: an empty SEQUENCE. rcgen's
+/// `IsCa::ExplicitNoCa` writes `cA FALSE`, a DEFAULT value that DER forbids encoding, and
+/// strict parsers refuse the whole certificate for it.
+fn not_a_ca() -> CustomExtension {
+    let mut ext = CustomExtension::from_oid_content(BASIC_CONSTRAINTS_OID, vec![0x30, 0x00]);
+    ext.set_criticality(true);
+    ext
+}
 
 /// Why a certificate could not be made, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +209,9 @@ impl ClusterCa {
         }
         let mut params = CertificateParams::default();
         params.distinguished_name = subject(name);
-        params.is_ca = IsCa::ExplicitNoCa;
+        // Said explicitly (not only by leaving basicConstraints out), in valid DER.
+        params.is_ca = IsCa::NoCa;
+        params.custom_extensions = vec![not_a_ca()];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
@@ -316,14 +335,102 @@ mod tests {
 
     use super::*;
 
-    const OPENSSL: &str = "/usr/bin/openssl";
+    /// Whether `program` runs at all (it is installed and on PATH).
+    fn installed(program: &str, probe: &[&str]) -> bool {
+        Command::new(program).args(probe).output().is_ok_and(|o| o.status.success())
+    }
 
     fn openssl(args: &[&str]) -> Option<std::process::Output> {
-        if !Path::new(OPENSSL).exists() {
-            eprintln!("note: {OPENSSL} is absent; skipping the openssl checks");
+        if !installed("openssl", &["version"]) {
+            eprintln!("note: openssl is not installed; skipping the openssl checks (scripts/setup.sh installs it)");
             return None;
         }
-        Some(Command::new(OPENSSL).args(args).output().unwrap())
+        Some(Command::new("openssl").args(args).output().unwrap())
+    }
+
+    /// A Python with `cryptography` (and its verifier): the venv scripts/setup.sh makes, else
+    /// `python3`.
+    fn python_with_cryptography() -> Option<PathBuf> {
+        let cache = std::env::var_os("SHOAL_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/shoal")));
+        let venv = cache.map(|c| c.join("venv/bin/python"));
+        venv.into_iter()
+            .chain([PathBuf::from("python3")])
+            .find(|py| installed(&py.to_string_lossy(), &["-c", "import cryptography.x509.verification"]))
+    }
+
+    /// Parses both certificates, every extension included, then verifies the node for the
+    /// cluster name as a server and as a client, with `cryptography`'s RFC 5280 verifier.
+    const PY_CHECK: &str = r#"
+import sys
+from cryptography import x509
+from cryptography.x509 import verification
+ca, node = (x509.load_pem_x509_certificate(open(p, "rb").read()) for p in sys.argv[1:3])
+for cert in (ca, node):
+    for ext in cert.extensions:
+        pass
+assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+assert not node.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+store = verification.Store([ca])
+verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName("shoal")).verify(node, [])
+verification.PolicyBuilder().store(store).build_client_verifier().verify(node, [])
+print("verified")
+"#;
+
+    /// One DER element: (tag, contents, what follows). Refuses indefinite, long-form-when-short
+    /// and zero-padded lengths, which DER forbids.
+    fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
+        let (&tag, rest) = b.split_first().ok_or("missing tag")?;
+        if tag & 0x1f == 0x1f {
+            return Err(format!("multi-byte tag {tag:#x}"));
+        }
+        let (&first, rest) = rest.split_first().ok_or("missing length")?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return Err(format!("length form {first:#x}"));
+            }
+            let len = rest[..n].iter().fold(0usize, |a, b| a << 8 | *b as usize);
+            if rest[0] == 0 || len < 0x80 {
+                return Err(format!("non-minimal length {len}"));
+            }
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return Err("truncated element".into());
+        }
+        Ok((tag, &rest[..len], &rest[len..]))
+    }
+
+    fn elements(mut b: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let (tag, body, rest) = tlv(b)?;
+            out.push((tag, body));
+            b = rest;
+        }
+        Ok(out)
+    }
+
+    /// The DER rules parsers disagree on, in the certificate and inside every extension's
+    /// value: minimal lengths, and BOOLEANs. Every BOOLEAN in a certificate (an extension's
+    /// `critical`, basicConstraints' `cA`) defaults to FALSE, so DER has only TRUE (0xff).
+    fn strict_der(b: &[u8]) -> Result<(), String> {
+        let items = elements(b)?;
+        // An Extension is SEQUENCE { OID, BOOLEAN OPTIONAL, OCTET STRING holding DER }.
+        let extension = items.len() >= 2 && items[0].0 == 0x06 && items.last().is_some_and(|i| i.0 == 0x04);
+        for (i, (tag, body)) in items.iter().enumerate() {
+            match tag {
+                0x01 if *body != [0xff] => return Err(format!("BOOLEAN {body:02x?} (a DEFAULT encoded, or not DER)")),
+                0x04 if extension && i == items.len() - 1 => strict_der(body)?,
+                t if t & 0x20 != 0 => strict_der(body)?,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn spec() -> NodeCertSpec {
@@ -413,6 +520,43 @@ mod tests {
             "CA:FALSE",
         ] {
             assert!(text.contains(want), "{want} not in {text}");
+        }
+    }
+
+    #[test]
+    fn strict_der_parsers_accept_the_ca_and_node_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        write_local_cluster(dir.path(), &[spec()]).unwrap();
+        let path = |f: &str| dir.path().join(f).display().to_string();
+        let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        for f in ["ca.pem", "node.pem", "shoal-worker-0.pem"] {
+            strict_der(der(&pem(f)).as_ref()).unwrap_or_else(|e| panic!("{f} is not strict DER: {e}"));
+        }
+        // rustls/webpki.
+        for node in ["node.pem", "shoal-worker-0.pem"] {
+            verify_server(&pem("ca.pem"), &pem(node), CLUSTER_SERVER_NAME).unwrap();
+            verify_client(&pem("ca.pem"), &pem(node)).unwrap();
+        }
+        // OpenSSL: parses every extension, verifies both purposes.
+        for node in ["node.pem", "shoal-worker-0.pem"] {
+            let Some(out) = openssl(&["x509", "-noout", "-text", "-in", &path(node)]) else { break };
+            assert!(out.status.success(), "openssl x509 {node}: {}", line(&out));
+            for purpose in ["sslserver", "sslclient"] {
+                let out = openssl(&["verify", "-CAfile", &path("ca.pem"), "-purpose", purpose, &path(node)]).unwrap();
+                assert!(out.status.success(), "openssl verify {purpose} {node}: {}", line(&out));
+            }
+        }
+        // Python's cryptography: the strictest of the three.
+        let Some(python) = python_with_cryptography() else {
+            eprintln!(
+                "note: no Python with `cryptography` (scripts/setup.sh installs it into $SHOAL_CACHE/venv); \
+                 skipping its checks"
+            );
+            return;
+        };
+        for node in ["node.pem", "shoal-worker-0.pem"] {
+            let out = Command::new(&python).args(["-c", PY_CHECK, &path("ca.pem"), &path(node)]).output().unwrap();
+            assert!(out.status.success(), "cryptography refuses {node}: {}", line(&out));
         }
     }
 

@@ -20,6 +20,11 @@
 //! - Every pointer deleted from the index is released in the value log exactly once: deletes
 //!   of ranges exclude puts, and deletes of keys release what they found, under that same
 //!   exclusion.
+//! - With `sync_writes`, a delete is synced to the WAL before its pointers are released, so a
+//!   value log file is unlinked only once no power loss can bring back a pointer into it.
+//! - An index entry pointing into a value log file that is gone or too short (a power loss
+//!   without `sync_writes`, or damage) is deleted on open, as a batch already spilled or
+//!   dropped: it never makes a partition unreadable (the count is logged).
 //! - `held` counts the bytes of every stored batch, per partition; it is rebuilt by a key scan
 //!   on open and kept exact on every put and delete. A partition whose scanned keys were all
 //!   deleted (a pressure or drain spill) stays listed at 0 bytes until it is dropped whole, so
@@ -34,7 +39,7 @@ use shuffle_proto::batch::StreamRecord;
 use shuffle_proto::keys::prefix_end;
 use shuffle_proto::{AppId, ShuffleKey};
 
-use crate::vlog::{value_len, ValueLog, ValuePtr};
+use crate::vlog::{file_lengths, value_len, ValueLog, ValuePtr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
@@ -177,6 +182,9 @@ pub const CHUNK_SLACK: usize = 64 * 1024;
 /// Batch storage: a RocksDB index over the value log.
 pub struct Buffer {
     db: DB,
+    /// Kept for the statistics tests read.
+    #[cfg_attr(not(test), allow(dead_code))]
+    opts: Options,
     vlog: ValueLog,
     sync: bool,
     held: Mutex<HashMap<(ShuffleKey, u32), u64>>,
@@ -200,12 +208,18 @@ impl Buffer {
         opts.set_min_blob_size(4096);
         opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
         opts.set_max_write_buffer_number(MAX_WRITE_BUFFERS);
+        if cfg!(test) {
+            // Tests count WAL syncs.
+            opts.enable_statistics();
+        }
         let db = DB::open(&opts, dir)?;
-        let (held, live) = scan_index(&db)?;
         // The value log lives in the index's directory (RocksDB ignores a subdirectory).
-        let vlog = ValueLog::open_sized(&dir.join("values"), sync_writes, live, file_bytes)?;
+        let values = dir.join("values");
+        let (held, live) = scan_index(&db, &file_lengths(&values)?, sync_writes)?;
+        let vlog = ValueLog::open_sized(&values, sync_writes, live, file_bytes)?;
         let buf = Buffer {
             db,
+            opts,
             vlog,
             sync: sync_writes,
             held: Mutex::new(held),
@@ -213,6 +227,19 @@ impl Buffer {
             put_locks: (0..PUT_STRIPES).map(|_| Mutex::new(())).collect(),
         };
         Ok(Arc::new(buf))
+    }
+
+    /// Index writes: synced to the WAL with `sync_writes`.
+    fn write_opts(&self) -> WriteOptions {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        wo
+    }
+
+    /// WAL syncs so far (statistics are on in tests only).
+    #[cfg(test)]
+    fn wal_syncs(&self) -> u64 {
+        self.opts.get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(ShuffleKey, u32), u64>> {
@@ -238,9 +265,7 @@ impl Buffer {
             return Ok(());
         }
         let ptr = self.vlog.append(batch)?;
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
-        if let Err(e) = self.db.put_opt(&k, ptr.encode(), &wo) {
+        if let Err(e) = self.db.put_opt(&k, ptr.encode(), &self.write_opts()) {
             self.vlog.release(&[ptr]);
             return Err(e.into());
         }
@@ -396,7 +421,8 @@ impl Buffer {
         it.status()?;
         let mut b = WriteBatch::default();
         b.delete_range(prefix, &end);
-        self.db.write(b)?;
+        // Durable before any file goes (see the module invariants).
+        self.db.write_opt(b, &self.write_opts())?;
         self.vlog.release(&ptrs);
         forget(&mut self.held());
         Ok(())
@@ -421,7 +447,8 @@ impl Buffer {
             ptrs.extend(ValuePtr::decode(&v));
             b.delete(k);
         }
-        self.db.write(b)?;
+        // Durable before any file goes (see the module invariants).
+        self.db.write_opt(b, &self.write_opts())?;
         self.vlog.release(&ptrs);
         // A partition emptied this way stays listed (at 0 bytes) until it is dropped whole:
         // its epochs are still live at the master, and only a seal or drain spill of it (an
@@ -441,20 +468,49 @@ impl Buffer {
 /// Bytes held per partition and live bytes per value log file, from a scan of the index.
 type IndexTotals = (HashMap<(ShuffleKey, u32), u64>, HashMap<u32, u64>);
 
-fn scan_index(db: &DB) -> Result<IndexTotals, BufferError> {
+/// Dangling entries deleted in one write on open.
+const DANGLING_BATCH: usize = 1024;
+
+/// Scans the index; entries pointing past the value log files `lens` lists are deleted (see
+/// the module invariants), in batches while the scan goes on (it reads a snapshot).
+fn scan_index(db: &DB, lens: &HashMap<u32, u64>, sync: bool) -> Result<IndexTotals, BufferError> {
     let mut held = HashMap::new();
     let mut live = HashMap::new();
+    let mut wo = WriteOptions::default();
+    wo.set_sync(sync);
+    let (mut dangling, mut dropped, mut dropped_bytes) = (WriteBatch::default(), 0u64, 0u64);
     let mut it = db.raw_iterator();
     it.seek_to_first();
     while let (Some(k), Some(v)) = (it.key(), it.value()) {
         let bk = parse_key(k)?;
-        *held.entry((bk.shuffle, bk.partition)).or_insert(0) += value_len(v);
-        if let Some(p) = ValuePtr::decode(v) {
-            *live.entry(p.file).or_insert(0u64) += p.len as u64;
+        match ValuePtr::decode(v) {
+            Some(p) if p.dangles(lens) => {
+                dangling.delete(k);
+                dropped += 1;
+                dropped_bytes += p.len as u64;
+                if dangling.len() >= DANGLING_BATCH {
+                    db.write_opt(std::mem::take(&mut dangling), &wo)?;
+                }
+            }
+            Some(p) => {
+                *held.entry((bk.shuffle, bk.partition)).or_insert(0) += p.len as u64;
+                *live.entry(p.file).or_insert(0u64) += p.len as u64;
+            }
+            None => *held.entry((bk.shuffle, bk.partition)).or_insert(0) += value_len(v),
         }
         it.next();
     }
     it.status()?;
+    if !dangling.is_empty() {
+        db.write_opt(dangling, &wo)?;
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            batches = dropped,
+            bytes = dropped_bytes,
+            "index entries pointed into value log files that are gone: deleted as already spilled or dropped"
+        );
+    }
     Ok((held, live))
 }
 
@@ -634,20 +690,107 @@ mod tests {
         assert_eq!(buf.value_log_usage().0, 0);
     }
 
+    /// Copies RocksDB's files (not the value log) from `from` to `to`.
+    fn copy_index(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for f in std::fs::read_dir(from).unwrap() {
+            let f = f.unwrap();
+            if f.file_type().unwrap().is_file() {
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// A power loss that keeps a value log file's unlink but loses the WAL tail holding the
+    /// delete that released it: the index comes back naming batches in a file that is gone.
+    /// Those batches were spilled; they must read as deleted, and everything else acknowledged
+    /// must stay readable, the partition scannable and spillable.
     #[test]
-    fn a_missing_value_log_file_is_a_read_error_not_a_short_partition() {
+    fn a_delete_lost_in_a_power_loss_after_its_file_was_unlinked_wedges_nothing() {
         let dir = tempfile::tempdir().unwrap();
+        let db_dir = dir.path().join("buffer");
+        let before_delete = dir.path().join("index-before-delete");
+        let kept: Vec<(u32, u32, Vec<u8>)> = vec![(1, 7, vec![4u8; 1200]), (2, 0, vec![5u8; 1500])];
         {
-            let buf = Buffer::open(dir.path(), false).unwrap();
-            buf.put(&bk(1, 0, 1, 0), b"12345").unwrap();
+            let buf = Buffer::open_sized(&db_dir, true, 4096).unwrap();
+            // Partition 1's first three batches fill file 0; the rest roll into file 1.
+            for seq in 0..3u32 {
+                buf.put(&bk(1, 0, 1, seq), &[seq as u8; 1000]).unwrap();
+            }
+            for (p, seq, batch) in &kept {
+                buf.put(&bk(*p, 0, 1, *seq), batch).unwrap();
+            }
+            // A pressure spill of partition 1 scanned exactly the first three (file 0)...
+            let range =
+                ScanRange { shuffle: key(), partition: 1, start_map: 0, end_map: 1, filter: AttemptFilter::All };
+            let mut all = ScannedKeys::default();
+            buf.scan_partition_keys(&range, 1 << 20, |_, _| true, &mut all).unwrap();
+            let scanned = ScannedKeys { keys: all.keys[..3].to_vec() };
+            copy_index(&db_dir, &before_delete);
+            // ...and deletes them once their segment is recorded: file 0 is unlinked.
+            buf.delete_keys(&key(), 1, &scanned).unwrap();
+            assert_eq!(std::fs::read_dir(db_dir.join("values")).unwrap().count(), 1, "file 0 is gone");
         }
-        for f in std::fs::read_dir(dir.path().join("values")).unwrap() {
-            std::fs::remove_file(f.unwrap().path()).unwrap();
+        // The power loss: the index as it was before the delete, the value log as it is.
+        for f in std::fs::read_dir(&db_dir).unwrap() {
+            let f = f.unwrap();
+            if f.file_type().unwrap().is_file() {
+                std::fs::remove_file(f.path()).unwrap();
+            }
         }
-        let buf = Buffer::open(dir.path(), false).unwrap();
+        copy_index(&before_delete, &db_dir);
+        let buf = Buffer::open_sized(&db_dir, true, 4096).unwrap();
+        fn bodies(buf: &Buffer, p: u32) -> Vec<(u32, Vec<u8>)> {
+            collect(buf, p, 0, 10, &AttemptFilter::All, 1 << 20).into_iter().map(|r| (r.2, r.3)).collect()
+        }
+        assert_eq!(bodies(&buf, 1), vec![(kept[0].1, kept[0].2.clone())]);
+        assert_eq!(bodies(&buf, 2), vec![(kept[1].1, kept[1].2.clone())]);
+        assert_eq!(buf.bytes_held(), 2700);
+        assert_eq!(buf.value_log_usage().0, buf.bytes_held());
+        // Batches acknowledged after the restart read back and spill with the rest.
+        buf.put(&bk(1, 0, 2, 0), b"after").unwrap();
         let range = ScanRange { shuffle: key(), partition: 1, start_map: 0, end_map: 10, filter: AttemptFilter::All };
-        let err = buf.scan_partition(&range, 1 << 20, |_, _| true).unwrap_err();
-        assert!(matches!(err, BufferError::Io(_)), "{err}");
+        let mut scanned = ScannedKeys::default();
+        let stats = buf.scan_partition_keys(&range, 1 << 20, |_, _| true, &mut scanned).unwrap();
+        assert_eq!(stats.records, 2);
+        buf.delete_keys(&key(), 1, &scanned).unwrap();
+        assert_eq!(buf.partition_bytes(&key(), 1), 0);
+        drop(buf);
+        // The repair itself was durable: the dangling entries are not back on the next open.
+        let buf = Buffer::open_sized(&db_dir, true, 4096).unwrap();
+        assert_eq!(buf.bytes_held(), 1500);
+        assert_eq!(bodies(&buf, 2).len(), 1);
+    }
+
+    /// With `sync_writes`, the delete that releases a value log file is synced to the WAL
+    /// before the file is unlinked.
+    #[test]
+    fn with_sync_writes_deletes_sync_the_wal_before_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open_sized(dir.path(), true, 1024).unwrap();
+        for seq in 0..3u32 {
+            buf.put(&bk(1, 0, 1, seq), &[1u8; 800]).unwrap();
+        }
+        let before = |buf: &Buffer| (buf.value_log_usage().1, buf.wal_syncs());
+        let check = |buf: &Buffer, what: &str, (files, synced): (usize, u64)| {
+            assert!(buf.value_log_usage().1 < files, "{what}: a file went");
+            assert!(buf.wal_syncs() > synced, "{what}: the delete synced the WAL");
+        };
+        let b = before(&buf);
+        let range = ScanRange { shuffle: key(), partition: 1, start_map: 0, end_map: 1, filter: AttemptFilter::All };
+        let mut scanned = ScannedKeys::default();
+        buf.scan_partition_keys(&range, 1 << 20, |_, _| true, &mut scanned).unwrap();
+        scanned.keys.truncate(1);
+        buf.delete_keys(&key(), 1, &scanned).unwrap();
+        check(&buf, "keys", b);
+        let b = before(&buf);
+        buf.delete_partition(&key(), 1).unwrap();
+        check(&buf, "partition", b);
+        buf.put(&bk(2, 0, 1, 0), &[2u8; 800]).unwrap();
+        buf.put(&bk(2, 0, 1, 1), &[2u8; 800]).unwrap();
+        let b = before(&buf);
+        buf.delete_shuffle(&key()).unwrap();
+        check(&buf, "shuffle", b);
     }
 
     proptest::proptest! {

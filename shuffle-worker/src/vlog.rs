@@ -16,6 +16,10 @@
 //!   so a scan never loses a file under it.
 //! - Files are never appended to after a restart: a new one is started, so a torn tail left by
 //!   a crash is never overwritten or read.
+//! - The caller makes the index deletes that released a file durable before releasing (with
+//!   `sync`, the delete is a synced WAL write), so a power loss never brings back a pointer
+//!   into an unlinked file. A pointer into a file that is gone or too short anyway (the value
+//!   log without `sync`, or damage) is [`ValuePtr::dangles`] and the index drops it on open.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -64,6 +68,33 @@ impl ValuePtr {
         off.copy_from_slice(&v[8..16]);
         Some(ValuePtr { file: u32_at(4), offset: u64::from_le_bytes(off), len: u32_at(16) })
     }
+}
+
+impl ValuePtr {
+    /// Whether the bytes this pointer names are not all in the files `lens` lists (id to
+    /// length, from [`file_lengths`]).
+    pub fn dangles(&self, lens: &HashMap<u32, u64>) -> bool {
+        let end = self.offset.checked_add(self.len as u64);
+        !matches!((lens.get(&self.file), end), (Some(len), Some(end)) if end <= *len)
+    }
+}
+
+/// The log files in `dir` and their lengths; none if `dir` does not exist yet.
+pub fn file_lengths(dir: &Path) -> io::Result<HashMap<u32, u64>> {
+    let mut out = HashMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(|n| n.parse::<u32>().ok()) {
+            out.insert(id, entry.metadata()?.len());
+        }
+    }
+    Ok(out)
 }
 
 /// An index value's batch length, whether it is a pointer or stored inline.
@@ -308,6 +339,20 @@ mod tests {
         log.release(&[b]);
         assert_eq!(names(dir.path()), vec![file_name(b.file)]);
         assert_eq!(log.usage(), (0, 1));
+    }
+
+    #[test]
+    fn pointers_dangle_past_a_file_end_or_into_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(file_lengths(&dir.path().join("nothing-yet")).unwrap().is_empty());
+        let log = ValueLog::open(dir.path(), false, HashMap::new()).unwrap();
+        let a = log.append(b"12345").unwrap();
+        let lens = file_lengths(dir.path()).unwrap();
+        assert_eq!(lens.get(&a.file), Some(&5));
+        assert!(!a.dangles(&lens));
+        assert!(ValuePtr { len: 6, ..a }.dangles(&lens), "past the end");
+        assert!(ValuePtr { offset: u64::MAX, ..a }.dangles(&lens), "overflowing");
+        assert!(ValuePtr { file: a.file + 1, ..a }.dangles(&lens), "missing file");
     }
 
     #[test]

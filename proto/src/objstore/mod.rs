@@ -7,9 +7,19 @@
 //! Every store is opened wrapped in [`layers`]: retries of repeatable calls, per-call metrics,
 //! and (in fault-test builds) failpoints.
 //!
-//! Invariants: a segment becomes visible only whole (one put below the part size, else a
-//! multipart upload whose parts are all `part_size` bytes but the last, so stores with a 5 MiB
-//! minimum part accept it); an upload that fails is aborted, leaving no partial object.
+//! Invariants:
+//! - A segment becomes visible only whole: one put below the part size, else a multipart
+//!   upload whose parts are all `part_size` bytes but the last, so stores with a 5 MiB minimum
+//!   part accept it.
+//! - A multipart upload that does not complete is aborted on every path: a failed part, a
+//!   failed completion, a caller that gives up ([`SegmentUpload::abort`]) or drops the upload
+//!   (aborted from a spawned task), so no billed, invisible upload is left behind by a live
+//!   process. A process killed mid-upload leaves one: the bucket's lifecycle rule removes it
+//!   (see docs/operations.md).
+//! - A single-put segment is created, never overwritten (`PutMode::Create`, where the backend
+//!   implements it): a name that somehow repeats fails instead of replacing recorded data.
+//!   Multipart completion cannot be made conditional through `object_store`; names come from
+//!   random nonces ([`crate::segment::segment_key`]) so they do not repeat.
 
 pub mod layers;
 
@@ -18,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{MultipartUpload, ObjectStore, PutMode, PutOptions, PutPayload};
 
 use crate::error::ProtoError;
 use crate::messages::SegmentRef;
@@ -110,17 +120,48 @@ fn open_base(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Err(bad("scheme must be file://, s3:// or memory://"))
 }
 
+/// Parts of one upload in flight at most: each holds `part_size` bytes of memory.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// A multipart upload under way and its parts in flight.
+struct Parts {
+    upload: Box<dyn MultipartUpload>,
+    in_flight: tokio::task::JoinSet<object_store::Result<()>>,
+}
+
+impl Parts {
+    /// Waits until at most `max` parts are in flight; the first failed part's error.
+    async fn wait_for(&mut self, max: usize) -> object_store::Result<()> {
+        while self.in_flight.len() > max {
+            match self.in_flight.join_next().await {
+                Some(Ok(r)) => r?,
+                Some(Err(e)) => return Err(object_store::Error::JoinError { source: e }),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn abort(mut self) {
+        self.in_flight.shutdown().await;
+        if let Err(e) = self.upload.abort().await {
+            tracing::warn!("aborting a multipart upload failed (the bucket lifecycle rule removes it): {e}");
+        }
+    }
+}
+
 /// Streams one segment into the store. Chunks are handed to the upload as they are (owned
 /// buffers, never copied); nothing is uploaded until a part's worth has arrived, so a small
-/// segment is one plain PUT.
+/// segment is one plain PUT. Every way out but a successful [`SegmentUpload::finish`] aborts
+/// a multipart upload it started (see the module invariants).
 pub struct SegmentUpload {
     store: Arc<dyn ObjectStore>,
     path: Path,
     key: String,
-    /// Chunks not yet handed to a multipart upload, and their bytes.
-    pending: Vec<Bytes>,
+    /// Chunks not yet handed to a part, and their bytes.
+    pending: std::collections::VecDeque<Bytes>,
     pending_len: usize,
-    upload: Option<WriteMultipart>,
+    parts: Option<Parts>,
     index: IndexBuilder,
     part_size: usize,
 }
@@ -132,11 +173,11 @@ impl SegmentUpload {
             store,
             path: Path::from(key.as_str()),
             key,
-            pending: Vec::new(),
+            pending: Default::default(),
             pending_len: 0,
-            upload: None,
+            parts: None,
             index: IndexBuilder::default(),
-            part_size,
+            part_size: part_size.max(1),
         }
     }
 
@@ -149,63 +190,140 @@ impl SegmentUpload {
     pub async fn write_owned(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         self.index.add_chunk(&chunk)?;
         self.pending_len += chunk.len();
-        self.pending.push(chunk);
-        if self.pending_len >= self.part_size {
-            if self.upload.is_none() {
-                let up = self.store.put_multipart(&self.path).await?;
-                self.upload = Some(WriteMultipart::new_with_chunk_size(up, self.part_size));
+        self.pending.push_back(chunk);
+        if let Err(e) = self.send_parts(false).await {
+            self.abort().await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Hands every whole part pending (and with `last`, the rest) to the upload, started
+    /// here if need be, and waits for room among the parts in flight.
+    async fn send_parts(&mut self, last: bool) -> object_store::Result<()> {
+        while self.pending_len >= self.part_size || (last && self.pending_len > 0) {
+            if self.parts.is_none() {
+                let upload = self.store.put_multipart(&self.path).await?;
+                self.parts = Some(Parts { upload, in_flight: Default::default() });
             }
-            if let Some(up) = self.upload.as_mut() {
-                for c in self.pending.drain(..) {
-                    up.put(c);
-                }
-                self.pending_len = 0;
-                if let Err(e) = up.wait_for_capacity(4).await {
-                    self.abort().await;
-                    return Err(e.into());
-                }
+            let part = self.take_part();
+            if let Some(p) = self.parts.as_mut() {
+                let put = p.upload.put_part(part);
+                p.in_flight.spawn(put);
+                p.wait_for(PARTS_IN_FLIGHT).await?;
             }
         }
         Ok(())
+    }
+
+    /// The next `part_size` bytes pending (all of them if fewer), split without copying.
+    fn take_part(&mut self) -> PutPayload {
+        let mut want = self.part_size.min(self.pending_len);
+        let mut out = Vec::new();
+        while want > 0 {
+            let Some(mut front) = self.pending.pop_front() else { break };
+            if front.len() > want {
+                self.pending.push_front(front.split_off(want));
+            }
+            want -= front.len();
+            self.pending_len -= front.len();
+            out.push(front);
+        }
+        out.into_iter().collect()
     }
 
     pub fn records_len(&self) -> u64 {
         self.index.records_len()
     }
 
-    async fn abort(&mut self) {
-        if let Some(up) = self.upload.take() {
-            let _ = up.abort().await;
+    /// Gives the upload up: a multipart upload it started is aborted (its parts are billed
+    /// until then). Call it on every error path before dropping; dropping aborts too, later.
+    pub async fn abort(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            parts.abort().await;
         }
     }
 
-    /// Writes the index, completes the object and returns its reference.
+    /// Writes the index, completes the object and returns its reference. A multipart upload
+    /// that fails here is aborted.
     pub async fn finish(mut self) -> Result<SegmentRef, StoreError> {
         let index_offset = self.index.records_len();
         let (first_map, end_map) = self.index.maps().unwrap_or((0, 0));
         let tail = self.index.finish();
         let total_len = index_offset + tail.len() as u64;
-        self.pending.push(Bytes::from(tail));
-        match self.upload.take() {
-            None => {
-                let payload: PutPayload = std::mem::take(&mut self.pending).into_iter().collect();
-                self.store.put(&self.path, payload).await?;
-            }
-            Some(mut up) => {
-                for c in self.pending.drain(..) {
-                    up.put(c);
+        self.pending_len += tail.len();
+        self.pending.push_back(Bytes::from(tail));
+        if self.parts.is_none() {
+            let payload: PutPayload = std::mem::take(&mut self.pending).into_iter().collect();
+            self.pending_len = 0;
+            put_new(&*self.store, &self.path, payload).await?;
+        } else {
+            let completed = async {
+                self.send_parts(true).await?;
+                match self.parts.as_mut() {
+                    Some(p) => {
+                        p.wait_for(0).await?;
+                        p.upload.complete().await.map(|_| ())
+                    }
+                    None => Ok(()),
                 }
-                up.finish().await?;
             }
+            .await;
+            if let Err(e) = completed {
+                self.abort().await;
+                return Err(e.into());
+            }
+            self.parts = None;
         }
         Ok(SegmentRef {
-            object_key: self.key,
+            object_key: std::mem::take(&mut self.key),
             index_offset,
             total_len,
             first_map: MapId(first_map),
             end_map: MapId(end_map),
         })
     }
+}
+
+impl Drop for SegmentUpload {
+    /// A caller that returned early (an error, a cancelled task) still aborts its upload.
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(parts.abort());
+                }
+                Err(_) => {
+                    tracing::warn!(key = %self.key, "a multipart upload dropped outside a runtime is left to the bucket lifecycle rule")
+                }
+            }
+        }
+    }
+}
+
+/// Puts a new object: create-only where the backend implements it (a backend that does not,
+/// or is configured not to, gets a plain put; segment names do not repeat anyway). Transient
+/// failures are tried again here, since the store layers leave conditional puts alone.
+async fn put_new(store: &dyn ObjectStore, path: &Path, payload: PutPayload) -> object_store::Result<()> {
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let once = || async {
+        let retried = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+        let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match store.put_opts(path, payload.clone(), create).await {
+            Ok(_) => Ok(()),
+            // Only this upload writes this (random) name: a retry that finds it means an earlier
+            // try stored it whole and its answer was lost.
+            Err(object_store::Error::AlreadyExists { .. }) if retried => Ok(()),
+            Err(object_store::Error::NotImplemented | object_store::Error::NotSupported { .. }) => {
+                store.put(path, payload.clone()).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    crate::retry::retry(&crate::retry::Backoff::STORE_CALL, once, layers::transient, |e, d| {
+        tracing::debug!("creating a segment failed, retrying in {d:?}: {e}")
+    })
+    .await
 }
 
 /// Reads a segment's index.
@@ -486,6 +604,196 @@ mod tests {
     async fn segments_round_trip_with_single_put_and_multipart() {
         round_trip(64 << 20).await;
         round_trip(40_000).await;
+    }
+
+    /// An in-memory store whose multipart uploads fail their `fail_part`th part (1-based;
+    /// 0: none) and whose completions fail with `fail_complete`; counts aborts.
+    #[derive(Debug, Default)]
+    struct FailingUploads {
+        inner: object_store::memory::InMemory,
+        fail_part: u32,
+        fail_complete: bool,
+        aborted: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    #[derive(Debug)]
+    struct FailingUpload {
+        inner: Box<dyn MultipartUpload>,
+        parts: u32,
+        fail_part: u32,
+        fail_complete: bool,
+        aborted: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    fn injected() -> object_store::Error {
+        object_store::Error::Generic { store: "test", source: "injected".into() }
+    }
+
+    impl std::fmt::Display for FailingUploads {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FailingUploads")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MultipartUpload for FailingUpload {
+        fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+            self.parts += 1;
+            if self.parts == self.fail_part {
+                return Box::pin(async { Err(injected()) });
+            }
+            self.inner.put_part(data)
+        }
+        async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+            if self.fail_complete {
+                return Err(injected());
+            }
+            self.inner.complete().await
+        }
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.aborted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.abort().await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for FailingUploads {
+        async fn put_opts(
+            &self,
+            l: &Path,
+            p: PutPayload,
+            o: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(l, p, o).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            Ok(Box::new(FailingUpload {
+                inner: self.inner.put_multipart_opts(l, o).await?,
+                parts: 0,
+                fail_part: self.fail_part,
+                fail_complete: self.fail_complete,
+                aborted: self.aborted.clone(),
+            }))
+        }
+        async fn get_opts(
+            &self,
+            l: &Path,
+            o: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(l, o).await
+        }
+        async fn delete(&self, l: &Path) -> object_store::Result<()> {
+            self.inner.delete(l).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    /// Writes `parts` parts' worth of records (plus a bit) through an upload of 1000-byte parts.
+    async fn write_parts(up: &mut SegmentUpload, parts: usize) -> Result<(), StoreError> {
+        let recs = records(&[(0, 1)], (parts as u32 * 1000 + 500) / 120, 100);
+        up.write_chunk(&recs).await
+    }
+
+    async fn eventually_aborted(aborted: &std::sync::atomic::AtomicU32) -> u32 {
+        for _ in 0..200 {
+            if aborted.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        aborted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A part that fails while the segment is finished (object_store's own `finish` returns
+    /// such an error without aborting), a failed completion, a part failing mid-write, and a
+    /// writer that gives up or just drops the upload (a scan error in the spill): each aborts
+    /// the multipart upload exactly once and leaves no object.
+    #[tokio::test]
+    async fn every_failed_or_abandoned_upload_is_aborted() {
+        let key = "a/1.0/00000001/w-1@01.seg";
+        let cases: [(&str, u32, bool); 5] = [
+            ("last part fails in finish", 4, false),
+            ("completion fails", 0, true),
+            ("a part fails mid-write", 1, false),
+            ("the writer gives up", 0, false),
+            ("the writer drops it", 0, false),
+        ];
+        for (what, fail_part, fail_complete) in cases {
+            let failing = Arc::new(FailingUploads { fail_part, fail_complete, ..Default::default() });
+            let aborted = failing.aborted.clone();
+            let mut up = SegmentUpload::new(failing.clone(), key.into(), 1000);
+            let wrote = write_parts(&mut up, 3).await;
+            match what {
+                "a part fails mid-write" => {
+                    // The failure surfaces at a later write or at the finish, whichever sees it.
+                    let rest = async {
+                        wrote?;
+                        write_parts(&mut up, 6).await?;
+                        up.finish().await
+                    };
+                    assert!(rest.await.is_err(), "{what}");
+                }
+                "the writer gives up" => {
+                    wrote.unwrap();
+                    up.abort().await;
+                }
+                "the writer drops it" => {
+                    wrote.unwrap();
+                    drop(up);
+                }
+                _ => {
+                    wrote.unwrap();
+                    assert!(up.finish().await.is_err(), "{what}");
+                }
+            }
+            assert_eq!(eventually_aborted(&aborted).await, 1, "{what}: aborted once");
+            assert!(failing.head(&Path::from(key)).await.is_err(), "{what}: no object");
+        }
+        // And a good upload is not aborted.
+        let failing = Arc::new(FailingUploads::default());
+        let mut up = SegmentUpload::new(failing.clone(), key.into(), 1000);
+        write_parts(&mut up, 3).await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(failing.aborted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(failing.head(&Path::from(key)).await.is_ok());
+    }
+
+    /// A small segment is created, never overwritten: a second upload under a recorded
+    /// segment's name fails and leaves the recorded one as it was.
+    #[tokio::test]
+    async fn a_segment_never_overwrites_an_object() {
+        let store = open_store("memory://").unwrap();
+        let key = "a/1.0/00000001/w-1@01.seg";
+        let mut first = SegmentUpload::new(store.clone(), key.into(), 1 << 20);
+        first.write_chunk(&records(&[(0, 1)], 3, 100)).await.unwrap();
+        let recorded = first.finish().await.unwrap();
+        let mut second = SegmentUpload::new(store.clone(), key.into(), 1 << 20);
+        second.write_chunk(&records(&[(5, 9)], 7, 10)).await.unwrap();
+        let err = second.finish().await.unwrap_err();
+        assert!(matches!(err, StoreError::Store(object_store::Error::AlreadyExists { .. })), "{err}");
+        let maps: Vec<u32> =
+            StreamRecords::new(&read_segment(&*store, &recorded, 0, 10, |_, _| true).await.unwrap().concat(), 1 << 20)
+                .map(|r| r.unwrap().map)
+                .collect();
+        assert_eq!(maps, vec![0, 0, 0]);
     }
 
     #[test]

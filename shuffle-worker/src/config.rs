@@ -62,7 +62,8 @@ pub struct WorkerSettings {
     /// How often to sweep the object store for garbage, e.g. "1h"; "0s" turns it off.
     #[arg(long, env = "SHOAL_SWEEP_INTERVAL")]
     pub sweep_interval: Option<String>,
-    /// Objects younger than this are never swept, e.g. "15m".
+    /// Minimum age of any object the sweep deletes, counted up to when the master was asked
+    /// about it, e.g. "15m" (the fence against segment reports still on their way).
     #[arg(long, env = "SHOAL_SWEEP_GRACE")]
     pub sweep_grace: Option<String>,
 }
@@ -102,7 +103,7 @@ pub struct WorkerConfig {
     pub http_listen: Option<SocketAddr>,
     /// How often to sweep the object store for garbage (None: never).
     pub sweep_interval: Option<Duration>,
-    /// Objects younger than this are never swept.
+    /// Minimum age of any object the sweep deletes (see [`crate::spill::is_garbage`]).
     pub sweep_grace: Duration,
 }
 

@@ -195,6 +195,11 @@ impl WorkerCore {
         self.spilling.len()
     }
 
+    /// Whether a spill of `key` is running (its upload or report may be in flight).
+    pub fn spilling(&self, key: &PartKey) -> bool {
+        self.spilling.contains(key)
+    }
+
     /// The master's desired state for this worker, from a registration or heartbeat reply.
     /// `held`: bytes buffered locally now.
     pub fn desired(&mut self, want: WorkerState, held: u64) -> Vec<Step> {

@@ -25,7 +25,7 @@ mod sweep;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,7 +72,8 @@ struct Inner {
     /// Every decision about pushes, spills and the worker's lifecycle (see [`crate::core`]).
     core: Mutex<WorkerCore>,
     spilling: Mutex<HashSet<ShuffleKey>>,
-    nonce: AtomicU64,
+    /// Held by the running sweep: one at a time per worker.
+    sweeping: tokio::sync::Mutex<()>,
     metrics: Metrics,
     done: watch::Sender<bool>,
     /// Checks capabilities offline with the masters' public keys.
@@ -110,8 +111,6 @@ impl WorkerNode {
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| WorkerError::Config(e.to_string()))?;
         let (done_tx, done_rx) = watch::channel(false);
-        // Segment names must not repeat across restarts on the same data dir.
-        let nonce = shuffle_proto::auth::now_unix_ms().saturating_mul(1000);
         let limits = CoreLimits {
             max_buffered_bytes: cfg.max_buffered_bytes,
             disk_reserve_bytes: cfg.disk_reserve_bytes,
@@ -126,7 +125,7 @@ impl WorkerNode {
             fetch_lock: Default::default(),
             core: Mutex::new(WorkerCore::new(limits)),
             spilling: Default::default(),
-            nonce: AtomicU64::new(nonce),
+            sweeping: Default::default(),
             metrics,
             done: done_tx,
             verifier: Arc::new(Verifier::default()),

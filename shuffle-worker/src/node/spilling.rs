@@ -2,8 +2,13 @@
 //! a drain (everything, once no push to the partition is in flight) and under pressure (the
 //! largest partitions, exactly the keys scanned). [`WorkerCore::begin_spill`] decides whether
 //! and how a spill runs; this file only carries it out.
+//!
+//! A spill never deletes an object: an upload that fails is aborted, and an object left
+//! unrecorded (a crash or a lost answer between upload and report, a shuffle removed
+//! meanwhile) is the sweep's to collect ([`super::sweep`]), once it is old enough that no
+//! report of it can still be on its way. Segment names carry a random nonce, so they never
+//! repeat, whatever the clock does.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +17,10 @@ use futures::StreamExt;
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::{SegmentUpload, StoreError};
 use shuffle_proto::retry::{retry, Backoff};
-use shuffle_proto::segment::{segment_key, segment_prefix, shuffle_dir};
+use shuffle_proto::segment::segment_key;
 use shuffle_proto::transport::TransportError;
 use shuffle_proto::{Epoch, ErrorCode, MapId, PartitionId, ShuffleKey};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{CoreHold, Inner};
 use crate::buffer::{AttemptFilter, BufferError, ScanRange};
@@ -42,6 +47,8 @@ pub enum SpillError {
     InProgress,
     #[error("the scan task stopped")]
     ScanStopped,
+    #[error("no system randomness for a segment name")]
+    NoRandomness,
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
@@ -182,8 +189,8 @@ impl Inner {
         };
         let _run = CoreHold { inner: self, part, end: WorkerCore::end_spill };
         // The plan read before this spill could start may predate another spill of the
-        // partition that ended meanwhile: read it again, or that spill's recorded segment would
-        // look unrecorded to the garbage collection below.
+        // partition that ended meanwhile: read it again, so the sources and epochs below are
+        // current.
         let plan = self.read_plan(shuffle, partition..partition + 1).await?;
         let Some(pp) = plan.partitions.first() else { return Ok(()) };
         let mine = |s: &&PartitionLocation| {
@@ -219,17 +226,26 @@ impl Inner {
         } else {
             AttemptFilter::Only(pp.expected.iter().map(|m| (m.map.0, m.attempt.0)).collect())
         };
-        self.collect_garbage(shuffle, partition, &pp.segments).await;
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-        let key = segment_key(shuffle, partition, &self.cfg.id, nonce);
+        let key = segment_key(shuffle, partition, &self.cfg.id, segment_nonce()?);
         let mut upload = SegmentUpload::new(self.store.clone(), key.clone(), self.cfg.upload_part_bytes);
         let range = ScanRange { shuffle: shuffle.clone(), partition, start_map: 0, end_map: u32::MAX, filter };
         let (mut rx, keys) = self.scan(range, true);
-        while let Some(item) = rx.recv().await {
-            let (chunk, _) = item?;
-            upload.write_owned(chunk.into()).await?;
+        let written = async {
+            while let Some(item) = rx.recv().await {
+                let (chunk, _) = item?;
+                upload.write_owned(chunk.into()).await?;
+            }
+            keys.await.map_err(|_| SpillError::ScanStopped)
         }
-        let scanned = keys.await.map_err(|_| SpillError::ScanStopped)?;
+        .await;
+        let scanned = match written {
+            Ok(s) => s,
+            Err(e) => {
+                // A multipart upload left open is billed and invisible: abort it now.
+                upload.abort().await;
+                return Err(e);
+            }
+        };
         let segment = upload.finish().await?;
         fail::fail_point!("worker-after-upload", |a| super::fault(
             a,
@@ -247,8 +263,8 @@ impl Inner {
         match self.master.call_typed::<Ack>(report).await {
             Ok(_) => {}
             Err(TransportError::Remote(w)) if w.code() == ErrorCode::UnknownShuffle => {
-                // Removed meanwhile: the object is garbage.
-                let _ = self.store.delete(&object_store::path::Path::from(key.as_str())).await;
+                // Removed meanwhile: the object is garbage, left to the sweep.
+                debug!(%shuffle, partition, %key, "shuffle removed during its spill");
             }
             Err(e) => return Err(e.into()),
         }
@@ -273,23 +289,22 @@ impl Inner {
         let a = self.refresh_assignment(shuffle).await?;
         Ok((a.state == ShuffleState::Writing).then(|| a.locations.get(partition as usize).map(|l| l.epoch)).flatten())
     }
+}
 
-    /// Deletes this worker's objects for the partition that the master never recorded: left by
-    /// a crash between upload and report. Safe because this worker spills a partition once at
-    /// a time, so none of them is an upload in flight.
-    async fn collect_garbage(&self, shuffle: &ShuffleKey, partition: u32, recorded: &[SegmentRef]) {
-        use futures::TryStreamExt;
-        let prefix = segment_prefix(shuffle, partition, &self.cfg.id);
-        let dir = object_store::path::Path::from(shuffle_dir(shuffle));
-        let listed: Result<Vec<object_store::ObjectMeta>, _> = self.store.list(Some(&dir)).try_collect().await;
-        let Ok(objects) = listed else { return };
-        for o in objects {
-            let key = o.location.to_string();
-            if key.starts_with(&prefix) && !recorded.iter().any(|s| s.object_key == key) {
-                info!(%key, "deleting an unrecorded segment");
-                let _ = self.store.delete(&o.location).await;
-                self.metrics.error("garbage_segment");
-            }
-        }
+/// A segment name's nonce: random, so names never repeat (a restart, a clock stepped back) and
+/// a new segment never lands on a recorded one.
+fn segment_nonce() -> Result<u64, SpillError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| SpillError::NoRandomness)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn segment_nonces_do_not_repeat() {
+        let n: std::collections::HashSet<u64> = (0..10_000).map(|_| super::segment_nonce().unwrap()).collect();
+        assert_eq!(n.len(), 10_000);
     }
 }

@@ -2,7 +2,8 @@
 //! and right after a batch reaches RocksDB, after a segment is uploaded, and after it is
 //! recorded. The process aborts at a failpoint (`return(crash)`), comes back on the same data
 //! dir, and every batch the writers had acknowledged reads back exactly once; only recorded
-//! segments are left in the object store, and the worker keeps no local copy of them.
+//! segments are left in the object store once the worker's sweep ran, and the worker keeps no
+//! local copy of them.
 
 use std::time::Duration;
 
@@ -32,7 +33,10 @@ async fn a_worker_killed_at_each_step_loses_no_acknowledged_batch() {
         sc.register_app(&app, Duration::from_secs(600)).await.unwrap();
         let id = format!("c{i}");
         let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let args = c.worker_args(&id, &listen);
+        let mut args = c.worker_args(&id, &listen);
+        // The object a crash after its upload left unrecorded is the sweep's to delete (spills
+        // never delete objects): sweep often, with no minimum age, so the check below sees it go.
+        args.extend(["--sweep-interval", "1s", "--sweep-grace", "0s"].map(String::from));
         let log = c.dir.path().join(format!("{id}.log"));
         let faults = format!("{point}={action}");
         let mut worker = Proc::spawn_env(&id, "shuffle-worker", &args, &[("FAILPOINTS", &faults)], &log).unwrap();

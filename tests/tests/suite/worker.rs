@@ -41,8 +41,9 @@ async fn push_read_spill_and_restart() {
 
     // Maps 0..3 push two batches to every partition; map 1 also has a losing attempt.
     let mut want: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
-    // Garbage a crashed spill could have left: this worker's unrecorded object goes at the
-    // next spill of the partition; another worker's object is not touched.
+    // An unrecorded object under this worker's name, as an upload whose report is still
+    // queued at the master leaves it: spills delete no object (only the sweep does, once it is
+    // old enough), so it survives them; another worker's object is not touched either.
     let store = open_store(&c.object_store).unwrap();
     let loc0 = a.locations[0].clone();
     let garbage = shuffle_proto::segment::segment_key(&k, 0, &loc0.primary.id, 0xdead);
@@ -118,7 +119,7 @@ async fn push_read_spill_and_restart() {
         let path = object_store::path::Path::from(key);
         async move { store.head(&path).await.is_ok() }
     };
-    assert!(!exists(&garbage).await, "unrecorded segment collected");
+    assert!(exists(&garbage).await, "a young unrecorded segment outlives the spills");
     assert!(exists(&foreign).await, "another worker's object untouched");
     for pp in &plan.partitions {
         let mut seg_bytes = Vec::new();
@@ -256,6 +257,8 @@ async fn the_sweep_deletes_garbage_and_keeps_live_data() {
     c.workers.insert("w0".into(), shuffle_worker::node::WorkerNode::start(cfg).await.unwrap());
     let k = key("app-gc", 1);
     let a = c.register("app-gc", 1, 1, 1).await.unwrap();
+    // Another live worker, joined after the shuffle was placed on w0.
+    c.start_worker("w1").await.unwrap();
     let loc = a.locations[0].clone();
     let raw = rows(0, 0, 100, 1);
     c.push(&k, &loc, 0, 1, 0, &raw).await.unwrap();
@@ -280,17 +283,19 @@ async fn the_sweep_deletes_garbage_and_keeps_live_data() {
     };
     let of_removed = put(shuffle_proto::segment::segment_key(&removed, 0, &w0, 1)).await;
     let of_ghost = put(shuffle_proto::segment::segment_key(&k, 0, &ghost, 2)).await;
-    let of_live_writer = put(shuffle_proto::segment::segment_key(&k, 0, &w0, 3)).await;
+    let of_sweeper = put(shuffle_proto::segment::segment_key(&k, 0, &w0, 3)).await;
+    let of_live_writer = put(shuffle_proto::segment::segment_key(&k, 0, &WorkerId::new("w1").unwrap(), 4)).await;
     let not_ours = put("elsewhere/notes.txt".into()).await;
     let deleted = c.workers["w0"].sweep_now().await.unwrap();
-    assert_eq!(deleted, 2);
+    assert_eq!(deleted, 3);
     let exists = |key: String| {
         let store = store.clone();
         async move { store.head(&object_store::path::Path::from(key.as_str())).await.is_ok() }
     };
     assert!(!exists(of_removed).await, "object of a removed shuffle");
     assert!(!exists(of_ghost).await, "unrecorded object of a worker that is gone");
-    assert!(exists(of_live_writer).await, "a live writer cleans up its own");
+    assert!(!exists(of_sweeper).await, "the sweeper's own unrecorded object");
+    assert!(exists(of_live_writer).await, "another live writer may still report its object");
     assert!(exists(not_ours).await, "keys outside the layout are left alone");
     assert!(exists(recorded).await, "recorded segments stay");
     c.shutdown().await;

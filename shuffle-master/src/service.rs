@@ -100,6 +100,10 @@ pub struct MasterService {
     /// Calls other masters (reachability probes before a membership change).
     peers: Client,
     group: GroupCommit,
+    /// The HTTP status pages, computed at most once a second ([`crate::web`]).
+    status_pages: crate::web::StatusCache,
+    /// Times [`MasterService::status`] ran.
+    status_computations: std::sync::atomic::AtomicU64,
 }
 
 fn internal(msg: impl Into<String>) -> WireError {
@@ -168,6 +172,8 @@ impl MasterService {
             purged: Default::default(),
             clock,
             opts,
+            status_pages: Default::default(),
+            status_computations: Default::default(),
         }
     }
 
@@ -477,8 +483,23 @@ impl MasterService {
         })
     }
 
-    /// The cluster picture, as the leader sees it.
+    pub(crate) fn status_pages(&self) -> &crate::web::StatusCache {
+        &self.status_pages
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now()
+    }
+
+    /// How many times the cluster status was computed.
+    pub fn status_computations(&self) -> u64 {
+        self.status_computations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The cluster picture, as the leader sees it. It walks every worker's partitions under
+    /// the state lock: the HTTP pages serve it cached ([`crate::web`]).
     pub fn status(&self) -> Result<ClusterStatus, WireError> {
+        self.status_computations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let MasterList { leader, masters } = self.master_list();
         let now = self.now();
         let reported = self.reported.lock().map(|r| r.clone()).unwrap_or_default();

@@ -35,7 +35,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_SECRET_LEN: usize = 256;
 /// Verified tokens remembered by a verifier before it starts afresh.
 const CACHE_ENTRIES: usize = 16_384;
-const SIGNING_CONTEXT: &[u8] = b"shoal-token-v1\0";
+// v2: claims carry the app's incarnation; a v1 token never verifies as a v2 one.
+const SIGNING_CONTEXT: &[u8] = b"shoal-token-v2\0";
 
 /// Right to push batches of a shuffle.
 pub const RIGHT_WRITE: u8 = 1;
@@ -67,6 +68,11 @@ impl std::fmt::Debug for Credential {
 pub struct Claims {
     pub tenant: String,
     pub app: AppId,
+    /// Which registration of `app` the masters issued this for (see
+    /// `docs/security.md#app-incarnations`): an app id unregistered and registered again, by
+    /// the same tenant or another, gets a new incarnation, and tokens of the old one open
+    /// nothing of the new one's, nor the reverse.
+    pub incarnation: u64,
     pub scope: Scope,
     /// Wall-clock milliseconds since the Unix epoch after which the token is refused.
     pub expires_unix_ms: u64,
@@ -428,10 +434,17 @@ pub struct Issuer {
 
 impl Issuer {
     /// The token an application presents for its master calls.
-    pub fn app_token(&self, tenant: &str, app: &AppId, now_unix_ms: u64) -> Result<Credential, AuthError> {
+    pub fn app_token(
+        &self,
+        tenant: &str,
+        app: &AppId,
+        incarnation: u64,
+        now_unix_ms: u64,
+    ) -> Result<Credential, AuthError> {
         self.keys.sign(&Claims {
             tenant: tenant.into(),
             app: app.clone(),
+            incarnation,
             scope: Scope::App,
             expires_unix_ms: now_unix_ms.saturating_add(self.token_ttl_ms),
         })
@@ -441,6 +454,7 @@ impl Issuer {
     pub fn capability(
         &self,
         tenant: &str,
+        incarnation: u64,
         shuffle: &ShuffleKey,
         rights: u8,
         now_unix_ms: u64,
@@ -449,6 +463,7 @@ impl Issuer {
             .sign(&Claims {
                 tenant: tenant.into(),
                 app: shuffle.app.clone(),
+                incarnation,
                 scope: Scope::Shuffle { shuffle_id: shuffle.shuffle_id, generation: shuffle.generation, rights },
                 expires_unix_ms: now_unix_ms.saturating_add(self.capability_ttl_ms),
             })?
@@ -616,6 +631,7 @@ pub enum Principal {
     App {
         tenant: String,
         app: AppId,
+        incarnation: u64,
     },
     Capability(Arc<Claims>),
 }
@@ -645,7 +661,7 @@ impl Caller {
     /// The application this caller speaks for, with its tenant.
     pub fn app(&self) -> Option<(&str, &AppId)> {
         match &self.principal {
-            Principal::App { tenant, app } => Some((tenant, app)),
+            Principal::App { tenant, app, .. } => Some((tenant, app)),
             _ => None,
         }
     }
@@ -677,7 +693,11 @@ impl Authenticator {
             Some(token) => {
                 let claims = self.verifier.verify(token, now_unix_ms)?;
                 match claims.scope {
-                    Scope::App => Principal::App { tenant: claims.tenant.clone(), app: claims.app.clone() },
+                    Scope::App => Principal::App {
+                        tenant: claims.tenant.clone(),
+                        app: claims.app.clone(),
+                        incarnation: claims.incarnation,
+                    },
                     Scope::Shuffle { .. } => Principal::Capability(claims),
                 }
             }
@@ -695,7 +715,7 @@ mod tests {
     }
 
     fn claims(app: &str, scope: Scope, expires: u64) -> Claims {
-        Claims { tenant: "t".into(), app: AppId::new(app).unwrap(), scope, expires_unix_ms: expires }
+        Claims { tenant: "t".into(), app: AppId::new(app).unwrap(), incarnation: 1, scope, expires_unix_ms: expires }
     }
 
     fn cap(shuffle_id: u32, generation: u32, rights: u8) -> Scope {
@@ -729,21 +749,6 @@ mod tests {
     }
 
     #[test]
-    fn two_keys_verify_during_rotation_and_a_dropped_key_stops_at_once() {
-        let old = keys(1);
-        let new = keys(2);
-        let mut both = old.public_keys();
-        both.extend(new.public_keys());
-        let v = Verifier::new(&both);
-        let t_old = old.sign(&claims("a", Scope::App, 10)).unwrap();
-        let t_new = new.sign(&claims("a", Scope::App, 10)).unwrap();
-        assert!(v.verify(&t_old, 0).is_ok() && v.verify(&t_new, 0).is_ok());
-        v.set_keys(&new.public_keys());
-        assert_eq!(v.verify(&t_old, 0), Err(AuthError::UnknownKey(1)));
-        assert!(v.verify(&t_new, 0).is_ok());
-    }
-
-    #[test]
     fn a_cached_token_verifies_under_its_own_key_id_only() {
         let (one, two) = (keys(1), keys(2));
         let mut both = one.public_keys();
@@ -756,6 +761,21 @@ mod tests {
         assert_eq!(v.verify(&under(2), 0), Err(AuthError::BadSignature), "another listed key");
         assert_eq!(v.verify(&under(9), 0), Err(AuthError::UnknownKey(9)), "an unknown key");
         assert!(v.verify(&under(1), 0).is_ok(), "its own key, still cached");
+    }
+
+    #[test]
+    fn two_keys_verify_during_rotation_and_a_dropped_key_stops_at_once() {
+        let old = keys(1);
+        let new = keys(2);
+        let mut both = old.public_keys();
+        both.extend(new.public_keys());
+        let v = Verifier::new(&both);
+        let t_old = old.sign(&claims("a", Scope::App, 10)).unwrap();
+        let t_new = new.sign(&claims("a", Scope::App, 10)).unwrap();
+        assert!(v.verify(&t_old, 0).is_ok() && v.verify(&t_new, 0).is_ok());
+        v.set_keys(&new.public_keys());
+        assert_eq!(v.verify(&t_old, 0), Err(AuthError::UnknownKey(1)));
+        assert!(v.verify(&t_new, 0).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`keys`]: ordered key encodings.
 //! - [`error`]: decode errors, the wire error codes and the one classification
 //!   ([`Remedy`]) every caller branches on.
+//! - [`admission`]: which connections a server takes (handshake, node and client pools).
 //! - [`retry`]: the backoff policy ([`retry::Backoff`]); its runner sleeps on tokio's clock.
 //!
 //! I/O at the edges, behind features:
@@ -23,6 +24,7 @@
 //! Determinism is enforced by lint: `clippy.toml` bans reading the wall clock or thread-local
 //! randomness; the few edge functions that must are marked where they do.
 
+pub mod admission;
 #[cfg(feature = "transport")]
 pub mod auth;
 pub mod batch;

@@ -253,6 +253,7 @@ mod tests {
             keys.sign(&Claims {
                 tenant: "t".into(),
                 app: AppId::new("a").unwrap(),
+                incarnation: 1,
                 scope: Scope::Shuffle { shuffle_id: 1, generation: 0, rights: RIGHT_WRITE },
                 expires_unix_ms,
             })

@@ -40,14 +40,14 @@ pub enum View {
     App(AppId),
 }
 
-/// Decides whether `caller` may make the call `msg`. `tenant_of` says which tenant holds a
-/// registered application (None: not registered). `auth` is whether application
+/// Decides whether `caller` may make the call `msg`. `holder_of` says which tenant holds a
+/// registered application and the incarnation of that registration (None: not registered). `auth` is whether application
 /// authentication is on.
 pub fn authorize(
     caller: &Caller,
     auth: bool,
     msg: &Message,
-    tenant_of: impl Fn(&AppId) -> Option<String>,
+    holder_of: impl Fn(&AppId) -> Option<(String, u64)>,
 ) -> Result<View, AuthError> {
     if node_only(msg) {
         return if caller.node {
@@ -61,15 +61,21 @@ pub fn authorize(
         return Ok(View::All);
     }
     let operator = caller.is_admin();
-    // The caller speaks for `app` with a token of the tenant that holds it (or of the tenant
-    // that held it, when it is no longer registered: the handler then says UnknownApp).
+    // The caller speaks for `app` with a token of the registration that holds it: same
+    // tenant, same incarnation (or of one that held it, when it is no longer registered: the
+    // handler then says UnknownApp). A token of an earlier registration of the same id, by
+    // this tenant or another, reaches nothing of the current one.
     let own_app = |app: &AppId| match &caller.principal {
-        Principal::App { tenant, app: a } => a == app && tenant_of(app).is_none_or(|t| &t == tenant),
+        Principal::App { tenant, app: a, incarnation } => {
+            a == app && holder_of(app).is_none_or(|(t, inc)| &t == tenant && inc == *incarnation)
+        }
         _ => false,
     };
     let app_call = |app: &AppId| {
         if own_app(app) {
             Ok(View::All)
+        } else if matches!(&caller.principal, Principal::App { app: a, .. } if a == app) {
+            Err(AuthError::Forbidden("this application token is for an earlier registration of the application"))
         } else if matches!(caller.principal, Principal::App { .. }) {
             Err(AuthError::Forbidden("this application token is for another application"))
         } else {
@@ -96,8 +102,8 @@ pub fn authorize(
             _ => Err(AuthError::Forbidden("listing needs the admin credential or an application token")),
         },
         Message::RegisterApp(m) => match &caller.principal {
-            Principal::Tenant(t) => match tenant_of(&m.app) {
-                Some(holder) if &holder != t => {
+            Principal::Tenant(t) => match holder_of(&m.app) {
+                Some((holder, _)) if &holder != t => {
                     Err(AuthError::Forbidden("this application id belongs to another tenant"))
                 }
                 _ => Ok(View::All),
@@ -142,15 +148,17 @@ mod tests {
         Caller { node, principal }
     }
 
+    /// A token of the current registration of `a` (incarnation 1 for "a", 2 for "b").
     fn app_caller(tenant: &str, a: &str) -> Caller {
-        caller(false, Principal::App { tenant: tenant.into(), app: app(a) })
+        let incarnation = tenants(&app(a)).map_or(1, |(_, i)| i);
+        caller(false, Principal::App { tenant: tenant.into(), app: app(a), incarnation })
     }
 
-    /// Apps "a" (tenant t1) and "b" (tenant t2) are registered.
-    fn tenants(a: &AppId) -> Option<String> {
+    /// Apps "a" (tenant t1, incarnation 1) and "b" (tenant t2, incarnation 2) are registered.
+    fn tenants(a: &AppId) -> Option<(String, u64)> {
         match a.as_str() {
-            "a" => Some("t1".into()),
-            "b" => Some("t2".into()),
+            "a" => Some(("t1".into(), 1)),
+            "b" => Some(("t2".into(), 2)),
             _ => None,
         }
     }
@@ -247,6 +255,7 @@ mod tests {
             let cap = Arc::new(Claims {
                 tenant: "t1".into(),
                 app: app("a"),
+                incarnation: 1,
                 scope: Scope::Shuffle { shuffle_id: 1, generation: 0, rights: RIGHT_READ },
                 expires_unix_ms: u64::MAX,
             });
@@ -257,6 +266,27 @@ mod tests {
                 m.name()
             );
             assert!(authorize(&Caller::anonymous(), false, &m, tenants).is_ok(), "auth off: {}", m.name());
+        }
+    }
+
+    /// App "a" was unregistered and registered again (incarnation 1 now): tokens of its
+    /// earlier registration, of the same tenant or another, reach none of its calls.
+    #[test]
+    fn a_token_of_an_earlier_registration_reaches_nothing() {
+        for old in [0, 2] {
+            for tenant in ["t1", "t2"] {
+                let c = caller(false, Principal::App { tenant: tenant.into(), app: app("a"), incarnation: old });
+                for m in shuffle_calls("a") {
+                    let e: WireError = authorize(&c, true, &m, tenants).unwrap_err().into();
+                    assert_eq!(e.code(), ErrorCode::Unauthorized, "{}", m.name());
+                    if tenant == "t1" {
+                        assert!(e.message.contains("earlier registration"), "{}", e.message);
+                    }
+                }
+                for m in [ListShuffles {}.into(), ListApps {}.into()] {
+                    assert_eq!(code(authorize(&c, true, &m, tenants)), ErrorCode::Unauthorized);
+                }
+            }
         }
     }
 

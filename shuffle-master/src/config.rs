@@ -73,7 +73,15 @@ pub struct MasterSettings {
     /// gives each its own entry.
     #[arg(long, env = "SHOAL_COMMIT_BATCH")]
     pub commit_batch: Option<usize>,
+    /// Longest lease an application may ask for, e.g. "1h": longer ones are granted this.
+    /// An app whose driver died keeps its shuffle data at most this long after its last
+    /// heartbeat.
+    #[arg(long, env = "SHOAL_MAX_APP_LEASE")]
+    pub max_app_lease: Option<String>,
 }
+
+/// Leases above this are clamped: an hour outlives any heartbeat gap a live driver has.
+pub const DEFAULT_MAX_APP_LEASE: Duration = Duration::from_secs(3600);
 
 pub const KEYS: &[&str] = &[
     "id",
@@ -93,6 +101,7 @@ pub const KEYS: &[&str] = &[
     "capability_ttl",
     "replication",
     "commit_batch",
+    "max_app_lease",
 ];
 
 /// Parses a TOML file's text; returns the settings and the unknown keys found.
@@ -144,6 +153,7 @@ impl MasterSettings {
             capability_ttl: self.capability_ttl.or(lower.capability_ttl),
             replication: self.replication.or(lower.replication),
             commit_batch: self.commit_batch.or(lower.commit_batch),
+            max_app_lease: self.max_app_lease.or(lower.max_app_lease),
         }
     }
 
@@ -186,6 +196,10 @@ impl MasterSettings {
         if !(1..=4096).contains(&commit_batch) {
             return Err(bad("commit_batch", format!("{commit_batch}: between 1 and 4096")));
         }
+        let max_app_lease = duration("max_app_lease", self.max_app_lease.as_deref(), DEFAULT_MAX_APP_LEASE)?;
+        if max_app_lease < Duration::from_secs(4) {
+            return Err(bad("max_app_lease", "must be at least 4s (the shortest lease Spark asks for)"));
+        }
         let http_listen = match self.http_listen {
             None => None,
             Some(h) => Some(h.parse().map_err(|_| bad("http_listen", format!("{h:?} is not IP:PORT")))?),
@@ -225,6 +239,7 @@ impl MasterSettings {
             snapshot_every,
             replication,
             commit_batch,
+            max_app_lease,
         })
     }
 }
@@ -270,6 +285,9 @@ mod tests {
         assert!(matches!(on.clone().resolve().unwrap().auth, AuthConfig::Files { .. }));
         let e = MasterSettings { capability_ttl: Some("1s".into()), ..on }.resolve().unwrap_err();
         assert_eq!(e.key, "capability_ttl");
+        let e = MasterSettings { max_app_lease: Some("1s".into()), ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "max_app_lease");
+        assert_eq!(base().resolve().unwrap().max_app_lease, DEFAULT_MAX_APP_LEASE);
     }
 
     #[test]

@@ -68,7 +68,8 @@ impl Liveness {
     /// Lease time left for an app.
     pub fn lease_remaining(&self, state: &MasterState, app: &AppId, now_ms: u64) -> u64 {
         let lease = state.apps.get(app).map(|a| a.lease_ms).unwrap_or(0);
-        (self.app_last_seen(app) + lease).saturating_sub(now_ms)
+        // Leases are clamped when granted, but records of older masters may hold any value.
+        self.app_last_seen(app).saturating_add(lease).saturating_sub(now_ms)
     }
 
     /// Forgets workers and apps that are no longer in the state.
@@ -110,5 +111,18 @@ mod tests {
         l.reset(5_000);
         assert!(l.expired_workers(&st, 5_900, 1_000).is_empty());
         assert!(l.expired_apps(&st, 5_400).is_empty());
+    }
+
+    /// A lease as long as a peer may write is arithmetic, not a panic (records logged before
+    /// leases were clamped may hold one).
+    #[test]
+    fn the_longest_lease_does_not_overflow() {
+        let mut st = MasterState::default();
+        let app = AppId::new("app").unwrap();
+        st.apply(Command::RegisterApp { app: app.clone(), lease_ms: u64::MAX, tenant: String::new() });
+        let mut l = Liveness::default();
+        l.app_seen(&app, 1_000);
+        assert_eq!(l.lease_remaining(&st, &app, 2_000), u64::MAX - 2_000);
+        assert!(l.expired_apps(&st, u64::MAX).is_empty());
     }
 }

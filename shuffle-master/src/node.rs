@@ -37,6 +37,8 @@ pub struct MasterConfig {
     pub replication: u8,
     /// Most commands in one group-committed Raft entry (1: no grouping).
     pub commit_batch: usize,
+    /// Longest application lease granted; longer requests are clamped to it.
+    pub max_app_lease: Duration,
     /// Where to serve the status page, `/status.json`, `/metrics` and `/healthz`.
     pub http_listen: Option<SocketAddr>,
     pub auth: AuthConfig,
@@ -107,6 +109,7 @@ impl MasterConfig {
             snapshot_every: 10_000,
             replication: 1,
             commit_batch: crate::group::Limits::default().max_commands,
+            max_app_lease: crate::config::DEFAULT_MAX_APP_LEASE,
             http_listen: None,
             auth: AuthConfig::Disabled,
         }
@@ -177,6 +180,7 @@ impl MasterNode {
             worker_timeout: cfg.worker_timeout,
             replication: cfg.replication,
             commit_batch: cfg.commit_batch,
+            max_app_lease: cfg.max_app_lease,
         };
         let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts, auth, client));
         let server_opts = ServerOptions::for_tls(&tls);

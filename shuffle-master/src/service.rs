@@ -57,6 +57,8 @@ pub struct ServiceOptions {
     pub replication: u8,
     /// Most commands in one group-committed Raft entry.
     pub commit_batch: usize,
+    /// Longest application lease granted (a peer's larger ask is clamped, never trusted).
+    pub max_app_lease: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -66,6 +68,7 @@ impl Default for ServiceOptions {
             worker_timeout: Duration::from_secs(30),
             replication: 1,
             commit_batch: GroupLimits::default().max_commands,
+            max_app_lease: crate::config::DEFAULT_MAX_APP_LEASE,
         }
     }
 }
@@ -284,8 +287,8 @@ impl MasterService {
     /// without authentication.
     fn capability(&self, shuffle: &ShuffleKey, rights: u8) -> Result<Vec<u8>, WireError> {
         let Some(a) = &self.auth else { return Ok(Vec::new()) };
-        let tenant = self.read_state(|s| s.tenant_of(&shuffle.app))?.unwrap_or_default();
-        Ok(a.issuer.capability(&tenant, shuffle, rights, now_unix_ms())?)
+        let (tenant, incarnation) = self.read_state(|s| s.holder_of(&shuffle.app))?.unwrap_or_default();
+        Ok(a.issuer.capability(&tenant, incarnation, shuffle, rights, now_unix_ms())?)
     }
 
     async fn handle_inner(&self, req: Message, caller: &Caller, view: &View) -> Result<Message, WireError> {
@@ -297,12 +300,16 @@ impl MasterService {
                     Principal::Tenant(t) => t.clone(),
                     _ => String::new(),
                 };
-                let cmd = Command::RegisterApp { app: m.app.clone(), lease_ms: m.lease_ms, tenant: tenant.clone() };
+                // Clamped before it is logged, so every master applies the same lease.
+                let lease_ms = m.lease_ms.min(self.opts.max_app_lease.as_millis() as u64);
+                let cmd = Command::RegisterApp { app: m.app.clone(), lease_ms, tenant: tenant.clone() };
                 match self.write(cmd).await? {
                     R::App(mut a) => {
                         self.with_live(|l| l.app_seen(&m.app, self.now()));
                         if let Some(auth) = &self.auth {
-                            a.token = auth.issuer.app_token(&tenant, &m.app, now_unix_ms())?.to_text()?;
+                            let incarnation =
+                                self.read_state(|s| s.holder_of(&m.app))?.map_or(0, |(_, incarnation)| incarnation);
+                            a.token = auth.issuer.app_token(&tenant, &m.app, incarnation, now_unix_ms())?.to_text()?;
                         }
                         a.into()
                     }
@@ -582,8 +589,8 @@ impl MasterService {
             Some(a) => a.authn.identify(call.node, call.credential.as_ref(), now_unix_ms())?,
             None => Caller { node: call.node, principal: Principal::None },
         };
-        let tenant_of = |app: &shuffle_proto::AppId| self.read_state(|s| s.tenant_of(app)).ok().flatten();
-        let view = crate::access::authorize(&caller, self.auth.is_some(), req, tenant_of)?;
+        let holder_of = |app: &shuffle_proto::AppId| self.read_state(|s| s.holder_of(app)).ok().flatten();
+        let view = crate::access::authorize(&caller, self.auth.is_some(), req, holder_of)?;
         Ok((caller, view))
     }
 }

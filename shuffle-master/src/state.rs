@@ -146,6 +146,26 @@ pub struct AppRecord {
     pub lease_ms: u64,
     #[serde(default)]
     pub tenant: String,
+    /// Which registration of the app id this is: drawn from the epoch counter when the app is
+    /// registered anew (never reused), kept while the same tenant registers it again. Tokens
+    /// and capabilities carry it; workers compare it (docs/security.md#app-incarnations).
+    /// 0 only for records written before incarnations existed.
+    pub incarnation: u64,
+}
+
+/// [`AppRecord`] as stored before incarnations: decoded for records and snapshots written by
+/// older masters (postcard is positional, so the new field cannot default).
+#[derive(Deserialize)]
+pub struct AppRecordV1 {
+    pub app: AppId,
+    pub lease_ms: u64,
+    pub tenant: String,
+}
+
+impl From<AppRecordV1> for AppRecord {
+    fn from(a: AppRecordV1) -> AppRecord {
+        AppRecord { app: a.app, lease_ms: a.lease_ms, tenant: a.tenant, incarnation: 0 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,10 +267,17 @@ impl MasterState {
     pub fn apply(&mut self, cmd: Command) -> CommandResult {
         match cmd {
             Command::RegisterApp { app, lease_ms, tenant } => {
-                if self.apps.get(&app).is_some_and(|r| r.tenant != tenant) {
-                    return err(ErrorCode::Unauthorized, "this application id belongs to another tenant");
-                }
-                self.apps.insert(app.clone(), AppRecord { app: app.clone(), lease_ms, tenant });
+                let incarnation = match self.apps.get(&app) {
+                    Some(r) if r.tenant != tenant => {
+                        return err(ErrorCode::Unauthorized, "this application id belongs to another tenant")
+                    }
+                    // The same registration renewed (a driver registering again): same tokens.
+                    Some(r) => r.incarnation,
+                    // From the epoch counter: one counter that only grows, so an incarnation
+                    // never repeats, whoever registers the id next.
+                    None => self.next_epoch().0,
+                };
+                self.apps.insert(app.clone(), AppRecord { app: app.clone(), lease_ms, tenant, incarnation });
                 self.changes.insert(Change::App(app.clone()));
                 CommandResult::App(AppRegistered { app, lease_ms, token: String::new() })
             }
@@ -333,7 +360,7 @@ impl MasterState {
                 CommandResult::Ack
             }
             Command::ReportSegment { worker, shuffle, partition, segment, last, upto } => {
-                self.report_segment(&worker, &shuffle, partition, segment, last.then_some(upto))
+                self.report_segment(&worker, &shuffle, partition, segment, upto, last)
             }
             Command::DrainComplete { worker } => self.drain_complete(&worker),
             Command::SetStoreUrl { url } => {
@@ -801,12 +828,22 @@ impl MasterState {
         key: &ShuffleKey,
         partition: PartitionId,
         segment: SegmentRef,
-        last: Option<Epoch>,
+        upto: Epoch,
+        last: bool,
     ) -> CommandResult {
         let Some(rec) = self.shuffles.get_mut(key) else {
             // The shuffle is gone: the worker deletes the object it just wrote.
             return err(ErrorCode::UnknownShuffle, format!("shuffle {key} is not registered"));
         };
+        // A spill names the newest epoch it covers (or, releasing below the current one, one
+        // less). Partition 0's first epoch is the registration's lowest (partitions are placed
+        // in order from one growing counter), so a report below it comes from a spill of an
+        // earlier registration of the same key — the app or shuffle removed and registered
+        // again while it ran — and its segment holds none of this registration's batches.
+        let first = rec.partitions.first().and_then(|p| p.epochs.first()).map_or(0, |e| e.epoch.0);
+        if upto.0.saturating_add(1) < first {
+            return err(ErrorCode::UnknownShuffle, format!("shuffle {key} was registered again"));
+        }
         let Some(p) = rec.partitions.get_mut(partition.0 as usize) else {
             return err(ErrorCode::BadRequest, format!("partition {partition} out of range"));
         };
@@ -814,7 +851,7 @@ impl MasterState {
             p.segments.push(segment);
         }
         self.changes.insert(Change::Partition(key.clone(), partition.0));
-        if let Some(upto) = last {
+        if last {
             self.release_entries(worker, key, Some(partition.0), upto, |_| EpochState::Spilled);
         }
         self.finish_drain_if_empty(worker);
@@ -824,9 +861,9 @@ impl MasterState {
     // -----------------------------------------------------------------------------------------
     // Queries (served by the leader from its applied state).
 
-    /// The tenant holding a registered application.
-    pub fn tenant_of(&self, app: &AppId) -> Option<String> {
-        self.apps.get(app).map(|r| r.tenant.clone())
+    /// The tenant holding a registered app, and the incarnation of its registration.
+    pub fn holder_of(&self, app: &AppId) -> Option<(String, u64)> {
+        self.apps.get(app).map(|r| (r.tenant.clone(), r.incarnation))
     }
 
     pub fn assignment_of(&self, rec: &ShuffleRecord) -> ShuffleAssignment {
@@ -1062,6 +1099,9 @@ impl MasterState {
         have.retain(|_, l| *l != Load::default());
         if want != have {
             return Err(format!("load drifted: have {have:?}, want {want:?}"));
+        }
+        if let Some(a) = self.apps.values().find(|a| a.incarnation > self.counters.next_epoch) {
+            return Err(format!("{}: incarnation {} above counter", a.app, a.incarnation));
         }
         for rec in self.shuffles.values() {
             let n = rec.commits.len() as u32;

@@ -734,3 +734,71 @@ fn the_desired_state_follows_decommission_and_recommission() {
     assert_eq!(st.desired_state(&w("nobody")), WorkerState::Lost);
     st.check_invariants().unwrap();
 }
+
+fn incarnation(st: &MasterState, app: &str) -> u64 {
+    st.apps.get(&AppId::new(app).unwrap()).map(|a| a.incarnation).unwrap()
+}
+
+/// An app id registered again after it was removed, by its tenant or another, is a new
+/// registration; the same registration renewed keeps its incarnation.
+#[test]
+fn each_registration_of_an_app_id_has_its_own_incarnation() {
+    let mut st = cluster(&["w1"]);
+    let app = || AppId::new("app-x").unwrap();
+    let reg = |st: &mut MasterState, tenant: &str| {
+        st.apply(Command::RegisterApp { app: app(), lease_ms: 1_000, tenant: tenant.into() })
+    };
+    assert!(matches!(reg(&mut st, "t1"), CommandResult::App(_)));
+    let first = incarnation(&st, "app-x");
+    assert!(first > 0);
+    reg(&mut st, "t1");
+    assert_eq!(incarnation(&st, "app-x"), first, "renewed, not new");
+    assert_eq!(error_code(&reg(&mut st, "t2")), Some(ErrorCode::Unauthorized), "held by t1");
+    st.apply(Command::UnregisterApp { app: app() });
+    reg(&mut st, "t2");
+    let second = incarnation(&st, "app-x");
+    assert!(second > first);
+    st.apply(Command::UnregisterApp { app: app() });
+    reg(&mut st, "t1");
+    assert!(incarnation(&st, "app-x") > second, "the first tenant again: still a new registration");
+    st.check_invariants().unwrap();
+}
+
+/// A spill that began before its shuffle key was removed and registered again reports a
+/// segment of the earlier registration: refused, so readers of the new one never see it.
+#[test]
+fn a_segment_of_an_earlier_registration_is_refused() {
+    let mut st = cluster(&["w1"]);
+    let a = register(&mut st, 1, 1, 2, 1);
+    let old_epoch = a.locations[1].epoch;
+    st.apply(Command::UnregisterApp { app: AppId::new("app-1").unwrap() });
+    st.apply(Command::RegisterApp { app: AppId::new("app-1").unwrap(), lease_ms: 60_000, tenant: "t2".into() });
+    let b = register(&mut st, 1, 1, 2, 1);
+    let seg = |n: &str| SegmentRef {
+        object_key: format!("shoal/app-1/1.0/1/seg-{n}"),
+        index_offset: 10,
+        total_len: 20,
+        first_map: MapId(0),
+        end_map: MapId(1),
+    };
+    let report = |st: &mut MasterState, n: &str, upto: Epoch, last: bool| {
+        st.apply(Command::ReportSegment {
+            worker: w("w1"),
+            shuffle: key(1),
+            partition: PartitionId(1),
+            segment: seg(n),
+            last,
+            upto,
+        })
+    };
+    for last in [false, true] {
+        assert_eq!(error_code(&report(&mut st, "old", old_epoch, last)), Some(ErrorCode::UnknownShuffle));
+    }
+    assert!(st.read_plan(&key(1), 1, 2, 0, 1).unwrap().partitions[0].segments.is_empty());
+    // The new registration's own spill is recorded, down to one below its first epoch (a
+    // single-copy spill releasing below the current epoch).
+    assert_eq!(report(&mut st, "new", Epoch(b.locations[0].epoch.0 - 1), false), CommandResult::Ack);
+    assert_eq!(report(&mut st, "new2", b.locations[1].epoch, true), CommandResult::Ack);
+    assert_eq!(st.read_plan(&key(1), 1, 2, 0, 1).unwrap().partitions[0].segments.len(), 2);
+    st.check_invariants().unwrap();
+}

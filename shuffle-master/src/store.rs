@@ -55,6 +55,11 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, SE> {
     postcard::to_allocvec(v).map_err(|e| StorageIOError::write(&e).into())
 }
 
+/// An app record, as this version writes it or as older masters did (no incarnation).
+pub(crate) fn decode_app(b: &[u8]) -> Result<AppRecord, SE> {
+    dec(b).or_else(|_| dec::<crate::state::AppRecordV1>(b).map(AppRecord::from))
+}
+
 fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, SE> {
     postcard::from_bytes(b).map_err(|e| StorageIOError::read(&e).into())
 }
@@ -203,7 +208,7 @@ fn load_state(
                 st.workers.insert(w.id.clone(), w);
             }
             Some(keys::APP) => {
-                let a: AppRecord = dec(&v)?;
+                let a = decode_app(&v)?;
                 st.apps.insert(a.app.clone(), a);
             }
             Some(keys::SHUFFLE) => {

@@ -155,3 +155,20 @@ fn written_log_entries_decode_unchanged() {
 }
 
 const RELOCATE_V5: &str = "04056170702d3107010309027731";
+
+/// App records written before incarnations decode (incarnation 0); current ones round-trip.
+#[test]
+fn app_records_of_older_masters_decode() {
+    #[derive(serde::Serialize)]
+    struct Old {
+        app: AppId,
+        lease_ms: u64,
+        tenant: String,
+    }
+    let old =
+        postcard::to_allocvec(&Old { app: AppId::new("app-1").unwrap(), lease_ms: 7, tenant: "t".into() }).unwrap();
+    let a = crate::store::decode_app(&old).unwrap();
+    assert_eq!((a.app.as_str(), a.lease_ms, a.tenant.as_str(), a.incarnation), ("app-1", 7, "t", 0));
+    let new = crate::state::AppRecord { incarnation: 42, ..a };
+    assert_eq!(crate::store::decode_app(&postcard::to_allocvec(&new).unwrap()).unwrap(), new);
+}

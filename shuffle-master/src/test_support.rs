@@ -23,8 +23,8 @@ pub fn key(s: u32) -> ShuffleKey {
     ShuffleKey::new(app("app-1"), s, 0)
 }
 
-/// `app-1`, two workers and a random shuffle `key(0)` (whose partition `p` gets epoch
-/// `p + 1`), then up to `max` random commands.
+/// `app-1` (incarnation 1), two workers and a random shuffle `key(0)` (whose partition `p`
+/// gets epoch `p + 2`), then up to `max` random commands.
 pub fn history(max: usize) -> impl Strategy<Value = Vec<Command>> {
     (1u32..4, 1u32..6, 1u8..3, vec(arb_command(), 1..max)).prop_map(|(num_maps, num_partitions, replication, cmds)| {
         let app = Command::RegisterApp { app: app("app-1"), lease_ms: 1, tenant: String::new() };
@@ -38,10 +38,10 @@ pub fn history(max: usize) -> impl Strategy<Value = Vec<Command>> {
     })
 }
 
-/// An epoch that partition `p` may have had: epochs are numbered in placement order from 1,
-/// so offset 0 is its first in `key(0)`; larger ones are later placements or never existed.
+/// An epoch that partition `p` may have had: epochs are numbered in placement order from 2
+/// (the app's registration drew 1), so offset 0 is its first in `key(0)`; larger ones are later placements or never existed.
 fn epoch_near(p: u32) -> impl Strategy<Value = Epoch> {
-    prop_oneof![Just(0u64), 0u64..16].prop_map(move |offset| Epoch(u64::from(p) + 1 + offset))
+    prop_oneof![Just(0u64), 0u64..16].prop_map(move |offset| Epoch(u64::from(p) + 2 + offset))
 }
 
 pub fn arb_command() -> impl Strategy<Value = Command> {

@@ -30,6 +30,7 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path, tls: &TlsSource) -
         snapshot_every: 50,
         replication: 1,
         commit_batch: shuffle_master::group::Limits::default().max_commands,
+        max_app_lease: shuffle_master::config::DEFAULT_MAX_APP_LEASE,
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

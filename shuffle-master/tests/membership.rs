@@ -34,6 +34,7 @@ fn config(id: u64, addr: &str, peers: &BTreeMap<u64, String>, dir: &Path, tls: &
         snapshot_every: 40,
         replication: 1,
         commit_batch: shuffle_master::group::Limits::default().max_commands,
+        max_app_lease: shuffle_master::config::DEFAULT_MAX_APP_LEASE,
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

@@ -7,6 +7,7 @@
 pub mod buffer;
 pub mod config;
 pub mod core;
+pub mod incarnation;
 pub mod metrics;
 pub mod node;
 pub mod spill;

@@ -46,6 +46,7 @@ use tracing::{info, warn};
 use crate::buffer::Buffer;
 pub use crate::config::WorkerConfig;
 use crate::core::{CoreLimits, PartKey, WorkerCore};
+use crate::incarnation::{Incarnations, Verdict};
 use crate::metrics::Metrics;
 pub use spilling::SpillError;
 
@@ -68,7 +69,14 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     master: MasterClient,
     assignments: Mutex<HashMap<ShuffleKey, Arc<ShuffleAssignment>>>,
-    fetch_lock: tokio::sync::Mutex<()>,
+    /// One lock per shuffle orders its assignment fetches (see `server::fetch_lock`).
+    fetch_locks: Mutex<HashMap<ShuffleKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each shuffle's assignment was last fetched (bounds refetches a peer can cause).
+    fetched_at: Mutex<HashMap<ShuffleKey, tokio::time::Instant>>,
+    /// The registration of each app the local data belongs to ([`crate::incarnation`]):
+    /// requests hold it shared while they store or read; a newer registration's first request
+    /// takes it exclusively to delete the older one's data.
+    incarnations: tokio::sync::RwLock<Incarnations>,
     /// Every decision about pushes, spills and the worker's lifecycle (see [`crate::core`]).
     core: Mutex<WorkerCore>,
     spilling: Mutex<HashSet<ShuffleKey>>,
@@ -98,6 +106,8 @@ impl WorkerNode {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| WorkerError::Config(format!("{}: {e}", cfg.data_dir.display())))?;
         let buffer = Buffer::open(&cfg.data_dir.join("buffer"), cfg.sync_writes)?;
+        let incarnations = crate::incarnation::load(&cfg.data_dir.join(INCARNATIONS_FILE))
+            .map_err(|e| WorkerError::Config(format!("{}: {e}", cfg.data_dir.join(INCARNATIONS_FILE).display())))?;
         let metrics = Metrics::default();
         let store = open_store_observed(&cfg.object_store, Some(Arc::new(metrics.store.clone())))?;
         let tls = Tls::load(&cfg.tls)?;
@@ -107,7 +117,7 @@ impl WorkerNode {
         let attempt = (cfg.heartbeat_interval * 5).clamp(Duration::from_millis(500), MASTER_ATTEMPT_TIMEOUT);
         let master =
             MasterClient::new(client, cfg.masters.clone(), Duration::from_secs(30))?.with_attempt_timeout(attempt);
-        let server_opts = ServerOptions::for_tls(&tls);
+        let server_opts = ServerOptions { stall_timeout: cfg.read_stall_timeout, ..ServerOptions::for_tls(&tls) };
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| WorkerError::Config(e.to_string()))?;
         let (done_tx, done_rx) = watch::channel(false);
@@ -122,7 +132,9 @@ impl WorkerNode {
             store,
             master,
             assignments: Default::default(),
-            fetch_lock: Default::default(),
+            fetch_locks: Default::default(),
+            fetched_at: Default::default(),
+            incarnations: tokio::sync::RwLock::new(incarnations),
             core: Mutex::new(WorkerCore::new(limits)),
             spilling: Default::default(),
             sweeping: Default::default(),
@@ -238,7 +250,82 @@ impl Inner {
     fn core(&self) -> std::sync::MutexGuard<'_, WorkerCore> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Admits a request of `app`'s registration `incarnation` (rules in
+    /// [`crate::incarnation`]): refuses an earlier registration, deletes every local batch of
+    /// an earlier one before serving a later one. The guard is held while the request stores
+    /// or reads, so no deletion runs under it and no batch of another registration lands.
+    pub(super) async fn enter_incarnation(
+        &self,
+        app: &shuffle_proto::AppId,
+        incarnation: u64,
+    ) -> Result<tokio::sync::RwLockReadGuard<'_, Incarnations>, shuffle_proto::WireError> {
+        let g = self.incarnations.read().await;
+        match g.check(app, incarnation) {
+            Verdict::Current => return Ok(g),
+            Verdict::Superseded => return Err(server::superseded()),
+            Verdict::First | Verdict::Newer => drop(g),
+        }
+        let mut w = self.incarnations.write().await;
+        match w.check(app, incarnation) {
+            Verdict::Current => return Ok(w.downgrade()),
+            Verdict::Superseded => return Err(server::superseded()),
+            Verdict::Newer => self.drop_app_data(app).await?,
+            Verdict::First => {}
+        }
+        let mut next = w.clone();
+        next.record(app, incarnation);
+        // Records of apps with no local data left go (their next request records afresh).
+        let holding: HashSet<shuffle_proto::AppId> = self.buffer.shuffles().into_iter().map(|s| s.app).collect();
+        next.retain(|a| a == app || holding.contains(a));
+        let path = self.cfg.data_dir.join(INCARNATIONS_FILE);
+        let saved = {
+            let next = next.clone();
+            tokio::task::spawn_blocking(move || crate::incarnation::save(&path, &next)).await
+        };
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!("recording an application's registration failed: {e}");
+                return Err(shuffle_proto::WireError::new(
+                    shuffle_proto::ErrorCode::Internal,
+                    "the worker could not record the application's registration",
+                ));
+            }
+            Err(_) => {
+                return Err(shuffle_proto::WireError::new(shuffle_proto::ErrorCode::Internal, "recording stopped"))
+            }
+        }
+        *w = next;
+        info!(%app, incarnation, "serving a new registration of the application");
+        Ok(w.downgrade())
+    }
+
+    /// Deletes every local batch of `app` (an earlier registration's, now over).
+    async fn drop_app_data(&self, app: &shuffle_proto::AppId) -> Result<(), shuffle_proto::WireError> {
+        let shuffles: Vec<ShuffleKey> = self.buffer.shuffles().into_iter().filter(|s| &s.app == app).collect();
+        for s in &shuffles {
+            self.core().forget_shuffle(s);
+            self.forget(s);
+        }
+        let buffer = self.buffer.clone();
+        let n = shuffles.len();
+        let deleted = tokio::task::spawn_blocking(move || shuffles.iter().try_for_each(|s| buffer.delete_shuffle(s)))
+            .await
+            .map_err(|_| shuffle_proto::WireError::new(shuffle_proto::ErrorCode::Internal, "deleting stopped"))?;
+        deleted.map_err(|e| {
+            warn!(%app, "deleting an earlier registration's data failed: {e}");
+            e.wire()
+        })?;
+        if n > 0 {
+            info!(%app, shuffles = n, "deleted the data of an earlier registration of the application");
+        }
+        Ok(())
+    }
 }
+
+/// Where the worker keeps the registration each app's local data belongs to.
+const INCARNATIONS_FILE: &str = "incarnations";
 
 /// What a failpoint does: `return` fails the step with `injected`; `return(crash)` aborts the
 /// process on the spot, as a power cut would, so tests can restart it on the same data dir.

@@ -192,6 +192,12 @@ impl Inner {
         // partition that ended meanwhile: read it again, so the sources and epochs below are
         // current.
         let plan = self.read_plan(shuffle, partition..partition + 1).await?;
+        // The plan is of the app's current registration: local data of an earlier one is
+        // deleted first, and none is deleted under this spill while it runs.
+        let _registration = match super::server::capability_incarnation(&plan.capability) {
+            Some(i) => Some(self.enter_incarnation(&shuffle.app, i).await.map_err(TransportError::Remote)?),
+            None => None,
+        };
         let Some(pp) = plan.partitions.first() else { return Ok(()) };
         let mine = |s: &&PartitionLocation| {
             s.primary.id == self.cfg.id || s.replica.as_ref().is_some_and(|r| r.id == self.cfg.id)

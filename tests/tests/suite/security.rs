@@ -241,10 +241,13 @@ async fn applications_are_closed_to_each_other_and_operators_need_the_admin_cred
 
     // Capabilities, forged or misused, checked by the worker alone.
     let keys = SigningKeys::load(&c.auth.signing_keys)?;
+    // The registration of A's app the worker serves: forgeries below differ in one way only.
+    let inc_a = incarnation_of(&asg_a.capability)?;
     let cap = |app: &AppId, shuffle_id, generation, rights, expires| {
         keys.sign(&Claims {
             tenant: "tenant-a".into(),
             app: app.clone(),
+            incarnation: inc_a,
             scope: Scope::Shuffle { shuffle_id, generation, rights },
             expires_unix_ms: expires,
         })
@@ -262,6 +265,7 @@ async fn applications_are_closed_to_each_other_and_operators_need_the_admin_cred
     let foreign = SigningKeys::parse(&SigningKeys::generate_file(1)?)?.sign(&Claims {
         tenant: "tenant-a".into(),
         app: app_a.clone(),
+        incarnation: inc_a,
         scope: Scope::Shuffle { shuffle_id: 0, generation: 0, rights: RIGHT_WRITE | RIGHT_READ },
         expires_unix_ms: later,
     })?;
@@ -331,6 +335,225 @@ async fn applications_are_closed_to_each_other_and_operators_need_the_admin_cred
     let again: ReadPlan = a_master.call_typed(get_plan(&key_a)).await?;
     assert_eq!(again.partitions, plan_a.partitions);
     assert_eq!(read_back(again.capability).await?, Ok(raw));
+    c.shutdown().await;
+    Ok(())
+}
+
+/// The app registration a capability was issued for.
+fn incarnation_of(capability: &[u8]) -> anyhow::Result<u64> {
+    let claims = Credential::decode(capability)?.unverified_claims();
+    claims.map(|c| c.incarnation).ok_or_else(|| anyhow::anyhow!("not a token"))
+}
+
+/// Reads partition 0 of `key` from `worker` with `cap`: the decoded rows, or the refusal.
+async fn read_rows(
+    client: &Client,
+    worker: &str,
+    key: &ShuffleKey,
+    attempts: Vec<MapAttemptRef>,
+    cap: &[u8],
+) -> anyhow::Result<Result<Vec<u8>, ErrorCode>> {
+    let msg: Message = OpenPartition {
+        shuffle: key.clone(),
+        partition: PartitionId(0),
+        start_map: MapId(0),
+        end_map: MapId(u32::MAX),
+        attempts,
+    }
+    .into();
+    let (_s, mut recv) = client.open_as(worker, &msg, cap, &[]).await?;
+    let (mut out, mut body) = (Vec::new(), Vec::new());
+    loop {
+        match shuffle_proto::frame::read_frame(&mut recv, &Default::default(), &mut body).await? {
+            Some(Message::Chunk(_)) => {
+                for r in StreamRecords::new(&body, 1 << 26) {
+                    BatchView::parse_exact(r?.batch, 1 << 26)?.decode_into(&mut out)?;
+                }
+            }
+            Some(Message::EndOfStream(_)) => return Ok(Ok(out)),
+            Some(Message::WireError(e)) => return Ok(Err(e.code())),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// An app id released by one tenant and taken by another (the attack seen from outside: the
+/// victim pushes and unregisters; the attacker registers the same id and shuffle key at once,
+/// commits the victim's map attempt ids and reads). The attacker reads nothing of the
+/// victim's, and the victim's token and capabilities are refused everywhere afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_id_taken_again_reads_nothing_of_its_previous_holder() -> anyhow::Result<()> {
+    let c = Cluster::start(1).await?;
+    let outsider = Client::new(&Tls::load(&c.ca_only())?, ClientOptions::default())?;
+    let (asg_v, token_v) = c.register_as(0, "app-shared", 0, 1, 1).await?;
+    let key = asg_v.shuffle.clone();
+    let loc = asg_v.locations[0].clone();
+    let worker = loc.primary.addr.clone();
+    let victim = c.outsider(Some(&token_v))?;
+    let push = |seq: u32, epoch| -> Message {
+        PushBatch {
+            shuffle: key.clone(),
+            partition: loc.partition,
+            map: MapId(0),
+            attempt: AttemptId(1),
+            seq,
+            epoch,
+            flags: 0,
+        }
+        .into()
+    };
+    let secret_rows = shoal_tests::rows(0, 0, 64, 7);
+    let mut batch = Vec::new();
+    encode_batch(&secret_rows, Codec::Lz4, &mut batch)?;
+    for seq in 0..4 {
+        assert_eq!(refused(&outsider, &worker, &push(seq, loc.epoch), &asg_v.capability, &batch).await, None);
+    }
+    let plan_v: ReadPlan = victim
+        .call_typed(GetReadPlan {
+            shuffle: key.clone(),
+            start_partition: PartitionId(0),
+            end_partition: PartitionId(1),
+            start_map: MapId(0),
+            end_map: MapId(1),
+        })
+        .await?;
+    let attempts = vec![MapAttemptRef { map: MapId(0), attempt: AttemptId(1) }];
+    let Ok(before) = read_rows(&outsider, &worker, &key, attempts.clone(), &plan_v.capability).await? else {
+        anyhow::bail!("the victim cannot read its own data")
+    };
+    assert_eq!(before.len(), 4 * secret_rows.len());
+    let _: Ack = victim.call_typed(UnregisterApp { app: key.app.clone() }).await?;
+
+    // Another tenant takes the id and the same shuffle key at once (before any deletion).
+    let (asg_a, token_a) = c.register_as(1, "app-shared", 0, 1, 1).await?;
+    assert!(incarnation_of(&asg_a.capability)? > incarnation_of(&asg_v.capability)?);
+    let attacker = c.outsider(Some(&token_a))?;
+    let loc_a = asg_a.locations[0].clone();
+    // It pushes rows of its own under the victim's map and attempt ids, commits and reads.
+    let mine = shoal_tests::rows(0, 0, 10, 99);
+    let mut b2 = Vec::new();
+    let crc = encode_batch(&mine, Codec::Lz4, &mut b2)?;
+    let push_a: Message = PushBatch {
+        shuffle: key.clone(),
+        partition: loc_a.partition,
+        map: MapId(0),
+        attempt: AttemptId(1),
+        seq: 0,
+        epoch: loc_a.epoch,
+        flags: 0,
+    }
+    .into();
+    assert_eq!(refused(&outsider, &loc_a.primary.addr, &push_a, &asg_a.capability, &b2).await, None);
+    let _: MapCommitted = attacker
+        .call_typed(CommitMap {
+            shuffle: key.clone(),
+            map: MapId(0),
+            attempt: AttemptId(1),
+            partitions: vec![PartitionStat {
+                partition: PartitionId(0),
+                bytes: mine.len() as u64,
+                crc_sum: crc,
+                batches: 1,
+                epochs: vec![loc_a.epoch],
+            }],
+        })
+        .await?;
+    let plan_a: ReadPlan = attacker
+        .call_typed(GetReadPlan {
+            shuffle: key.clone(),
+            start_partition: PartitionId(0),
+            end_partition: PartitionId(1),
+            start_map: MapId(0),
+            end_map: MapId(1),
+        })
+        .await?;
+    let read = read_rows(&outsider, &worker, &key, attempts.clone(), &plan_a.capability).await?;
+    assert_eq!(read, Ok(mine), "the new holder read rows that were not its own");
+
+    // The previous holder: refused at the masters and at the worker, with every credential.
+    for (what, m) in [
+        ("heartbeat", Message::from(AppHeartbeat { app: key.app.clone() })),
+        ("assignment", GetAssignment { shuffle: key.clone() }.into()),
+        (
+            "plan",
+            GetReadPlan {
+                shuffle: key.clone(),
+                start_partition: PartitionId(0),
+                end_partition: PartitionId(1),
+                start_map: MapId(0),
+                end_map: MapId(1),
+            }
+            .into(),
+        ),
+        ("unregister", UnregisterApp { app: key.app.clone() }.into()),
+    ] {
+        assert_eq!(
+            refused(&outsider, &c.master_addr, &m, &encoded(&token_v), &[]).await,
+            Some(ErrorCode::Unauthorized),
+            "the old token's {what}"
+        );
+    }
+    assert_eq!(
+        refused(&outsider, &worker, &push(9, loc_a.epoch), &asg_v.capability, &batch).await,
+        Some(ErrorCode::Unauthorized),
+        "the old write capability"
+    );
+    assert_eq!(
+        read_rows(&outsider, &worker, &key, attempts.clone(), &plan_v.capability).await?,
+        Err(ErrorCode::Unauthorized),
+        "the old read capability"
+    );
+    c.shutdown().await;
+    Ok(())
+}
+
+/// A replica copy skips the primary (its copy, its split accounting): a tenant's capability
+/// cannot send one. Pushes naming an epoch or partition the masters never issued are refused
+/// without a store, and cannot make the worker ask the masters at will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_copies_come_from_nodes_and_unissued_epochs_are_refused() -> anyhow::Result<()> {
+    let c = Cluster::start(1).await?;
+    let outsider = Client::new(&Tls::load(&c.ca_only())?, ClientOptions::default())?;
+    let (asg, _) = c.register_as(0, "app-r", 0, 1, 2).await?;
+    let loc = asg.locations[0].clone();
+    let mut batch = Vec::new();
+    encode_batch(&shoal_tests::rows(0, 0, 8, 1), Codec::Lz4, &mut batch)?;
+    let push = |partition: u32, epoch: u64, flags: u8, seq: u32| -> Message {
+        PushBatch {
+            shuffle: asg.shuffle.clone(),
+            partition: PartitionId(partition),
+            map: MapId(0),
+            attempt: AttemptId(1),
+            seq,
+            epoch: shuffle_proto::Epoch(epoch),
+            flags,
+        }
+        .into()
+    };
+    let w = &loc.primary.addr;
+    assert_eq!(
+        refused(&outsider, w, &push(0, loc.epoch.0, PUSH_FLAG_REPLICA, 0), &asg.capability, &batch).await,
+        Some(ErrorCode::Unauthorized),
+        "a tenant's replica-flagged push"
+    );
+    let far = loc.epoch.0 + 1_000_000;
+    assert_eq!(refused(&outsider, w, &push(0, far, 0, 1), &asg.capability, &batch).await, Some(ErrorCode::Busy));
+    assert_eq!(
+        refused(&outsider, w, &push(7, loc.epoch.0, 0, 2), &asg.capability, &batch).await,
+        Some(ErrorCode::BadRequest),
+        "a partition out of range"
+    );
+    // A burst of unissued epochs: answered without a master fetch each (at most one per
+    // refetch interval), and the shuffle's own pushes go on.
+    let t0 = std::time::Instant::now();
+    for i in 0..200 {
+        let r = refused(&outsider, w, &push(0, far + i, 0, 3), &asg.capability, &batch).await;
+        assert_eq!(r, Some(ErrorCode::Busy));
+    }
+    assert_eq!(refused(&outsider, w, &push(0, loc.epoch.0, 0, 4), &asg.capability, &batch).await, None);
+    let worker_bytes: u64 = c.workers.values().map(|w| w.bytes_held()).sum();
+    assert!(worker_bytes > 0 && worker_bytes <= batch.len() as u64, "stored {worker_bytes} bytes: only the good push");
+    eprintln!("200 unissued-epoch pushes answered in {:?}", t0.elapsed());
     c.shutdown().await;
     Ok(())
 }

@@ -25,7 +25,7 @@ pub fn bad(key: &'static str, reason: impl Into<String>) -> SettingError {
 pub fn parse_toml<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<(T, Vec<String>), SettingError> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
     let unknown =
-        table.keys().filter(|k| !known.contains(&k.as_str()) && !TLS_KEYS.contains(&k.as_str())).cloned().collect();
+        table.keys().filter(|k| ![known, TLS_KEYS, CONNECTION_KEYS].concat().contains(&k.as_str())).cloned().collect();
     let t = T::deserialize(toml::Value::Table(table)).map_err(|e| bad("config", e.to_string()))?;
     Ok((t, unknown))
 }
@@ -92,6 +92,64 @@ impl TlsSettings {
 
     pub fn resolve(self) -> Result<TlsSource, SettingError> {
         tls(self.tls_cert, self.tls_key, self.tls_ca, self.tls_insecure)
+    }
+}
+
+/// How many connections a node's QUIC server takes ([`crate::admission`]); every binary that
+/// serves takes them.
+#[derive(Clone, Debug, Default, serde::Deserialize, clap::Args)]
+pub struct ConnectionSettings {
+    /// Client connections (executors, drivers, the CLI) served at once; a full pool closes
+    /// its idlest client for a newcomer.
+    #[arg(long, env = "SHOAL_MAX_CLIENT_CONNECTIONS")]
+    pub max_client_connections: Option<usize>,
+    /// Client connections from one IP address.
+    #[arg(long, env = "SHOAL_MAX_CLIENT_CONNECTIONS_PER_SOURCE")]
+    pub max_client_connections_per_source: Option<usize>,
+    /// Connections of cluster nodes (a pool of their own).
+    #[arg(long, env = "SHOAL_MAX_NODE_CONNECTIONS")]
+    pub max_node_connections: Option<usize>,
+    /// Handshakes in flight; past an eighth of it, unvalidated peers get a QUIC Retry first.
+    #[arg(long, env = "SHOAL_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
+}
+
+/// The file keys of [`ConnectionSettings`].
+pub const CONNECTION_KEYS: &[&str] =
+    &["max_client_connections", "max_client_connections_per_source", "max_node_connections", "max_handshakes"];
+
+impl ConnectionSettings {
+    /// `self` wins over `lower` key by key.
+    pub fn over(self, lower: ConnectionSettings) -> ConnectionSettings {
+        ConnectionSettings {
+            max_client_connections: self.max_client_connections.or(lower.max_client_connections),
+            max_client_connections_per_source: self
+                .max_client_connections_per_source
+                .or(lower.max_client_connections_per_source),
+            max_node_connections: self.max_node_connections.or(lower.max_node_connections),
+            max_handshakes: self.max_handshakes.or(lower.max_handshakes),
+        }
+    }
+
+    pub fn resolve(self) -> Result<crate::admission::AdmissionLimits, SettingError> {
+        let d = crate::admission::AdmissionLimits::default();
+        let positive = |key: &'static str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(bad(key, "must be positive")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let max_handshakes = positive("max_handshakes", self.max_handshakes, d.max_handshakes)?;
+        Ok(crate::admission::AdmissionLimits {
+            max_clients: positive("max_client_connections", self.max_client_connections, d.max_clients)?,
+            max_client_per_source: positive(
+                "max_client_connections_per_source",
+                self.max_client_connections_per_source,
+                d.max_client_per_source,
+            )?,
+            max_nodes: positive("max_node_connections", self.max_node_connections, d.max_nodes)?,
+            retry_above: (max_handshakes / 8).max(1),
+            max_handshakes,
+        })
     }
 }
 

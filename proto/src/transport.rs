@@ -17,7 +17,17 @@
 //!   ends. A header must arrive within `header_timeout` of its stream, the rest within
 //!   `frame_timeout`, and a connection with no call for `idle_timeout` is closed. Beside the
 //!   budget, QUIC flow control holds at most [`SERVER_CONN_WINDOW`] unread bytes per
-//!   connection, so a node's frame memory is at most `budget + max_connections × window`.
+//!   connection, so a node's frame memory is at most `budgets + connections × window`.
+//! - Connections are admitted by [`crate::admission`]: a bounded handshake pool (QUIC Retry
+//!   for unvalidated peers under load), then separate pools for cluster nodes and clients,
+//!   decided after the handshake, so clients never keep nodes out; a full client pool closes
+//!   its idlest client for a newcomer. Nodes and clients have separate frame budgets, and each
+//!   client source address its own share.
+//! - Replies are bounded the same way: a handler reserves the bytes it is about to produce
+//!   ([`Responder::reserve`]) against the same two budgets, and every reply write must make
+//!   progress within `stall_timeout`, or the stream is reset and the call ends, releasing what
+//!   it held. So a peer that stops reading holds a call (and the connection, which is not
+//!   idle while a call runs) for at most `stall_timeout` past its last read.
 //! - Errors sent to a peer carry a code and a fixed, short message; detail is logged locally,
 //!   rate-limited.
 
@@ -32,6 +42,8 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use tracing::{debug, info_span, warn, Instrument};
+
+use crate::admission::{Admission, AdmissionLimits, OnEstablished, OnIncoming, Pool};
 
 use crate::auth::Credential;
 use crate::error::{ErrorCode, ProtoError, WireError};
@@ -323,6 +335,8 @@ pub struct ClientOptions {
     /// Bound on one request/reply exchange.
     pub call_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Local address the client's UDP socket binds (any address, any port by default).
+    pub bind: SocketAddr,
 }
 
 impl Default for ClientOptions {
@@ -331,6 +345,7 @@ impl Default for ClientOptions {
             limits: FrameLimits::default(),
             call_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
+            bind: ([0, 0, 0, 0], 0).into(),
         }
     }
 }
@@ -350,8 +365,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(tls: &Tls, opts: ClientOptions) -> Result<Client, TransportError> {
-        let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-        let mut endpoint = bind_endpoint(bind, None).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut endpoint = bind_endpoint(opts.bind, None).map_err(|e| TransportError::Tls(e.to_string()))?;
         endpoint.set_default_client_config(tls.client_config()?);
         Ok(Client { endpoint, opts, conns: Default::default(), auth: Arc::from(&[][..]) })
     }
@@ -519,26 +533,81 @@ impl Client {
 // ---------------------------------------------------------------------------------------------
 // Server.
 
-/// Writes replies on a request's stream.
+/// The stream error code a reply stream is reset with when its reader stalled.
+pub const STALLED_STREAM: u32 = 2;
+
+/// The budgets a server's replies are reserved against: the connection's and the node's.
+#[derive(Clone)]
+struct Budgets {
+    conn: Arc<tokio::sync::Semaphore>,
+    node: Arc<tokio::sync::Semaphore>,
+}
+
+/// Reply bytes reserved against the server's budgets ([`Responder::reserve`]); released when
+/// dropped.
+#[must_use = "the reservation ends when it is dropped"]
+pub struct Reservation {
+    _permits: Option<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+/// Writes replies on a request's stream. Every write must make progress within the server's
+/// `stall_timeout`: one that does not resets the stream and fails.
 pub struct Responder {
     send: quinn::SendStream,
     scratch: Vec<u8>,
+    stall: Duration,
+    budgets: Option<Budgets>,
 }
 
 impl Responder {
     pub async fn send(&mut self, msg: &Message, body: &[u8]) -> Result<(), ProtoError> {
-        crate::frame::write_frame(&mut self.send, msg, body, &mut self.scratch).await
+        self.scratch.clear();
+        crate::frame::encode_head(msg, &[], body.len(), &mut self.scratch)?;
+        let head = bytes::Bytes::copy_from_slice(&self.scratch);
+        self.write(&mut [head, bytes::Bytes::copy_from_slice(body)]).await
     }
 
     /// Like [`Responder::send`], handing `body` to the stream without copying it.
     pub async fn send_owned(&mut self, msg: &Message, body: Vec<u8>) -> Result<(), ProtoError> {
         self.scratch.clear();
         crate::frame::encode_head(msg, &[], body.len(), &mut self.scratch)?;
-        self.send.write_all(&self.scratch).await.map_err(std::io::Error::from)?;
-        if !body.is_empty() {
-            self.send.write_chunk(bytes::Bytes::from(body)).await.map_err(std::io::Error::from)?;
+        let head = bytes::Bytes::copy_from_slice(&self.scratch);
+        self.write(&mut [head, bytes::Bytes::from(body)]).await
+    }
+
+    /// Writes `bufs` whole. Each write waits at most the stall timeout for the peer to take
+    /// anything (QUIC flow control holds us while it reads nothing); past that the stream is
+    /// reset, which drops what it buffered, and the call fails.
+    async fn write(&mut self, bufs: &mut [bytes::Bytes]) -> Result<(), ProtoError> {
+        while let Some(first) = bufs.iter().position(|b| !b.is_empty()) {
+            match tokio::time::timeout(self.stall, self.send.write_chunks(&mut bufs[first..])).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(std::io::Error::from(e).into()),
+                Err(_) => {
+                    let _ = self.send.reset(STALLED_STREAM.into());
+                    return Err(ProtoError::Io(format!("the peer read nothing for {:?}", self.stall)));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Reserves `bytes` of reply memory against the connection's and the node's budgets
+    /// (those requests are reserved against), waiting at most the stall timeout. A handler
+    /// reserves a body before it produces it and drops the reservation once it is sent.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, ProtoError> {
+        let Some(b) = &self.budgets else { return Ok(Reservation { _permits: None }) };
+        let need = units(bytes as u64);
+        // Connection first, then node: the order requests take them in.
+        let take = async {
+            let c = b.conn.clone().acquire_many_owned(need).await.ok()?;
+            let n = b.node.clone().acquire_many_owned(need).await.ok()?;
+            Some((c, n))
+        };
+        match tokio::time::timeout(self.stall, take).await {
+            Ok(Some(p)) => Ok(Reservation { _permits: Some(p) }),
+            _ => Err(ProtoError::Io(format!("no room for a {bytes}-byte reply within {:?}", self.stall))),
+        }
     }
 
     pub async fn error(&mut self, e: WireError) -> Result<(), ProtoError> {
@@ -575,11 +644,20 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ProtoError>> + Send;
 }
 
+/// How long a reply write may make no progress by default: far longer than a healthy reader
+/// pauses (a reducer works through what it has already received, up to its 16 MiB stream
+/// window, meanwhile), and short enough that a vanished one frees its call soon.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Server-side settings.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub limits: FrameLimits,
-    pub max_connections: usize,
+    /// Handshakes, node and client connections, per-source caps ([`crate::admission`]).
+    pub admission: AdmissionLimits,
+    /// Frame bytes the client connections of one source address may have in flight at once:
+    /// one host cannot take the whole client budget.
+    pub source_budget_bytes: u64,
     pub max_streams_per_connection: u32,
     /// Frame bytes one connection may have being read or handled at once.
     pub conn_budget_bytes: u64,
@@ -592,6 +670,9 @@ pub struct ServerOptions {
     pub frame_timeout: Duration,
     /// A connection with no call in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A reply write that makes no progress for this long (the peer reads nothing) resets its
+    /// stream and ends the call.
+    pub stall_timeout: Duration,
     /// Insecure mode (no cluster CA): peers cannot be verified, so each counts as a node.
     pub trust_all_peers: bool,
 }
@@ -600,13 +681,15 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             limits: FrameLimits::default(),
-            max_connections: 1024,
+            admission: AdmissionLimits::default(),
+            source_budget_bytes: 256 << 20,
             max_streams_per_connection: 256,
             conn_budget_bytes: 96 << 20,
             node_budget_bytes: 1 << 30,
             header_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             trust_all_peers: false,
         }
     }
@@ -630,8 +713,15 @@ impl ServerOptions {
                 self.conn_budget_bytes, self.node_budget_bytes
             ));
         }
-        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
-            return Err("connection and stream limits must be positive".into());
+        if self.max_streams_per_connection == 0 {
+            return Err("stream limits must be positive".into());
+        }
+        self.admission.validate()?;
+        if self.source_budget_bytes < largest {
+            return Err(format!("the source budget must hold the largest frame ({largest} bytes)"));
+        }
+        if self.stall_timeout.is_zero() {
+            return Err("the stall timeout must be positive".into());
         }
         Ok(())
     }
@@ -695,33 +785,114 @@ impl RateLimitedLog {
 
 static MALFORMED_LOG: RateLimitedLog = RateLimitedLog::new(5_000);
 
+static ADMISSION_LOG: RateLimitedLog = RateLimitedLog::new(5_000);
+
+/// What every connection of one server shares: who is admitted ([`crate::admission`]), the
+/// open client connections (to close an idle one for a newcomer), and the frame budgets.
+struct Shared {
+    admission: std::sync::Mutex<Admission>,
+    conns: std::sync::Mutex<std::collections::HashMap<u64, quinn::Connection>>,
+    /// Frame bytes of cluster nodes, and of clients: separate, so clients never starve nodes.
+    node_budget: Arc<tokio::sync::Semaphore>,
+    client_budget: Arc<tokio::sync::Semaphore>,
+    /// Frame bytes of each client source (IP address): one host's share of `client_budget`.
+    source_budgets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
+    epoch: tokio::time::Instant,
+}
+
+impl Shared {
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn source_budget(&self, source: std::net::IpAddr, bytes: u64) -> Arc<tokio::sync::Semaphore> {
+        let mut m = self.source_budgets.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= 4 * self.admission().limits().max_clients.max(1) {
+            // Sources with nothing in flight and no connection left hold no permits.
+            m.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        m.entry(source).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(units(bytes) as usize))).clone()
+    }
+}
+
 /// Accepts connections until the endpoint is closed.
 pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>, opts: ServerOptions) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let node_budget = Arc::new(tokio::sync::Semaphore::new(units(opts.node_budget_bytes) as usize));
+    let shared = Arc::new(Shared {
+        admission: std::sync::Mutex::new(Admission::new(opts.admission.clone())),
+        conns: Default::default(),
+        node_budget: Arc::new(tokio::sync::Semaphore::new(units(opts.node_budget_bytes) as usize)),
+        client_budget: Arc::new(tokio::sync::Semaphore::new(units(opts.node_budget_bytes) as usize)),
+        source_budgets: Default::default(),
+        epoch: tokio::time::Instant::now(),
+    });
     let opts = Arc::new(opts);
     while let Some(incoming) = endpoint.accept().await {
-        if open.load(Ordering::Relaxed) >= opts.max_connections {
-            if MALFORMED_LOG.allow().is_some() {
-                warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+        let peer = incoming.remote_address();
+        let verdict = shared.admission().incoming(incoming.remote_address_validated(), incoming.may_retry());
+        match verdict {
+            OnIncoming::Handshake => {}
+            OnIncoming::Retry => {
+                if incoming.retry().is_err() {
+                    shared.admission().handshake_ended(peer.ip(), None, 0);
+                }
+                continue;
             }
-            incoming.refuse();
-            continue;
+            OnIncoming::Refuse => {
+                if ADMISSION_LOG.allow().is_some() {
+                    warn!(remote = %peer, "handshake limit reached; refusing");
+                }
+                incoming.refuse();
+                continue;
+            }
         }
         let handler = handler.clone();
-        let open = open.clone();
         let opts = opts.clone();
-        let node_budget = node_budget.clone();
-        let peer = incoming.remote_address();
-        open.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
         tokio::spawn(
             async move {
-                match tokio::time::timeout(opts.header_timeout, incoming).await {
-                    Ok(Ok(conn)) => serve_connection(conn, handler, opts, node_budget).await,
-                    Ok(Err(e)) => debug!("handshake failed: {e}"),
-                    Err(_) => debug!("handshake timed out"),
+                let conn = match tokio::time::timeout(opts.header_timeout, incoming).await {
+                    Ok(Ok(conn)) => Some(conn),
+                    Ok(Err(e)) => {
+                        debug!("handshake failed: {e}");
+                        None
+                    }
+                    Err(_) => {
+                        debug!("handshake timed out");
+                        None
+                    }
+                };
+                let pool =
+                    conn.as_ref().map(|c| if opts.trust_all_peers || is_node(c) { Pool::Node } else { Pool::Client });
+                let now = shared.now_ms();
+                let (id, verdict) = shared.admission().handshake_ended(peer.ip(), pool, now);
+                let Some(conn) = conn else { return };
+                match verdict {
+                    OnEstablished::Refuse => {
+                        if ADMISSION_LOG.allow().is_some() {
+                            warn!(remote = %peer, ?pool, "connection limit reached; closing");
+                        }
+                        conn.close(2u32.into(), b"connection limit reached");
+                        return;
+                    }
+                    OnEstablished::ServeReplacing(victim) => {
+                        // Reclaimed: the idle client connection with the oldest last call.
+                        let old = shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&victim);
+                        if let Some(old) = old {
+                            old.close(0u32.into(), b"idle");
+                        }
+                    }
+                    OnEstablished::Serve => {}
                 }
-                open.fetch_sub(1, Ordering::Relaxed);
+                if pool == Some(Pool::Client) {
+                    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, conn.clone());
+                }
+                serve_connection(conn, handler, opts, shared.clone(), id, pool == Some(Pool::Node)).await;
+                shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                shared.admission().closed(id);
             }
             .instrument(info_span!("conn", %peer)),
         );
@@ -739,11 +910,17 @@ async fn serve_connection<H: Handler>(
     conn: quinn::Connection,
     handler: Arc<H>,
     opts: Arc<ServerOptions>,
-    node_budget: Arc<tokio::sync::Semaphore>,
+    shared: Arc<Shared>,
+    id: u64,
+    node: bool,
 ) {
     let peer = conn.remote_address();
-    let node = opts.trust_all_peers || is_node(&conn);
     let conn_budget = Arc::new(tokio::sync::Semaphore::new(units(opts.conn_budget_bytes) as usize));
+    let (pool_budget, source_budget) = if node {
+        (shared.node_budget.clone(), None)
+    } else {
+        (shared.client_budget.clone(), Some(shared.source_budget(peer.ip(), opts.source_budget_bytes)))
+    };
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let (send, recv) = match tokio::time::timeout(opts.idle_timeout, conn.accept_bi()).await {
@@ -762,19 +939,24 @@ async fn serve_connection<H: Handler>(
             }
         };
         active.fetch_add(1, Ordering::SeqCst);
+        shared.admission().call_started(id);
         let stream = Stream {
             handler: handler.clone(),
             conn: conn.clone(),
             opts: opts.clone(),
             conn_budget: conn_budget.clone(),
-            node_budget: node_budget.clone(),
+            node_budget: pool_budget.clone(),
+            source_budget: source_budget.clone(),
             peer,
             node,
         };
         let active = active.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             stream.serve(send, recv).await;
             active.fetch_sub(1, Ordering::SeqCst);
+            let now = shared.now_ms();
+            shared.admission().call_ended(id, now);
         });
     }
 }
@@ -785,14 +967,22 @@ struct Stream<H> {
     conn: quinn::Connection,
     opts: Arc<ServerOptions>,
     conn_budget: Arc<tokio::sync::Semaphore>,
+    /// The budget of the connection's pool (nodes' or clients').
     node_budget: Arc<tokio::sync::Semaphore>,
+    /// A client's share: the budget of its source address.
+    source_budget: Option<Arc<tokio::sync::Semaphore>>,
     peer: SocketAddr,
     node: bool,
 }
 
 impl<H: Handler> Stream<H> {
     async fn serve(self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let mut out = Responder { send, scratch: Vec::with_capacity(256) };
+        let mut out = Responder {
+            send,
+            scratch: Vec::with_capacity(256),
+            stall: self.opts.stall_timeout,
+            budgets: Some(Budgets { conn: self.conn_budget.clone(), node: self.node_budget.clone() }),
+        };
         let header =
             match tokio::time::timeout(self.opts.header_timeout, read_header(&mut recv, &self.opts.limits)).await {
                 Err(_) => return self.refuse(&mut out, &mut recv, ErrorCode::Timeout, "request header too slow").await,
@@ -804,10 +994,17 @@ impl<H: Handler> Stream<H> {
         if u64::from(need) * 1024 > self.opts.conn_budget_bytes {
             return self.refuse(&mut out, &mut recv, ErrorCode::TooLarge, "frame exceeds the connection budget").await;
         }
+        if self.source_budget.is_some() && u64::from(need) * 1024 > self.opts.source_budget_bytes {
+            return self.refuse(&mut out, &mut recv, ErrorCode::TooLarge, "frame exceeds the source budget").await;
+        }
         let reserve = async {
             let c = self.conn_budget.clone().acquire_many_owned(need).await.ok()?;
+            let s = match &self.source_budget {
+                Some(s) => Some(s.clone().acquire_many_owned(need).await.ok()?),
+                None => None,
+            };
             let n = self.node_budget.clone().acquire_many_owned(need).await.ok()?;
-            Some((c, n))
+            Some((c, s, n))
         };
         // Waiting for budget is bounded like a header: the caller backs off and retries on Busy.
         let permits = match tokio::time::timeout(self.opts.header_timeout, reserve).await {

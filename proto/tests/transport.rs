@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use shuffle_proto::admission::AdmissionLimits;
 use shuffle_proto::frame::{FrameHeader, FrameLimits};
 use shuffle_proto::messages::{Ack, GetStatus, Message, PushAck};
 use shuffle_proto::transport::*;
@@ -350,4 +351,111 @@ async fn loopback_connections_use_large_datagrams() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(mtu > 1500 && mtu <= shuffle_proto::transport::MAX_UDP_PAYLOAD, "path MTU {mtu}");
+}
+
+/// A client without a certificate, calling from `ip` (any address of the loopback range).
+fn client_from(ca: &std::path::Path, ip: [u8; 4]) -> Client {
+    let tls = Tls::load(&TlsSource::CaOnly { ca: ca.to_path_buf() }).unwrap();
+    Client::new(&tls, ClientOptions { bind: (ip, 0).into(), ..Default::default() }).unwrap()
+}
+
+/// The seen-from-outside attack: anonymous peers take every client slot with one cheap call
+/// each, then sit idle. A cluster node still gets in (its own pool), a legitimate client gets
+/// in by closing the idlest of them, and one source address cannot take more than its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_anonymous_connections_keep_neither_nodes_nor_new_clients_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, tls) = cluster(dir.path());
+    let TlsSource::Files { ca, .. } = &src else { panic!() };
+    let admission = AdmissionLimits { max_clients: 8, max_client_per_source: 4, ..Default::default() };
+    let (addr, _ep) = start_with(&tls, ServerOptions { admission, ..ServerOptions::for_tls(&tls) });
+    let addr = addr.to_string();
+    let mut idle = Vec::new();
+    for ip in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        for _ in 0..4 {
+            let c = client_from(ca, ip);
+            assert!(!seen_as_node(&c, &addr).await.unwrap());
+            let conn = c.connection(&addr).await.unwrap();
+            idle.push((c, conn));
+        }
+    }
+    // The pool is full. A fifth connection from a source holding four: over its cap.
+    let fifth = client_from(ca, [127, 0, 0, 2]);
+    assert!(seen_as_node(&fifth, &addr).await.is_err(), "a source over its cap was served");
+    // A node, whatever the clients hold.
+    let node = Client::new(&tls, ClientOptions::default()).unwrap();
+    assert!(seen_as_node(&node, &addr).await.unwrap());
+    // A legitimate client from another source gets in: the idlest connection (the first one
+    // opened; the others called later) is closed for it.
+    let legit = client_from(ca, [127, 0, 0, 1]);
+    assert!(!seen_as_node(&legit, &addr).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closed: Vec<bool> = idle.iter().map(|(_, conn)| conn.close_reason().is_some()).collect();
+    assert_eq!(closed, [true, false, false, false, false, false, false, false]);
+    assert!(seen_as_node(&node, &addr).await.unwrap(), "nodes keep their connection");
+    assert!(!seen_as_node(&legit, &addr).await.unwrap(), "the newcomer keeps its connection");
+}
+
+/// Under a handshake flood the server asks unvalidated peers to prove their address (QUIC
+/// Retry); real clients answer it and their calls go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unvalidated_peers_prove_their_address_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, tls) = cluster(dir.path());
+    let TlsSource::Files { ca, .. } = &src else { panic!() };
+    // Every handshake is "under load": each peer is sent a Retry first.
+    let admission = AdmissionLimits { retry_above: 0, ..Default::default() };
+    let (addr, _ep) = start_with(&tls, ServerOptions { admission, ..ServerOptions::for_tls(&tls) });
+    let addr = addr.to_string();
+    for i in 0..8u8 {
+        let c = client_from(ca, [127, 0, 1, i + 1]);
+        assert!(!seen_as_node(&c, &addr).await.unwrap());
+    }
+    let node = Client::new(&tls, ClientOptions::default()).unwrap();
+    assert!(seen_as_node(&node, &addr).await.unwrap());
+}
+
+/// Twenty connections of one source announce large frames and send almost nothing: they hold
+/// their source's share of the frame budget, not the node's, so another source's calls go
+/// through at once and a node's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_announcing_large_frames_holds_only_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, tls) = cluster(dir.path());
+    let TlsSource::Files { ca, .. } = &src else { panic!() };
+    let limits = FrameLimits { max_meta: 4096, max_body: 1 << 20, max_auth: 512 };
+    let one_frame = (1u64 << 20) + 8192;
+    let opts = ServerOptions {
+        limits,
+        conn_budget_bytes: 2 * one_frame,
+        source_budget_bytes: 4 * one_frame,
+        node_budget_bytes: 8 * one_frame,
+        header_timeout: Duration::from_secs(2),
+        frame_timeout: Duration::from_secs(20),
+        ..ServerOptions::for_tls(&tls)
+    };
+    opts.validate().unwrap();
+    let (addr, _ep) = start_with(&tls, opts);
+    let addr = addr.to_string();
+    let header = FrameHeader { kind: 1, meta_len: 4096, body_len: 1 << 20, auth_len: 0 }.encode();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let c = client_from(ca, [127, 0, 0, 9]);
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(&[0u8; 100]);
+        held.push((stall(&c, &addr, &bytes).await, c));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = client_from(ca, [127, 0, 0, 10]);
+    let t0 = std::time::Instant::now();
+    for seq in 0..5 {
+        let (reply, _) = other.call(&addr, &Message::PushAck(PushAck { seq }), &[7u8; 512 << 10]).await.unwrap();
+        assert_eq!(reply, Message::PushAck(PushAck { seq: seq + 1 }));
+    }
+    let node = Client::new(&tls, ClientOptions::default()).unwrap();
+    assert!(seen_as_node(&node, &addr).await.unwrap());
+    // Without per-source shares the stalled frames held the whole budget and these calls
+    // waited out the header timeout (2 s) to be told Busy.
+    assert!(t0.elapsed() < Duration::from_millis(1500), "calls waited {:?}", t0.elapsed());
+    drop(held);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use shuffle_proto::settings::SettingError;
-use shuffle_proto::settings::{bad, duration, parse_toml, TlsSettings};
+use shuffle_proto::settings::{bad, duration, parse_toml, ConnectionSettings, TlsSettings};
 
 use crate::node::{AuthConfig, MasterConfig};
 
@@ -35,6 +35,9 @@ pub struct MasterSettings {
     #[command(flatten)]
     #[serde(flatten)]
     pub tls: TlsSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub connections: ConnectionSettings,
     /// How often workers heartbeat, e.g. "2s".
     #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
@@ -141,6 +144,7 @@ impl MasterSettings {
             join: self.join.or(lower.join),
             data_dir: self.data_dir.or(lower.data_dir),
             tls: self.tls.over(lower.tls),
+            connections: self.connections.over(lower.connections),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             worker_timeout: self.worker_timeout.or(lower.worker_timeout),
             election_timeout: self.election_timeout.or(lower.election_timeout),
@@ -173,6 +177,7 @@ impl MasterSettings {
         }
         let data_dir = self.data_dir.ok_or_else(|| bad("data_dir", "missing"))?;
         let tls = self.tls.resolve()?;
+        let connections = self.connections.resolve()?;
         let heartbeat_interval =
             duration("heartbeat_interval", self.heartbeat_interval.as_deref(), Duration::from_secs(2))?;
         let worker_timeout = duration("worker_timeout", self.worker_timeout.as_deref(), Duration::from_secs(30))?;
@@ -240,6 +245,7 @@ impl MasterSettings {
             replication,
             commit_batch,
             max_app_lease,
+            connections,
         })
     }
 }

@@ -39,6 +39,8 @@ pub struct MasterConfig {
     pub commit_batch: usize,
     /// Longest application lease granted; longer requests are clamped to it.
     pub max_app_lease: Duration,
+    /// Which connections the master's server takes.
+    pub connections: shuffle_proto::admission::AdmissionLimits,
     /// Where to serve the status page, `/status.json`, `/metrics` and `/healthz`.
     pub http_listen: Option<SocketAddr>,
     pub auth: AuthConfig,
@@ -110,6 +112,7 @@ impl MasterConfig {
             replication: 1,
             commit_batch: crate::group::Limits::default().max_commands,
             max_app_lease: crate::config::DEFAULT_MAX_APP_LEASE,
+            connections: Default::default(),
             http_listen: None,
             auth: AuthConfig::Disabled,
         }
@@ -183,7 +186,7 @@ impl MasterNode {
             max_app_lease: cfg.max_app_lease,
         };
         let service = Arc::new(MasterService::new(cfg.id, raft.clone(), shared, clock, opts, auth, client));
-        let server_opts = ServerOptions::for_tls(&tls);
+        let server_opts = ServerOptions { admission: cfg.connections.clone(), ..ServerOptions::for_tls(&tls) };
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| StartError::Config(e.to_string()))?;
         let mut tasks = vec![tokio::spawn(serve(endpoint.clone(), service.clone(), server_opts))];

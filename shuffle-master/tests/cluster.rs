@@ -31,6 +31,7 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path, tls: &TlsSource) -
         replication: 1,
         commit_batch: shuffle_master::group::Limits::default().max_commands,
         max_app_lease: shuffle_master::config::DEFAULT_MAX_APP_LEASE,
+        connections: Default::default(),
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

@@ -35,6 +35,7 @@ fn config(id: u64, addr: &str, peers: &BTreeMap<u64, String>, dir: &Path, tls: &
         replication: 1,
         commit_batch: shuffle_master::group::Limits::default().max_commands,
         max_app_lease: shuffle_master::config::DEFAULT_MAX_APP_LEASE,
+        connections: Default::default(),
         http_listen: None,
         auth: AuthConfig::Disabled,
     }

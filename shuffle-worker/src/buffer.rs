@@ -25,6 +25,10 @@
 //! - An index entry pointing into a value log file that is gone or too short (a power loss
 //!   without `sync_writes`, or damage) is deleted on open, as a batch already spilled or
 //!   dropped: it never makes a partition unreadable (the count is logged).
+//! - A scan reads in steps of one chunk, each with its own iterator and value log files
+//!   ([`Buffer::scan_step`]); between steps it holds neither, so however slowly its chunks are
+//!   consumed it pins no RocksDB version and no value log file (deleted data's disk space is
+//!   freed at once).
 //! - `held` counts the bytes of every stored batch, per partition; it is rebuilt by a key scan
 //!   on open and kept exact on every put and delete. A partition whose scanned keys were all
 //!   deleted (a pressure or drain spill) stays listed at 0 bytes until it is dropped whole, so
@@ -300,9 +304,9 @@ impl Buffer {
     }
 
     /// Streams the records of one partition in key order, maps `[start_map, end_map)`, filtered
-    /// by attempt. `emit` gets each record encoded as a [`StreamRecord`] appended to `chunk`;
-    /// whenever `chunk` reaches `chunk_bytes`, `flush` is called with it (and may clear it).
-    /// Reads from a RocksDB snapshot: concurrent pushes are not seen half-way.
+    /// by attempt. Each record is appended to `chunk` encoded as a [`StreamRecord`]; whenever
+    /// `chunk` reaches `chunk_bytes`, and at the end, `flush` is called with it and the records
+    /// it holds, and may stop the scan by returning `false`. Reads in [`Buffer::scan_step`]s.
     pub fn scan_partition(
         &self,
         range: &ScanRange,
@@ -330,24 +334,73 @@ impl Buffer {
         mut flush: impl FnMut(&mut Vec<u8>, u32) -> bool,
         mut keys: Option<&mut ScannedKeys>,
     ) -> Result<ScanStats, BufferError> {
-        let ScanRange { shuffle, partition, start_map, end_map, filter } = range;
-        let (start_map, end_map) = (*start_map, *end_map);
-        let prefix = partition_prefix(shuffle, *partition);
-        // One step, so every file the snapshot points into is in `files` (see crate::vlog).
-        let (snap, files) = self.vlog.with_files(|f| (self.db.snapshot(), f.clone()));
-        let mut it = snap.raw_iterator();
-        it.seek(map_key(&prefix, start_map, 0));
+        let mut cursor = ScanCursor::default();
         let mut chunk = Vec::with_capacity(chunk_bytes + CHUNK_SLACK);
-        let mut in_chunk = 0u32;
         let mut stats = ScanStats::default();
-        while it.valid() {
-            let Some(k) = it.key() else { break };
+        while !cursor.done {
+            let step =
+                self.scan_step(range, &mut cursor, chunk_bytes, &mut chunk, keys.as_deref_mut().map(|k| &mut k.keys))?;
+            stats.records += step.records;
+            stats.bytes += step.bytes;
+            if step.records > 0 {
+                // A step returns at most one chunk's records, far below u32::MAX.
+                if !flush(&mut chunk, u32::try_from(step.records).unwrap_or(u32::MAX)) {
+                    break;
+                }
+                chunk.clear();
+            }
+        }
+        Ok(stats)
+    }
+
+    /// One step of a partition scan: appends the records of `range` after `cursor`, in key
+    /// order, to `chunk` until it holds `chunk_bytes` (a record that crosses it goes whole) or
+    /// the range ends, moves the cursor past them, and with `keys` records their keys.
+    ///
+    /// A step reads through an iterator of its own, over the value log files of that moment,
+    /// and lets go of both before it returns: between steps a scan pins no RocksDB version
+    /// and no value log file, however slowly its chunks are consumed. Each step sees the index
+    /// as of its start, so a scan returns every batch stored before it began and not deleted
+    /// before the step that reaches it, plus maybe some stored meanwhile; a put is one key, so
+    /// never half a batch.
+    pub fn scan_step(
+        &self,
+        range: &ScanRange,
+        cursor: &mut ScanCursor,
+        chunk_bytes: usize,
+        chunk: &mut Vec<u8>,
+        mut keys: Option<&mut Vec<Vec<u8>>>,
+    ) -> Result<ScanStats, BufferError> {
+        let mut stats = ScanStats::default();
+        if cursor.done {
+            return Ok(stats);
+        }
+        let ScanRange { shuffle, partition, start_map, end_map, filter } = range;
+        let prefix = partition_prefix(shuffle, *partition);
+        // One step, so every file the iterator's view points into is in `files` (see
+        // crate::vlog); an iterator reads the index as of its creation.
+        let (mut it, files) = self.vlog.with_files(|f| (self.db.raw_iterator(), f.clone()));
+        match &cursor.after {
+            // Keys of a partition have one length, so this is the key right after `after`.
+            Some(after) => {
+                let mut next = Vec::with_capacity(after.len() + 1);
+                next.extend_from_slice(after);
+                next.push(0);
+                it.seek(next);
+            }
+            None => it.seek(map_key(&prefix, *start_map, 0)),
+        }
+        let ended = loop {
+            if !it.valid() {
+                break true;
+            }
+            let Some(k) = it.key() else { break true };
             if !k.starts_with(&prefix) {
-                break;
+                break true;
             }
             let bk = parse_key(k)?;
-            if bk.map >= end_map {
-                break;
+            if bk.map >= *end_map {
+                break true;
             }
             if !filter.allows(bk.map, bk.attempt) {
                 // Seek past this attempt: to the wanted one of this map if it comes later, else
@@ -357,7 +410,7 @@ impl Buffer {
                         Some(want) if *want > bk.attempt => map_key(&prefix, bk.map, *want),
                         _ => match bk.map.checked_add(1) {
                             Some(next) => map_key(&prefix, next, 0),
-                            None => break,
+                            None => break true,
                         },
                     },
                     AttemptFilter::All => unreachable_filter(),
@@ -365,37 +418,31 @@ impl Buffer {
                 it.seek(target);
                 continue;
             }
-            let Some(v) = it.value() else { break };
+            let Some(v) = it.value() else { break true };
             let len = match ValuePtr::decode(v) {
                 Some(ptr) => {
-                    StreamRecord::encode_header(bk.map, bk.attempt, bk.seq, ptr.len, &mut chunk);
-                    ValueLog::read_into(&files, ptr, &mut chunk)?;
+                    StreamRecord::encode_header(bk.map, bk.attempt, bk.seq, ptr.len, chunk);
+                    ValueLog::read_into(&files, ptr, chunk)?;
                     ptr.len as u64
                 }
                 None => {
-                    StreamRecord::encode(bk.map, bk.attempt, bk.seq, v, &mut chunk);
+                    StreamRecord::encode(bk.map, bk.attempt, bk.seq, v, chunk);
                     v.len() as u64
                 }
             };
-            if let Some(k) = keys.as_deref_mut() {
-                k.keys.push(it.key().map(<[u8]>::to_vec).unwrap_or_default());
+            if let Some(keys) = keys.as_deref_mut() {
+                keys.push(k.to_vec());
             }
-            in_chunk += 1;
+            cursor.after = Some(k.to_vec());
             stats.records += 1;
             stats.bytes += len;
             if chunk.len() >= chunk_bytes {
-                if !flush(&mut chunk, in_chunk) {
-                    return Ok(stats);
-                }
-                chunk.clear();
-                in_chunk = 0;
+                break false;
             }
             it.next();
-        }
+        };
         it.status()?;
-        if in_chunk > 0 {
-            flush(&mut chunk, in_chunk);
-        }
+        cursor.done = ended;
         Ok(stats)
     }
 
@@ -519,6 +566,15 @@ fn unreachable_filter() -> Vec<u8> {
     Vec::new()
 }
 
+/// Where a stepwise partition scan ([`Buffer::scan_step`]) goes on from.
+#[derive(Clone, Debug, Default)]
+pub struct ScanCursor {
+    /// The last key returned; `None` before the first.
+    after: Option<Vec<u8>>,
+    /// The range is exhausted.
+    pub done: bool,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanStats {
     pub records: u64,
@@ -563,6 +619,48 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    /// Value log files under `dir` this process holds open though they were unlinked.
+    fn unlinked_but_open(dir: &Path) -> Vec<String> {
+        let dir = dir.display().to_string();
+        let fds = std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten();
+        fds.filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|t| t.display().to_string())
+            .filter(|t| t.starts_with(&dir) && t.ends_with(" (deleted)"))
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_between_steps_pins_no_value_log_file_and_goes_on_after_its_last_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open_sized(dir.path(), false, 4096).unwrap();
+        for seq in 0..8u32 {
+            buf.put(&bk(1, 0, 1, seq), &[seq as u8; 1000]).unwrap();
+        }
+        buf.put(&bk(2, 0, 1, 0), &[9; 4000]).unwrap();
+        let range = ScanRange { shuffle: key(), partition: 1, start_map: 0, end_map: 10, filter: AttemptFilter::All };
+        let (mut cursor, mut chunk, mut keys) = (ScanCursor::default(), Vec::new(), Vec::new());
+        let first = buf.scan_step(&range, &mut cursor, 1500, &mut chunk, Some(&mut keys)).unwrap();
+        assert_eq!((first.records, first.bytes, cursor.done), (2, 2000, false));
+        // Between steps the scan holds nothing: the files of the batches deleted now go, with
+        // their disk space.
+        let gone = ScannedKeys { keys: (0..6).map(|s| batch_key(&key(), 1, 0, 1, s)).collect() };
+        buf.delete_keys(&key(), 1, &gone).unwrap();
+        assert!(unlinked_but_open(dir.path()).is_empty(), "{:?}", unlinked_but_open(dir.path()));
+        // The next step goes on after the last key returned: past the deleted ones, and sees a
+        // batch stored meanwhile.
+        buf.put(&bk(1, 0, 1, 9), b"late").unwrap();
+        chunk.clear();
+        let mut seqs = Vec::new();
+        while !cursor.done {
+            buf.scan_step(&range, &mut cursor, 1500, &mut chunk, Some(&mut keys)).unwrap();
+        }
+        for r in StreamRecords::new(&chunk, 1 << 20) {
+            seqs.push(r.unwrap().seq);
+        }
+        assert_eq!(seqs, vec![6, 7, 9]);
+        assert_eq!(keys.len(), 5);
     }
 
     #[test]

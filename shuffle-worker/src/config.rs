@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use shuffle_proto::admission::AdmissionLimits;
 pub use shuffle_proto::settings::SettingError;
-use shuffle_proto::settings::{bad, duration, parse_toml, size, TlsSettings};
-use shuffle_proto::transport::TlsSource;
+use shuffle_proto::settings::{bad, duration, parse_toml, size, ConnectionSettings, TlsSettings};
+use shuffle_proto::transport::{TlsSource, DEFAULT_STALL_TIMEOUT};
 use shuffle_proto::{ProtoError, WorkerId};
 
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
@@ -36,6 +37,9 @@ pub struct WorkerSettings {
     #[command(flatten)]
     #[serde(flatten)]
     pub tls: TlsSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub connections: ConnectionSettings,
     /// Refuse pushes (retryable `Busy`) above this many buffered bytes, e.g. "200GiB".
     #[arg(long, env = "SHOAL_MAX_BUFFERED")]
     pub max_buffered: Option<String>,
@@ -66,6 +70,10 @@ pub struct WorkerSettings {
     /// about it, e.g. "15m" (the fence against segment reports still on their way).
     #[arg(long, env = "SHOAL_SWEEP_GRACE")]
     pub sweep_grace: Option<String>,
+    /// A reply stream (a partition read) whose reader takes nothing for this long is reset and
+    /// everything it held freed, e.g. "60s".
+    #[arg(long, env = "SHOAL_READ_STALL_TIMEOUT")]
+    pub read_stall_timeout: Option<String>,
 }
 
 /// Where a partition's piece is closed by default: Celeborn's split size, large enough that
@@ -105,6 +113,10 @@ pub struct WorkerConfig {
     pub sweep_interval: Option<Duration>,
     /// Minimum age of any object the sweep deletes (see [`crate::spill::is_garbage`]).
     pub sweep_grace: Duration,
+    /// A reply write that makes no progress for this long resets its stream.
+    pub read_stall_timeout: Duration,
+    /// Which connections the data server takes.
+    pub connections: AdmissionLimits,
 }
 
 impl WorkerConfig {
@@ -136,6 +148,8 @@ impl WorkerConfig {
             http_listen: None,
             sweep_interval: Some(Duration::from_secs(3600)),
             sweep_grace: Duration::from_secs(900),
+            read_stall_timeout: DEFAULT_STALL_TIMEOUT,
+            connections: AdmissionLimits::default(),
         })
     }
 }
@@ -156,6 +170,7 @@ pub const KEYS: &[&str] = &[
     "http_listen",
     "sweep_interval",
     "sweep_grace",
+    "read_stall_timeout",
 ];
 
 pub fn parse_file(text: &str) -> Result<(WorkerSettings, Vec<String>), SettingError> {
@@ -166,7 +181,13 @@ impl WorkerSettings {
     /// `self` wins over `lower` key by key.
     pub fn over(self, lower: WorkerSettings) -> WorkerSettings {
         macro_rules! pick {
-            ($($f:ident),*) => { WorkerSettings { tls: self.tls.over(lower.tls), $($f: self.$f.or(lower.$f)),* } };
+            ($($f:ident),*) => {
+                WorkerSettings {
+                    tls: self.tls.over(lower.tls),
+                    connections: self.connections.over(lower.connections),
+                    $($f: self.$f.or(lower.$f)),*
+                }
+            };
         }
         pick!(
             id,
@@ -183,7 +204,8 @@ impl WorkerSettings {
             partition_split_size,
             http_listen,
             sweep_interval,
-            sweep_grace
+            sweep_grace,
+            read_stall_timeout
         )
     }
 
@@ -212,6 +234,7 @@ impl WorkerSettings {
             return Err(bad("object_store", "must be file:///dir or s3://bucket/prefix"));
         }
         let tls = self.tls.resolve()?;
+        let connections = self.connections.resolve()?;
         let max_buffered_bytes = size("max_buffered", self.max_buffered.as_deref(), 64 << 30)?;
         let disk_reserve_bytes = size("disk_reserve", self.disk_reserve.as_deref(), 1 << 30)?;
         let upload_part_bytes = size("upload_part_size", self.upload_part_size.as_deref(), 8 << 20)?;
@@ -231,9 +254,16 @@ impl WorkerSettings {
         };
         let sweep_interval = duration("sweep_interval", self.sweep_interval.as_deref(), Duration::from_secs(3600))?;
         let sweep_grace = duration("sweep_grace", self.sweep_grace.as_deref(), Duration::from_secs(900))?;
+        let read_stall_timeout =
+            duration("read_stall_timeout", self.read_stall_timeout.as_deref(), DEFAULT_STALL_TIMEOUT)?;
+        if read_stall_timeout < Duration::from_secs(1) {
+            return Err(bad("read_stall_timeout", "at least 1s"));
+        }
         Ok(WorkerConfig {
             sweep_interval: (!sweep_interval.is_zero()).then_some(sweep_interval),
             sweep_grace,
+            read_stall_timeout,
+            connections,
             spill_high_bytes: max_buffered_bytes / 10 * 8,
             spill_low_bytes: max_buffered_bytes / 10 * 6,
             http_listen,
@@ -286,6 +316,10 @@ mod tests {
         assert_eq!(split("64MiB").resolve().unwrap().partition_split_bytes, 64 << 20);
         assert_eq!(base().resolve().unwrap().partition_split_bytes, DEFAULT_SPLIT_BYTES);
         assert_eq!(key(WorkerSettings { tls: TlsSettings::default(), ..base() }), "tls_cert");
+        let stall = |v: &str| WorkerSettings { read_stall_timeout: Some(v.into()), ..base() };
+        assert_eq!(key(stall("100ms")), "read_stall_timeout");
+        assert_eq!(stall("5s").resolve().unwrap().read_stall_timeout, Duration::from_secs(5));
+        assert_eq!(base().resolve().unwrap().read_stall_timeout, DEFAULT_STALL_TIMEOUT);
     }
 
     #[test]

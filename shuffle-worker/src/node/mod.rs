@@ -117,7 +117,11 @@ impl WorkerNode {
         let attempt = (cfg.heartbeat_interval * 5).clamp(Duration::from_millis(500), MASTER_ATTEMPT_TIMEOUT);
         let master =
             MasterClient::new(client, cfg.masters.clone(), Duration::from_secs(30))?.with_attempt_timeout(attempt);
-        let server_opts = ServerOptions { stall_timeout: cfg.read_stall_timeout, ..ServerOptions::for_tls(&tls) };
+        let server_opts = ServerOptions {
+            stall_timeout: cfg.read_stall_timeout,
+            admission: cfg.connections.clone(),
+            ..ServerOptions::for_tls(&tls)
+        };
         let endpoint = server_endpoint(cfg.listen, &tls, &server_opts)?;
         let addr = endpoint.local_addr().map_err(|e| WorkerError::Config(e.to_string()))?;
         let (done_tx, done_rx) = watch::channel(false);

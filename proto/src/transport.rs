@@ -536,18 +536,22 @@ impl Client {
 /// The stream error code a reply stream is reset with when its reader stalled.
 pub const STALLED_STREAM: u32 = 2;
 
-/// The budgets a server's replies are reserved against: the connection's and the node's.
+/// The budgets a server's replies are reserved against: those of the call's request (the
+/// connection's, its source's for a client, and its pool's on the node).
 #[derive(Clone)]
 struct Budgets {
     conn: Arc<tokio::sync::Semaphore>,
+    source: Option<Arc<tokio::sync::Semaphore>>,
     node: Arc<tokio::sync::Semaphore>,
 }
+
+type Permit = tokio::sync::OwnedSemaphorePermit;
 
 /// Reply bytes reserved against the server's budgets ([`Responder::reserve`]); released when
 /// dropped.
 #[must_use = "the reservation ends when it is dropped"]
 pub struct Reservation {
-    _permits: Option<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)>,
+    _permits: Option<(Permit, Option<Permit>, Permit)>,
 }
 
 /// Writes replies on a request's stream. Every write must make progress within the server's
@@ -592,17 +596,21 @@ impl Responder {
         Ok(())
     }
 
-    /// Reserves `bytes` of reply memory against the connection's and the node's budgets
-    /// (those requests are reserved against), waiting at most the stall timeout. A handler
-    /// reserves a body before it produces it and drops the reservation once it is sent.
+    /// Reserves `bytes` of reply memory against the budgets the call's request was reserved
+    /// against, waiting at most the stall timeout. A handler reserves a body before it
+    /// produces it and drops the reservation once it is sent.
     pub async fn reserve(&self, bytes: usize) -> Result<Reservation, ProtoError> {
         let Some(b) = &self.budgets else { return Ok(Reservation { _permits: None }) };
         let need = units(bytes as u64);
-        // Connection first, then node: the order requests take them in.
+        // In the order requests take them: connection, source, node.
         let take = async {
             let c = b.conn.clone().acquire_many_owned(need).await.ok()?;
+            let s = match &b.source {
+                Some(s) => Some(s.clone().acquire_many_owned(need).await.ok()?),
+                None => None,
+            };
             let n = b.node.clone().acquire_many_owned(need).await.ok()?;
-            Some((c, n))
+            Some((c, s, n))
         };
         match tokio::time::timeout(self.stall, take).await {
             Ok(Some(p)) => Ok(Reservation { _permits: Some(p) }),
@@ -981,7 +989,11 @@ impl<H: Handler> Stream<H> {
             send,
             scratch: Vec::with_capacity(256),
             stall: self.opts.stall_timeout,
-            budgets: Some(Budgets { conn: self.conn_budget.clone(), node: self.node_budget.clone() }),
+            budgets: Some(Budgets {
+                conn: self.conn_budget.clone(),
+                source: self.source_budget.clone(),
+                node: self.node_budget.clone(),
+            }),
         };
         let header =
             match tokio::time::timeout(self.opts.header_timeout, read_header(&mut recv, &self.opts.limits)).await {

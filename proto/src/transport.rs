@@ -24,10 +24,10 @@
 //!   its idlest client for a newcomer. Nodes and clients have separate frame budgets, and each
 //!   client source address its own share.
 //! - Replies are bounded the same way: a handler reserves the bytes it is about to produce
-//!   ([`Responder::reserve`]) against the same two budgets, and every reply write must make
-//!   progress within `stall_timeout`, or the stream is reset and the call ends, releasing what
-//!   it held. So a peer that stops reading holds a call (and the connection, which is not
-//!   idle while a call runs) for at most `stall_timeout` past its last read.
+//!   ([`Responder::reserve`]) against the budgets its request took, and every reply write
+//!   must make progress within `stall_timeout`, or the stream is reset and the call ends,
+//!   releasing what it held. So a peer that stops reading holds a call (and the connection,
+//!   which is not idle while a call runs) for at most `stall_timeout` past its last read.
 //! - Errors sent to a peer carry a code and a fixed, short message; detail is logged locally,
 //!   rate-limited.
 

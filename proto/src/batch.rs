@@ -4,11 +4,12 @@
 //!
 //! ```text
 //!  0      codec        0 = none, 1 = lz4 block
-//!  1..4   reserved     zero
+//!  1      flags        bit 0: sealed (encrypted by the application, see [`crate::seal`])
+//!  2..4   reserved     zero
 //!  4..8   raw_len      u32, uncompressed length
 //!  8..12  data_len     u32, bytes that follow the header
-//! 12..16  crc32        CRC32 (IEEE) of the uncompressed bytes
-//! 16..    data
+//! 12..16  crc32        CRC32 (IEEE) of the uncompressed bytes; of `data` when sealed
+//! 16..    data         (sealed: nonce, the compressed bytes encrypted, tag)
 //! ```
 //!
 //! Stream record layout: the same bytes a worker reads from RocksDB and writes into a spilled
@@ -68,47 +69,66 @@ pub fn max_encoded_len(raw_len: usize) -> usize {
     BATCH_HEADER_LEN + lz4_flex::block::get_maximum_output_size(raw_len)
 }
 
+/// Header flag: the batch's data is sealed (encrypted and authenticated).
+pub const FLAG_SEALED: u8 = 1;
+
 /// Appends one encoded batch of `raw` to `out` and returns its CRC.
 ///
 /// With `Codec::Lz4` the data is stored uncompressed when compression would not make it
 /// smaller, so incompressible records cost no more than their size plus the header.
 pub fn encode_batch(raw: &[u8], codec: Codec, out: &mut Vec<u8>) -> Result<u32, ProtoError> {
-    let raw_len = u32::try_from(raw.len()).map_err(|_| ProtoError::TooLarge {
-        what: "batch",
-        len: raw.len() as u64,
-        max: u32::MAX as u64,
-    })?;
+    let raw_len = batch_raw_len(raw)?;
     let crc = crc32fast::hash(raw);
     let start = out.len();
     out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
-    let mut used = Codec::None;
-    if codec == Codec::Lz4 && !raw.is_empty() {
-        let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-        out.resize(start + BATCH_HEADER_LEN + bound, 0);
-        match lz4_flex::block::compress_into(raw, &mut out[start + BATCH_HEADER_LEN..]) {
-            Ok(n) if n < raw.len() => {
-                out.truncate(start + BATCH_HEADER_LEN + n);
-                used = Codec::Lz4;
-            }
-            _ => out.truncate(start + BATCH_HEADER_LEN),
-        }
-    }
-    if used == Codec::None {
-        out.extend_from_slice(raw);
-    }
+    let used = compress_onto(raw, codec, out);
+    write_header(out, start, used, 0, raw_len, crc);
+    Ok(crc)
+}
+
+pub(crate) fn batch_raw_len(raw: &[u8]) -> Result<u32, ProtoError> {
+    u32::try_from(raw.len()).map_err(|_| ProtoError::TooLarge {
+        what: "batch",
+        len: raw.len() as u64,
+        max: u32::MAX as u64,
+    })
+}
+
+/// Fills the header at `out[start..]` for the data after it.
+pub(crate) fn write_header(out: &mut [u8], start: usize, codec: Codec, flags: u8, raw_len: u32, crc: u32) {
     let data_len = (out.len() - start - BATCH_HEADER_LEN) as u32;
     let h = &mut out[start..start + BATCH_HEADER_LEN];
-    h[0] = used as u8;
+    h[0] = codec as u8;
+    h[1] = flags;
     h[4..8].copy_from_slice(&raw_len.to_le_bytes());
     h[8..12].copy_from_slice(&data_len.to_le_bytes());
     h[12..16].copy_from_slice(&crc.to_le_bytes());
-    Ok(crc)
+}
+
+/// Appends `raw` to `out`, lz4-compressed when asked and smaller; returns the codec used.
+pub(crate) fn compress_onto(raw: &[u8], codec: Codec, out: &mut Vec<u8>) -> Codec {
+    let at = out.len();
+    if codec == Codec::Lz4 && !raw.is_empty() {
+        let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+        out.resize(at + bound, 0);
+        match lz4_flex::block::compress_into(raw, &mut out[at..]) {
+            Ok(n) if n < raw.len() => {
+                out.truncate(at + n);
+                return Codec::Lz4;
+            }
+            _ => out.truncate(at),
+        }
+    }
+    out.extend_from_slice(raw);
+    Codec::None
 }
 
 /// A batch read in place from a buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchView<'a> {
     pub codec: Codec,
+    /// Encrypted by the application: read with [`crate::seal::BatchCipher::open_into`].
+    pub sealed: bool,
     pub raw_len: u32,
     pub crc: u32,
     pub data: &'a [u8],
@@ -121,23 +141,24 @@ impl<'a> BatchView<'a> {
             return Err(ProtoError::Truncated { need: BATCH_HEADER_LEN, have: buf.len() });
         }
         let codec = Codec::from_u8(buf[0])?;
-        if buf[1..4] != [0, 0, 0] {
+        if buf[1] & !FLAG_SEALED != 0 || buf[2..4] != [0, 0] {
             return Err(ProtoError::Invalid("batch reserved bytes are not zero".into()));
         }
+        let sealed = buf[1] & FLAG_SEALED != 0;
         let raw_len = le_u32(buf, 4);
         let data_len = le_u32(buf, 8) as usize;
         let crc = le_u32(buf, 12);
         if raw_len > max_raw {
             return Err(ProtoError::TooLarge { what: "batch", len: raw_len as u64, max: max_raw as u64 });
         }
-        if codec == Codec::None && data_len != raw_len as usize {
+        if codec == Codec::None && !sealed && data_len != raw_len as usize {
             return Err(ProtoError::Invalid("uncompressed batch length mismatch".into()));
         }
         let end = BATCH_HEADER_LEN + data_len;
         if buf.len() < end {
             return Err(ProtoError::Truncated { need: end, have: buf.len() });
         }
-        Ok((BatchView { codec, raw_len, crc, data: &buf[BATCH_HEADER_LEN..end] }, &buf[end..]))
+        Ok((BatchView { codec, sealed, raw_len, crc, data: &buf[BATCH_HEADER_LEN..end] }, &buf[end..]))
     }
 
     /// Parses a buffer that must hold exactly one batch.
@@ -152,24 +173,11 @@ impl<'a> BatchView<'a> {
     /// Appends the uncompressed bytes to `out` after checking the CRC. On error `out` is left
     /// as it was.
     pub fn decode_into(&self, out: &mut Vec<u8>) -> Result<(), ProtoError> {
-        let start = out.len();
-        match self.codec {
-            Codec::None => out.extend_from_slice(self.data),
-            Codec::Lz4 => {
-                out.resize(start + self.raw_len as usize, 0);
-                match lz4_flex::block::decompress_into(self.data, &mut out[start..]) {
-                    Ok(n) if n == self.raw_len as usize => {}
-                    Ok(n) => {
-                        out.truncate(start);
-                        return Err(ProtoError::Decompress(format!("got {n} bytes, header says {}", self.raw_len)));
-                    }
-                    Err(e) => {
-                        out.truncate(start);
-                        return Err(ProtoError::Decompress(e.to_string()));
-                    }
-                }
-            }
+        if self.sealed {
+            return Err(ProtoError::Sealed);
         }
+        let start = out.len();
+        decompress_onto(self.codec, self.data, self.raw_len, out)?;
         let actual = crc32fast::hash(&out[start..]);
         if actual != self.crc {
             out.truncate(start);
@@ -182,6 +190,30 @@ impl<'a> BatchView<'a> {
     pub fn encoded_len(&self) -> usize {
         BATCH_HEADER_LEN + self.data.len()
     }
+}
+
+/// Appends `data` decoded by `codec` (`raw_len` bytes) to `out`; on error `out` is as it was.
+pub(crate) fn decompress_onto(codec: Codec, data: &[u8], raw_len: u32, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    let start = out.len();
+    match codec {
+        Codec::None if data.len() == raw_len as usize => out.extend_from_slice(data),
+        Codec::None => return Err(ProtoError::Decompress("stored length differs from the header's".into())),
+        Codec::Lz4 => {
+            out.resize(start + raw_len as usize, 0);
+            match lz4_flex::block::decompress_into(data, &mut out[start..]) {
+                Ok(n) if n == raw_len as usize => {}
+                Ok(n) => {
+                    out.truncate(start);
+                    return Err(ProtoError::Decompress(format!("got {n} bytes, header says {raw_len}")));
+                }
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(ProtoError::Decompress(e.to_string()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One batch in a read stream or a spilled segment, tagged with where it came from.

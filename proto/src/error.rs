@@ -218,6 +218,13 @@ pub enum ProtoError {
     Checksum { expected: u32, actual: u32 },
     #[error("batch decompression failed: {0}")]
     Decompress(String),
+    /// An encrypted batch, and the reader holds no key for it (or not its key).
+    #[error("the batch is encrypted by its application; this reader has no key for it")]
+    Sealed,
+    /// An encrypted batch whose authentication tag does not verify: altered, or sealed with
+    /// another key or for another place.
+    #[error("the encrypted batch does not authenticate")]
+    Unsealed,
     #[error("i/o: {0}")]
     Io(String),
 }
@@ -228,7 +235,8 @@ impl ProtoError {
         match self {
             ProtoError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             ProtoError::TooLarge { .. } => ErrorCode::TooLarge,
-            ProtoError::Checksum { .. } | ProtoError::Decompress(_) => ErrorCode::Corrupt,
+            ProtoError::Checksum { .. } | ProtoError::Decompress(_) | ProtoError::Unsealed => ErrorCode::Corrupt,
+            ProtoError::Sealed => ErrorCode::BadRequest,
             ProtoError::InvalidId { .. } => ErrorCode::BadRequest,
             ProtoError::Io(_) => ErrorCode::Internal,
             _ => ErrorCode::Malformed,

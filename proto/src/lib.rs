@@ -17,7 +17,8 @@
 //! I/O at the edges, behind features:
 //! - `transport`: [`transport`] (QUIC client and server loop), [`http`] (status pages),
 //!   [`certs`] and [`auth`] (TLS material, credentials and capabilities; they read the wall
-//!   clock to check expiry), [`settings`] (configuration files).
+//!   clock to check expiry), [`settings`] (configuration files), [`seal`] (batches encrypted
+//!   by the application).
 //! - `objstore`: [`objstore`] (stores by URL, segment upload and bounded reads, and the
 //!   retry, metrics and fault layers).
 //!
@@ -40,6 +41,8 @@ pub mod messages;
 #[cfg(feature = "objstore")]
 pub mod objstore;
 pub mod retry;
+#[cfg(feature = "transport")]
+pub mod seal;
 pub mod segment;
 #[cfg(feature = "transport")]
 pub mod settings;

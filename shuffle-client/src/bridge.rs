@@ -50,6 +50,19 @@ pub struct BridgeConfig {
     /// app token the driver handed its executors through the shuffle handle), or else the
     /// `SHOAL_CREDENTIAL` environment variable.
     pub credential: Option<Credential>,
+    /// `io_encryption_key=BASE64URL`: the application's IO encryption key (Spark's, with
+    /// `spark.io.encryption.enabled`); batches are sealed with a key derived from it.
+    pub io_key: Option<IoKey>,
+}
+
+/// An application's IO encryption key; never printed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IoKey(Vec<u8>);
+
+impl std::fmt::Debug for IoKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IoKey(***)")
+    }
 }
 
 impl BridgeConfig {
@@ -73,6 +86,7 @@ impl BridgeConfig {
             runtime_threads: 2,
             log: "warn".into(),
             credential: None,
+            io_key: None,
         };
         let mut credential_file: Option<String> = None;
         let mut app_token: Option<String> = None;
@@ -104,6 +118,19 @@ impl BridgeConfig {
                 "credential_file" => credential_file = (!v.is_empty()).then(|| v.to_string()),
                 // Never echoed in errors: it is a secret.
                 "app_token" => app_token = (!v.is_empty()).then(|| v.to_string()),
+                // Never echoed either.
+                "io_encryption_key" if v.is_empty() => cfg.io_key = None,
+                "io_encryption_key" => {
+                    use base64::Engine;
+                    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(v)
+                        .ok()
+                        .filter(|k| matches!(k.len(), 16 | 24 | 32))
+                        .ok_or_else(|| {
+                            ClientError::Config("io_encryption_key: expected 16, 24 or 32 bytes in base64url".into())
+                        })?;
+                    cfg.io_key = Some(IoKey(key));
+                }
                 _ => return Err(ClientError::Config(format!("unknown setting `{k}`"))),
             }
         }
@@ -157,6 +184,17 @@ impl BridgeConfig {
         c.master_deadline = self.master_deadline;
         c.credential = self.credential.clone();
         c
+    }
+
+    /// The client settings, with the batch cipher derived from the IO key if one was given.
+    fn client_config_sealed(&self) -> Result<ClientConfig, ClientError> {
+        let mut c = self.client_config();
+        if let Some(k) = &self.io_key {
+            let cipher = shuffle_proto::seal::BatchCipher::from_app_key(&k.0)
+                .map_err(|e| ClientError::Config(format!("io_encryption_key: {e}")))?;
+            c.cipher = Some(Arc::new(cipher));
+        }
+        Ok(c)
     }
 }
 
@@ -229,6 +267,7 @@ impl std::hash::Hash for BridgeConfig {
         self.max_in_flight.hash(h);
         self.call_timeout.hash(h);
         self.master_deadline.hash(h);
+        self.io_key.hash(h);
     }
 }
 
@@ -353,7 +392,7 @@ impl Bridge {
         }
         // Quinn binds its endpoint to the current runtime.
         let _guard = self.rt.enter();
-        let client = ShuffleClient::new(cfg.client_config())?;
+        let client = ShuffleClient::new(cfg.client_config_sealed()?)?;
         let h = self.insert(Object::Client { client });
         by.insert(cfg.clone(), h);
         Ok(h)
@@ -593,6 +632,23 @@ mod tests {
             let e = BridgeConfig::parse(&bad).unwrap_err();
             assert!(matches!(e, ClientError::Config(_)), "{bad:.40}: {e}");
         }
+    }
+
+    /// Spark's IO key arrives as base64url; it is never printed, and a client with it seals.
+    #[test]
+    fn an_io_encryption_key_is_parsed_hidden_and_used() {
+        let key = "KioqKioqKioqKioqKioqKg"; // 16 bytes of '*'
+        let c = BridgeConfig::parse(&conf(&format!("io_encryption_key={key}"))).unwrap();
+        assert_eq!(c.io_key, Some(IoKey(vec![b'*'; 16])));
+        assert!(!format!("{c:?}").contains(key) && !format!("{c:?}").contains("****************"));
+        assert!(c.client_config_sealed().unwrap().cipher.is_some());
+        assert!(BridgeConfig::parse(&conf("")).unwrap().client_config_sealed().unwrap().cipher.is_none());
+        for bad in ["io_encryption_key=not*base64", "io_encryption_key=AAAA"] {
+            let e = BridgeConfig::parse(&conf(bad)).unwrap_err();
+            assert!(matches!(e, ClientError::Config(_)) && !e.to_string().contains("AAAA"), "{bad}: {e}");
+        }
+        // Two configurations differing only in the key are different clients.
+        assert_ne!(c, BridgeConfig::parse(&conf("")).unwrap());
     }
 
     #[test]

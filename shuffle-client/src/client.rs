@@ -52,6 +52,9 @@ pub struct ClientConfig {
     /// What this process presents to the masters: a tenant's secret (a driver, which then
     /// uses the app token it receives), an app token (an executor), or an admin's secret.
     pub credential: Option<Credential>,
+    /// The application's batch key (Spark's IO encryption on): batches are sealed before they
+    /// leave this process and opened only here ([`shuffle_proto::seal`]).
+    pub cipher: Option<Arc<shuffle_proto::seal::BatchCipher>>,
 }
 
 impl ClientConfig {
@@ -66,6 +69,7 @@ impl ClientConfig {
             call_timeout: Duration::from_secs(30),
             master_deadline: Duration::from_secs(30),
             credential: None,
+            cipher: None,
         }
     }
 }

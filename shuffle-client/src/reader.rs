@@ -19,6 +19,7 @@ use shuffle_proto::frame::read_frame;
 use shuffle_proto::messages::*;
 use shuffle_proto::objstore::SegmentChunks;
 use shuffle_proto::retry::Backoff;
+use shuffle_proto::seal::BatchPlace;
 use shuffle_proto::{FrameLimits, MapId, PartitionId, ShuffleKey};
 use tokio::sync::mpsc;
 
@@ -281,7 +282,30 @@ impl Reader {
             let view =
                 BatchView::parse_exact(rec.batch, DEFAULT_MAX_BATCH_RAW).map_err(|e| self.corrupt(e.to_string()))?;
             let mut raw = Vec::with_capacity(view.raw_len as usize);
-            view.decode_into(&mut raw).map_err(|e| self.corrupt(format!("map {} seq {}: {e}", rec.map, rec.seq)))?;
+            let decoded = match (&self.client.inner.cfg.cipher, view.sealed) {
+                (Some(cipher), true) => {
+                    let place = BatchPlace {
+                        shuffle: &self.shuffle,
+                        partition: self.partition,
+                        map: rec.map,
+                        attempt: rec.attempt,
+                        seq: rec.seq,
+                    };
+                    cipher.open_into(&view, &place, &mut raw)
+                }
+                _ => view.decode_into(&mut raw),
+            };
+            match decoded {
+                Ok(()) => {}
+                Err(shuffle_proto::ProtoError::Sealed) => {
+                    return Err(ClientError::Config(
+                        "this shuffle's batches are encrypted by its application: read it with the \
+                         application's IO encryption key (spark.io.encryption.enabled)"
+                            .into(),
+                    ))
+                }
+                Err(e) => return Err(self.corrupt(format!("map {} seq {}: {e}", rec.map, rec.seq))),
+            }
             let g = self.got.entry(rec.map).or_default();
             g.0 += raw.len() as u64;
             g.1 = g.1.wrapping_add(view.crc);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use shuffle_proto::batch::{encode_batch, max_encoded_len, Codec, DEFAULT_MAX_BATCH_RAW};
 use shuffle_proto::messages::*;
+use shuffle_proto::seal::{BatchCipher, BatchPlace};
 use shuffle_proto::transport::TransportError;
 use shuffle_proto::{AttemptId, Epoch, MapId, PartitionId, ShuffleKey};
 use tokio::task::JoinSet;
@@ -150,11 +151,23 @@ impl MapWriter {
         while self.inflight.len() >= self.client.config().max_in_flight.max(1) {
             self.reap_one().await?;
         }
-        let mut batch = Vec::with_capacity(max_encoded_len(raw.len()));
-        let crc = encode_batch(raw, Codec::Lz4, &mut batch)?;
+        let seq = self.stats[partition as usize].next_seq;
+        let (batch, crc) = match &self.client.config().cipher {
+            Some(cipher) => {
+                let mut batch = Vec::with_capacity(BatchCipher::max_sealed_len(raw.len()));
+                let place =
+                    BatchPlace { shuffle: &self.shuffle, partition, map: self.map.0, attempt: self.attempt.0, seq };
+                let crc = cipher.seal_batch(raw, Codec::Lz4, &place, &mut batch)?;
+                (batch, crc)
+            }
+            None => {
+                let mut batch = Vec::with_capacity(max_encoded_len(raw.len()));
+                let crc = encode_batch(raw, Codec::Lz4, &mut batch)?;
+                (batch, crc)
+            }
+        };
         self.wire_bytes += batch.len() as u64;
         let st = &mut self.stats[partition as usize];
-        let seq = st.next_seq;
         st.next_seq += 1;
         let push = Push {
             client: self.client.clone(),

@@ -55,6 +55,10 @@ impl StoreObserver for StoreMetrics {
 pub struct Metrics {
     pub registry: Registry,
     pub bytes_pushed: Counter,
+    /// Batches accepted from map tasks (replica copies included), and of them the ones sealed
+    /// by their application (encrypted at rest).
+    pub batches_pushed: Counter,
+    pub sealed_batches: Counter,
     pub bytes_read: Counter,
     pub bytes_spilled: Counter,
     pub bytes_buffered: Gauge,
@@ -74,6 +78,8 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("shoal_worker");
         let m = Metrics {
             bytes_pushed: Counter::default(),
+            batches_pushed: Counter::default(),
+            sealed_batches: Counter::default(),
             bytes_read: Counter::default(),
             bytes_spilled: Counter::default(),
             bytes_buffered: Gauge::default(),
@@ -90,6 +96,12 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register("pushed_bytes", "Batch bytes accepted from map tasks", m.bytes_pushed.clone());
+        registry.register("pushed_batches", "Batches accepted", m.batches_pushed.clone());
+        registry.register(
+            "sealed_batches",
+            "Batches accepted encrypted by their application (Spark IO encryption)",
+            m.sealed_batches.clone(),
+        );
         registry.register("read_bytes", "Bytes streamed to readers", m.bytes_read.clone());
         registry.register("spilled_bytes", "Record bytes written to the object store", m.bytes_spilled.clone());
         registry.register("buffered_bytes", "Bytes held in the local buffer", m.bytes_buffered.clone());

@@ -363,6 +363,8 @@ async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result
         .arg(&plugin)
         .arg(&checks)
         .arg("--speculation")
+        // Spark's IO encryption on: the plugin seals every batch with the application's key.
+        .arg("spark.io.encryption.enabled=true")
         .arg(format!("spark.shoal.master.endpoints={}", cluster.master_addrs.join(",")))
         .arg(format!("spark.shoal.tls.ca={}", ca.display()))
         .arg(format!("spark.shoal.objectStore.url={}", cluster.object_store))
@@ -388,6 +390,11 @@ async fn speculative_copies_through_shoal_give_exact_results() -> anyhow::Result
     for want in ["CHECK speculation ok", "CHECK speculative-copies ok"] {
         anyhow::ensure!(stdout.contains(want), "missing `{want}`");
     }
+    // Every batch the workers took was sealed by the application (none in plain).
+    let sealed: u64 = cluster.workers.values().map(|w| w.metrics().sealed_batches.get()).sum();
+    let batches: u64 = cluster.workers.values().map(|w| w.metrics().batches_pushed.get()).sum();
+    println!("batches pushed: {batches}, sealed: {sealed}");
+    anyhow::ensure!(batches > 0 && sealed == batches, "{sealed} of {batches} batches were sealed");
     cluster.shutdown().await;
     Ok(())
 }

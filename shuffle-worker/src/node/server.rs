@@ -284,7 +284,7 @@ impl Inner {
             // primary, a cluster node, sends one.
             return Err(AuthError::Forbidden("replica copies come from cluster nodes only").wire());
         }
-        BatchView::parse_exact(&body, DEFAULT_MAX_BATCH_RAW).map_err(WireError::from)?;
+        let sealed = BatchView::parse_exact(&body, DEFAULT_MAX_BATCH_RAW).map_err(WireError::from)?.sealed;
         let part = (push.shuffle.clone(), push.partition.0);
         let admitted = self.core().admit_push(&part, body.len() as u64, self.buffer.bytes_held());
         if let Err((code, why)) = admitted {
@@ -383,6 +383,10 @@ impl Inner {
             return Err(self.replica_failed(&shuffle, push.partition, epoch, forward, e).await);
         }
         self.metrics.bytes_pushed.inc_by(len);
+        self.metrics.batches_pushed.inc();
+        if sealed {
+            self.metrics.sealed_batches.inc();
+        }
         Ok(PushAck { seq: push.seq })
     }
 

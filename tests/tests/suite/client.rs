@@ -298,3 +298,81 @@ async fn a_small_buffer_spills_early_and_a_writer_never_sees_an_error() {
     }
     c.shutdown().await;
 }
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Rows that name `marker` in every record.
+fn marked_rows(marker: &str, p: u32, n: u32) -> Vec<u8> {
+    (0..n).flat_map(|i| format!("{marker}-p{p:03}-r{i:06}-{:032x}\n", u128::from(i) * 7919).into_bytes()).collect()
+}
+
+/// With the application's IO key, batches are sealed in the client: neither the worker's value
+/// log nor the spilled segment holds a row in plain, and the rows read back exactly. The same
+/// shuffle without a key leaves its rows visible on the same disks (so the search below can
+/// see them), and a reader without the key gets a configuration error, not bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_batches_leave_no_plaintext_on_workers_or_in_the_store() {
+    let c = Cluster::start(1).await.unwrap();
+    let client_as = |key: Option<[u8; 16]>, cred: shuffle_proto::auth::Credential| {
+        let mut cfg = shuffle_client::ClientConfig::new(c.master_addrs.clone(), c.ca_only());
+        cfg.credential = Some(cred);
+        cfg.batch_bytes = 32 << 10;
+        cfg.cipher = key.map(|k| std::sync::Arc::new(shuffle_proto::seal::BatchCipher::from_app_key(&k).unwrap()));
+        ShuffleClient::new(cfg).unwrap()
+    };
+    let client = |key| client_as(key, c.tenant(0).unwrap());
+    let objects = c.dir.path().join("objects");
+    for (app, key, marker) in [("app-plain", None, "PLAINROW"), ("app-sealed", Some([42u8; 16]), "SEALEDROW")] {
+        let sc = client(key);
+        let token = sc.register_app(&AppId::new(app).unwrap(), Duration::from_secs(600)).await.unwrap();
+        let token = shuffle_proto::auth::Credential::from_text(&token).unwrap();
+        let k = ShuffleKey::new(AppId::new(app).unwrap(), 0, 0);
+        let a = sc.register_shuffle(&k, 1, 2, 1).await.unwrap();
+        let mut w = sc.map_writer(&a, MapId(0), AttemptId(1));
+        for p in 0..2 {
+            w.write(p, &marked_rows(marker, p, 3000)).await.unwrap();
+        }
+        w.wait_acked().await.unwrap();
+        // Before the commit every batch is in the worker's buffer only.
+        let on_worker = files_holding(&c.worker_dir("w0"), marker.as_bytes());
+        assert!(w.commit().await.unwrap().accepted);
+        eventually(Duration::from_secs(15), "spilled", || async {
+            let p = c.plan(&k, 0, 2).await.ok()?;
+            p.partitions.iter().all(|pp| pp.sources.is_empty()).then_some(())
+        })
+        .await
+        .unwrap();
+        let in_store = files_holding(&objects, marker.as_bytes());
+        if key.is_none() {
+            assert!(!on_worker.is_empty() && !in_store.is_empty(), "the search sees plain rows");
+        } else {
+            assert!(on_worker.is_empty(), "plain rows on the worker: {on_worker:?}");
+            assert!(in_store.is_empty(), "plain rows in the object store: {in_store:?}");
+            // A reader without the application's key: told so, given nothing.
+            let err = read_all(&client_as(None, token.clone()), &k, 0, 0, 1).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            let err = read_all(&client_as(Some([7u8; 16]), token.clone()), &k, 0, 0, 1).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "another key: {err}");
+        }
+        for p in 0..2 {
+            assert_eq!(read_all(&sc, &k, p, 0, 1).await.unwrap(), marked_rows(marker, p, 3000));
+        }
+    }
+    c.shutdown().await;
+}

@@ -103,6 +103,28 @@ final class ShoalConf implements java.io.Serializable {
     s.append("master_deadline_ms=").append(masterDeadlineMs).append('\n');
     s.append("runtime_threads=").append(clientThreads).append('\n');
     s.append("log=").append(logLevel).append('\n');
+    String ioKey = ioEncryptionKey();
+    if (ioKey != null) {
+      s.append("io_encryption_key=").append(ioKey).append('\n');
+    }
     return s.toString();
+  }
+
+  /**
+   * This application's IO encryption key when {@code spark.io.encryption.enabled} is on: Spark's
+   * own, which the driver makes and hands its executors. Each process reads it from its own
+   * SparkEnv; it never travels in task data or to Shoal. With it the native client seals every
+   * batch before it leaves the executor, so workers and the object store hold ciphertext only.
+   */
+  static String ioEncryptionKey() {
+    org.apache.spark.SparkEnv env = org.apache.spark.SparkEnv.get();
+    if (env == null) {
+      return null;
+    }
+    scala.Option<byte[]> key = env.securityManager().getIOEncryptionKey();
+    if (key.isEmpty()) {
+      return null;
+    }
+    return java.util.Base64.getUrlEncoder().withoutPadding().encodeToString(key.get());
   }
 }

@@ -1,7 +1,7 @@
 //! A spill that fails between its steps (upload, report to the master, local delete), and an
 //! object store that fails a share of its calls and is slow, through failpoints: nothing
 //! acknowledged is lost, readers get every committed byte exactly once, and an object the
-//! master never recorded is deleted on the next spill of the partition. (Its own test binary:
+//! master never recorded is deleted by the sweep once past its grace. (Its own test binary:
 //! failpoints are process-wide.)
 
 use std::time::Duration;
@@ -12,7 +12,12 @@ use shuffle_proto::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spill_failing_after_upload_or_after_report_loses_nothing() {
     let scenario = fail::FailScenario::setup();
-    let c = Cluster::start(1).await.unwrap();
+    let mut c = Cluster::start(0).await.unwrap();
+    // The sweep alone deletes objects: with no grace, it takes the failed spill's orphan at once.
+    let mut cfg = c.worker_config("w0").unwrap();
+    cfg.sweep_grace = Duration::ZERO;
+    cfg.sweep_interval = None;
+    c.workers.insert("w0".into(), shuffle_worker::node::WorkerNode::start(cfg).await.unwrap());
     let objects = std::path::PathBuf::from(c.object_store.trim_start_matches("file://"));
     let sc = c.shuffle_client().unwrap();
     let app = AppId::new("app-faults").unwrap();
@@ -33,6 +38,7 @@ async fn a_spill_failing_after_upload_or_after_report_loses_nothing() {
         assert_eq!(plan.partitions[0].segments.len(), 1, "{point}: one recorded segment");
         let dir = objects.join("app-faults").join(format!("{i}.0"));
         eventually(Duration::from_secs(10), "only recorded objects are left", || async {
+            c.workers["w0"].sweep_now().await.ok()?;
             (segment_objects(&dir) == 1).then_some(())
         })
         .await

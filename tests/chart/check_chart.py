@@ -111,7 +111,8 @@ def exported_metrics() -> tuple[set[str], set[str]]:
 
 def http_paths() -> dict[str, set[str]]:
     """HTTP paths each binary serves."""
-    master = set(re.findall(r'"(/[a-z.]*)" =>', rust("shuffle-master/src/web.rs")))
+    # Match arms, alternatives included (`"/status.json" | "/metrics" | "/" =>`).
+    master = set(re.findall(r'"(/[a-z.]*)"\s*(?:=>|\|)', rust("shuffle-master/src/web.rs")))
     # The worker's node module is node.rs or node/*.rs.
     node = "".join(p.read_text() for p in sorted((ROOT / "shuffle-worker/src").glob("node*/**/*.rs"))
                    + [ROOT / "shuffle-worker/src/node.rs"] if p.exists())

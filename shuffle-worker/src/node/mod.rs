@@ -77,6 +77,10 @@ struct Inner {
     /// requests hold it shared while they store or read; a newer registration's first request
     /// takes it exclusively to delete the older one's data.
     incarnations: tokio::sync::RwLock<Incarnations>,
+    /// Blocking threads for scan steps and for batch stores: separate bounded pools, so
+    /// neither kind of work takes the other's threads (`server::SCAN_SLOTS`, `STORE_SLOTS`).
+    scan_slots: Arc<tokio::sync::Semaphore>,
+    store_slots: Arc<tokio::sync::Semaphore>,
     /// Every decision about pushes, spills and the worker's lifecycle (see [`crate::core`]).
     core: Mutex<WorkerCore>,
     spilling: Mutex<HashSet<ShuffleKey>>,
@@ -139,6 +143,8 @@ impl WorkerNode {
             fetch_locks: Default::default(),
             fetched_at: Default::default(),
             incarnations: tokio::sync::RwLock::new(incarnations),
+            scan_slots: Arc::new(tokio::sync::Semaphore::new(server::SCAN_SLOTS)),
+            store_slots: Arc::new(tokio::sync::Semaphore::new(server::STORE_SLOTS)),
             core: Mutex::new(WorkerCore::new(limits)),
             spilling: Default::default(),
             sweeping: Default::default(),

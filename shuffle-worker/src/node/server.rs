@@ -39,20 +39,35 @@ type StepTask = tokio::task::JoinHandle<Result<Step, BufferError>>;
 /// The thread, iterator and files are held for this one chunk only.
 fn scan_step(
     buffer: Arc<Buffer>,
+    slots: Arc<tokio::sync::Semaphore>,
     chunk_bytes: usize,
     range: Arc<ScanRange>,
     mut cursor: ScanCursor,
     record_keys: bool,
 ) -> StepTask {
-    tokio::task::spawn_blocking(move || {
-        // The chunk leaves whole (handed to the transport without a copy), and at full size
-        // filling it never reallocates.
-        let mut chunk = Vec::with_capacity(chunk_bytes + CHUNK_SLACK);
-        let mut keys = Vec::new();
-        let stats = buffer.scan_step(&range, &mut cursor, chunk_bytes, &mut chunk, record_keys.then_some(&mut keys))?;
-        Ok(Step { chunk, records: stats.records, keys, cursor })
+    tokio::spawn(async move {
+        // A slot of the scan pool: scans never take the threads pushes store with.
+        let _slot = slots.acquire_owned().await.map_err(|_| step_stopped())?;
+        tokio::task::spawn_blocking(move || {
+            // The chunk leaves whole (handed to the transport without a copy), and at full
+            // size filling it never reallocates.
+            let mut chunk = Vec::with_capacity(chunk_bytes + CHUNK_SLACK);
+            let mut keys = Vec::new();
+            let stats =
+                buffer.scan_step(&range, &mut cursor, chunk_bytes, &mut chunk, record_keys.then_some(&mut keys))?;
+            Ok(Step { chunk, records: stats.records, keys, cursor })
+        })
+        .await
+        .unwrap_or_else(|_| Err(step_stopped()))
     })
 }
+
+/// Scan steps (reads and spills) on blocking threads at once: each holds a thread for one
+/// chunk, so this bounds the threads and chunk memory scans take whatever readers do.
+pub(super) const SCAN_SLOTS: usize = 32;
+/// Batch stores on blocking threads at once; beyond it pushes queue (and the client's window
+/// and the node's frame budget bound the queue), never taking a scan's threads.
+pub(super) const STORE_SLOTS: usize = 128;
 
 /// A scan step's thread ended without a result (it panicked or the runtime is shutting down).
 fn step_stopped() -> BufferError {
@@ -356,7 +371,14 @@ impl Inner {
         let len = body.len() as u64;
         let body = Arc::new(body);
         let local = body.clone();
+        let slot = self
+            .store_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| werr(ErrorCode::Unavailable, "the worker is stopping"))?;
         let store = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             // Fault tests slow, fail or crash the store here, with the push admitted and in
             // flight, and right after the batch is in the WAL but not yet acknowledged.
             fail::fail_point!("worker-before-put", |a| super::fault(
@@ -444,7 +466,7 @@ impl Inner {
     }
 
     fn scan_step(&self, range: Arc<ScanRange>, cursor: ScanCursor, record_keys: bool) -> StepTask {
-        scan_step(self.buffer.clone(), self.cfg.read_chunk_bytes, range, cursor, record_keys)
+        scan_step(self.buffer.clone(), self.scan_slots.clone(), self.cfg.read_chunk_bytes, range, cursor, record_keys)
     }
 
     /// Runs a partition scan step by step, handing chunks over a bounded channel; it stops
@@ -458,12 +480,13 @@ impl Inner {
     ) -> (ScanChunks, tokio::task::JoinHandle<ScannedKeys>) {
         let (tx, rx) = mpsc::channel(SPILL_SCAN_AHEAD);
         let range = Arc::new(range);
-        let (buffer, chunk_bytes) = (self.buffer.clone(), self.cfg.read_chunk_bytes);
+        let (buffer, slots, chunk_bytes) = (self.buffer.clone(), self.scan_slots.clone(), self.cfg.read_chunk_bytes);
         let task = tokio::spawn(async move {
             let mut keys = ScannedKeys::default();
             let mut cursor = ScanCursor::default();
             while !cursor.done {
-                let step = scan_step(buffer.clone(), chunk_bytes, range.clone(), cursor, record_keys).await;
+                let step =
+                    scan_step(buffer.clone(), slots.clone(), chunk_bytes, range.clone(), cursor, record_keys).await;
                 let step = match step.unwrap_or_else(|_| Err(step_stopped())) {
                     Ok(s) => s,
                     Err(e) => {

@@ -339,6 +339,17 @@ async fn applications_are_closed_to_each_other_and_operators_need_the_admin_cred
     Ok(())
 }
 
+/// A read plan of partition 0, map 0 of `key`.
+fn plan_of_partition_0(key: &ShuffleKey) -> GetReadPlan {
+    GetReadPlan {
+        shuffle: key.clone(),
+        start_partition: PartitionId(0),
+        end_partition: PartitionId(1),
+        start_map: MapId(0),
+        end_map: MapId(1),
+    }
+}
+
 /// The app registration a capability was issued for.
 fn incarnation_of(capability: &[u8]) -> anyhow::Result<u64> {
     let claims = Credential::decode(capability)?.unverified_claims();
@@ -408,15 +419,7 @@ async fn an_app_id_taken_again_reads_nothing_of_its_previous_holder() -> anyhow:
     for seq in 0..4 {
         assert_eq!(refused(&outsider, &worker, &push(seq, loc.epoch), &asg_v.capability, &batch).await, None);
     }
-    let plan_v: ReadPlan = victim
-        .call_typed(GetReadPlan {
-            shuffle: key.clone(),
-            start_partition: PartitionId(0),
-            end_partition: PartitionId(1),
-            start_map: MapId(0),
-            end_map: MapId(1),
-        })
-        .await?;
+    let plan_v: ReadPlan = victim.call_typed(plan_of_partition_0(&key)).await?;
     let attempts = vec![MapAttemptRef { map: MapId(0), attempt: AttemptId(1) }];
     let Ok(before) = read_rows(&outsider, &worker, &key, attempts.clone(), &plan_v.capability).await? else {
         anyhow::bail!("the victim cannot read its own data")
@@ -458,15 +461,7 @@ async fn an_app_id_taken_again_reads_nothing_of_its_previous_holder() -> anyhow:
             }],
         })
         .await?;
-    let plan_a: ReadPlan = attacker
-        .call_typed(GetReadPlan {
-            shuffle: key.clone(),
-            start_partition: PartitionId(0),
-            end_partition: PartitionId(1),
-            start_map: MapId(0),
-            end_map: MapId(1),
-        })
-        .await?;
+    let plan_a: ReadPlan = attacker.call_typed(plan_of_partition_0(&key)).await?;
     let read = read_rows(&outsider, &worker, &key, attempts.clone(), &plan_a.capability).await?;
     assert_eq!(read, Ok(mine), "the new holder read rows that were not its own");
 
@@ -474,17 +469,7 @@ async fn an_app_id_taken_again_reads_nothing_of_its_previous_holder() -> anyhow:
     for (what, m) in [
         ("heartbeat", Message::from(AppHeartbeat { app: key.app.clone() })),
         ("assignment", GetAssignment { shuffle: key.clone() }.into()),
-        (
-            "plan",
-            GetReadPlan {
-                shuffle: key.clone(),
-                start_partition: PartitionId(0),
-                end_partition: PartitionId(1),
-                start_map: MapId(0),
-                end_map: MapId(1),
-            }
-            .into(),
-        ),
+        ("plan", plan_of_partition_0(&key).into()),
         ("unregister", UnregisterApp { app: key.app.clone() }.into()),
     ] {
         assert_eq!(

@@ -116,7 +116,8 @@ impl BatchCipher {
     }
 
     /// Appends the rows of a sealed batch read at `place` to `out`, after checking its CRC and
-    /// its seal. On error `out` is left as it was.
+    /// its seal. On error `out` is left as it was. The compressed bytes are copied once (the
+    /// reader's chunk is shared and AES-GCM opens in place), then decompressed into `out`.
     pub fn open_into(&self, view: &BatchView<'_>, place: &BatchPlace<'_>, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         if !view.sealed {
             return view.decode_into(out);

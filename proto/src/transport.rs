@@ -547,6 +547,20 @@ struct Budgets {
 
 type Permit = tokio::sync::OwnedSemaphorePermit;
 
+impl Budgets {
+    /// Takes `need` units from every budget, in the one order every taker uses (connection,
+    /// source, pool), so two takers never hold parts of each other's reservation.
+    async fn reserve(&self, need: u32) -> Option<(Permit, Option<Permit>, Permit)> {
+        let c = self.conn.clone().acquire_many_owned(need).await.ok()?;
+        let s = match &self.source {
+            Some(s) => Some(s.clone().acquire_many_owned(need).await.ok()?),
+            None => None,
+        };
+        let n = self.node.clone().acquire_many_owned(need).await.ok()?;
+        Some((c, s, n))
+    }
+}
+
 /// Reply bytes reserved against the server's budgets ([`Responder::reserve`]); released when
 /// dropped.
 #[must_use = "the reservation ends when it is dropped"]
@@ -601,18 +615,7 @@ impl Responder {
     /// produces it and drops the reservation once it is sent.
     pub async fn reserve(&self, bytes: usize) -> Result<Reservation, ProtoError> {
         let Some(b) = &self.budgets else { return Ok(Reservation { _permits: None }) };
-        let need = units(bytes as u64);
-        // In the order requests take them: connection, source, node.
-        let take = async {
-            let c = b.conn.clone().acquire_many_owned(need).await.ok()?;
-            let s = match &b.source {
-                Some(s) => Some(s.clone().acquire_many_owned(need).await.ok()?),
-                None => None,
-            };
-            let n = b.node.clone().acquire_many_owned(need).await.ok()?;
-            Some((c, s, n))
-        };
-        match tokio::time::timeout(self.stall, take).await {
+        match tokio::time::timeout(self.stall, b.reserve(units(bytes as u64))).await {
             Ok(Some(p)) => Ok(Reservation { _permits: Some(p) }),
             _ => Err(ProtoError::Io(format!("no room for a {bytes}-byte reply within {:?}", self.stall))),
         }
@@ -844,8 +847,10 @@ pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>, opts:
         match verdict {
             OnIncoming::Handshake => {}
             OnIncoming::Retry => {
-                if incoming.retry().is_err() {
-                    shared.admission().handshake_ended(peer.ip(), None, 0);
+                // A Retry holds no handshake slot (none was counted for it); one that cannot be
+                // sent (the peer was retried already) is refused instead.
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
                 }
                 continue;
             }
@@ -985,15 +990,16 @@ struct Stream<H> {
 
 impl<H: Handler> Stream<H> {
     async fn serve(self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let budgets = Budgets {
+            conn: self.conn_budget.clone(),
+            source: self.source_budget.clone(),
+            node: self.node_budget.clone(),
+        };
         let mut out = Responder {
             send,
             scratch: Vec::with_capacity(256),
             stall: self.opts.stall_timeout,
-            budgets: Some(Budgets {
-                conn: self.conn_budget.clone(),
-                source: self.source_budget.clone(),
-                node: self.node_budget.clone(),
-            }),
+            budgets: Some(budgets),
         };
         let header =
             match tokio::time::timeout(self.opts.header_timeout, read_header(&mut recv, &self.opts.limits)).await {
@@ -1009,17 +1015,9 @@ impl<H: Handler> Stream<H> {
         if self.source_budget.is_some() && u64::from(need) * 1024 > self.opts.source_budget_bytes {
             return self.refuse(&mut out, &mut recv, ErrorCode::TooLarge, "frame exceeds the source budget").await;
         }
-        let reserve = async {
-            let c = self.conn_budget.clone().acquire_many_owned(need).await.ok()?;
-            let s = match &self.source_budget {
-                Some(s) => Some(s.clone().acquire_many_owned(need).await.ok()?),
-                None => None,
-            };
-            let n = self.node_budget.clone().acquire_many_owned(need).await.ok()?;
-            Some((c, s, n))
-        };
+        let Some(budgets) = out.budgets.as_ref() else { return };
         // Waiting for budget is bounded like a header: the caller backs off and retries on Busy.
-        let permits = match tokio::time::timeout(self.opts.header_timeout, reserve).await {
+        let permits = match tokio::time::timeout(self.opts.header_timeout, budgets.reserve(need)).await {
             Ok(Some(p)) => p,
             _ => return self.refuse(&mut out, &mut recv, ErrorCode::Busy, "too many bytes in flight").await,
         };

@@ -58,7 +58,8 @@ impl Incarnations {
         self.apps.insert(app.clone(), incarnation);
     }
 
-    pub fn get(&self, app: &AppId) -> Option<u64> {
+    #[cfg(test)]
+    fn get(&self, app: &AppId) -> Option<u64> {
         self.apps.get(app).copied()
     }
 
@@ -69,11 +70,8 @@ impl Incarnations {
         self.apps.len() != before
     }
 
-    pub fn len(&self) -> usize {
-        self.apps.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.apps.is_empty()
     }
 

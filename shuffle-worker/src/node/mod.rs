@@ -32,7 +32,6 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use shuffle_proto::auth::Verifier;
 use shuffle_proto::http::{serve_http, Page};
-use shuffle_proto::messages::ShuffleAssignment;
 use shuffle_proto::objstore::open_store_observed;
 use shuffle_proto::retry::{retry, Backoff};
 use shuffle_proto::transport::{
@@ -68,11 +67,10 @@ struct Inner {
     buffer: Arc<Buffer>,
     store: Arc<dyn ObjectStore>,
     master: MasterClient,
-    assignments: Mutex<HashMap<ShuffleKey, Arc<ShuffleAssignment>>>,
-    /// One lock per shuffle orders its assignment fetches (see `server::fetch_lock`).
-    fetch_locks: Mutex<HashMap<ShuffleKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each shuffle's assignment was last fetched (bounds refetches a peer can cause).
-    fetched_at: Mutex<HashMap<ShuffleKey, tokio::time::Instant>>,
+    assignments: Mutex<HashMap<ShuffleKey, Arc<server::Assigned>>>,
+    /// One lock per shuffle orders its assignment fetches and guards when it was last
+    /// fetched, which bounds the refetches a peer can cause (see `server::fetch_lock`).
+    fetch_locks: Mutex<HashMap<ShuffleKey, server::FetchLock>>,
     /// The registration of each app the local data belongs to ([`crate::incarnation`]):
     /// requests hold it shared while they store or read; a newer registration's first request
     /// takes it exclusively to delete the older one's data.
@@ -141,7 +139,6 @@ impl WorkerNode {
             master,
             assignments: Default::default(),
             fetch_locks: Default::default(),
-            fetched_at: Default::default(),
             incarnations: tokio::sync::RwLock::new(incarnations),
             scan_slots: Arc::new(tokio::sync::Semaphore::new(server::SCAN_SLOTS)),
             store_slots: Arc::new(tokio::sync::Semaphore::new(server::STORE_SLOTS)),

@@ -102,11 +102,24 @@ pub(super) fn superseded() -> WireError {
     AuthError::Forbidden("this capability is for an earlier registration of the application").wire()
 }
 
-/// The app's registration an assignment was issued under (the incarnation its signed
-/// capability carries); `None` without authentication.
-pub(super) fn assignment_incarnation(a: &ShuffleAssignment) -> Option<u64> {
-    capability_incarnation(&a.capability)
+/// A shuffle's assignment as the worker caches it.
+pub(super) struct Assigned {
+    pub assignment: ShuffleAssignment,
+    /// The app's registration it was issued under (the incarnation its signed capability
+    /// carries); `None` without authentication.
+    pub incarnation: Option<u64>,
 }
+
+impl std::ops::Deref for Assigned {
+    type Target = ShuffleAssignment;
+
+    fn deref(&self) -> &ShuffleAssignment {
+        &self.assignment
+    }
+}
+
+/// A shuffle's fetch lock, guarding when its assignment was last fetched.
+pub(super) type FetchLock = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
 
 /// The incarnation in a capability the masters attached to a reply (the reply came over the
 /// node's own authenticated connection, so its claims are read without a signature check).
@@ -196,9 +209,10 @@ impl Inner {
         self.assignments.lock().unwrap_or_else(|p| p.into_inner()).remove(shuffle);
     }
 
-    /// The lock that orders assignment fetches of one shuffle: fetches of different shuffles
-    /// (one tenant's, another's) never wait for each other.
-    fn fetch_lock(&self, shuffle: &ShuffleKey) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock that orders assignment fetches of one shuffle, guarding when it was last
+    /// fetched: fetches of different shuffles (one tenant's, another's) never wait for each
+    /// other.
+    fn fetch_lock(&self, shuffle: &ShuffleKey) -> FetchLock {
         let mut locks = self.fetch_locks.lock().unwrap_or_else(|p| p.into_inner());
         if locks.len() >= MAX_FETCH_LOCKS {
             // Only locks nobody holds or waits for go; the map stays bounded by shuffles in use.
@@ -219,34 +233,28 @@ impl Inner {
         partition: u32,
         epoch: u64,
         incarnation: Option<u64>,
-    ) -> Result<Arc<ShuffleAssignment>, WireError> {
+    ) -> Result<Arc<Assigned>, WireError> {
         let cached = || self.assignments.lock().unwrap_or_else(|p| p.into_inner()).get(shuffle).cloned();
-        let fresh = |a: &ShuffleAssignment| {
+        let fresh = |a: &Assigned| {
             a.locations.get(partition as usize).is_some_and(|l| l.epoch.0 >= epoch)
-                && incarnation.is_none_or(|i| assignment_incarnation(a).is_none_or(|have| have >= i))
+                && incarnation.is_none_or(|i| a.incarnation.is_none_or(|have| have >= i))
         };
-        let out_of_range = |a: &ShuffleAssignment| partition >= a.num_partitions;
+        let out_of_range = |a: &Assigned| partition >= a.num_partitions;
         match cached() {
             Some(a) if out_of_range(&a) => return Err(out_of_range_error(partition)),
             Some(a) if fresh(&a) => return Ok(a),
             _ => {}
         }
         let lock = self.fetch_lock(shuffle);
-        let _one = lock.lock().await;
-        let recent = self
-            .fetched_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(shuffle)
-            .is_some_and(|t| t.elapsed() < REFETCH_EVERY);
+        let mut last_fetch = lock.lock().await;
+        let recent = last_fetch.is_some_and(|t| t.elapsed() < REFETCH_EVERY);
         if let Some(a) = cached() {
             if fresh(&a) {
                 return Ok(a);
             }
             // A signed capability of a later registration than the cached assignment's proves
             // the cache stale (nobody can forge one): fetch at once.
-            let newer_registration =
-                incarnation.is_some_and(|i| assignment_incarnation(&a).is_some_and(|have| have < i));
+            let newer_registration = incarnation.is_some_and(|i| a.incarnation.is_some_and(|have| have < i));
             if recent && !newer_registration {
                 // Fetched moments ago and still behind the push: the push names an epoch or a
                 // registration the masters had not issued then. Busy: the pusher retries here
@@ -254,7 +262,7 @@ impl Inner {
                 return Err(not_yet_issued());
             }
         }
-        self.fetch_assignment(shuffle).await.map_err(|e| match e {
+        self.fetch_assignment(shuffle, &mut last_fetch).await.map_err(|e| match e {
             TransportError::Remote(w) => w,
             other => {
                 debug!("assignment fetch failed: {other}");
@@ -264,26 +272,26 @@ impl Inner {
     }
 
     /// Replaces the cached assignment with one fresh from the masters.
-    pub(super) async fn refresh_assignment(
-        &self,
-        shuffle: &ShuffleKey,
-    ) -> Result<Arc<ShuffleAssignment>, TransportError> {
+    pub(super) async fn refresh_assignment(&self, shuffle: &ShuffleKey) -> Result<Arc<Assigned>, TransportError> {
         let lock = self.fetch_lock(shuffle);
-        let _one = lock.lock().await;
-        self.fetch_assignment(shuffle).await
+        let mut last_fetch = lock.lock().await;
+        self.fetch_assignment(shuffle, &mut last_fetch).await
     }
 
-    /// Fetches and caches an assignment; callers hold the shuffle's fetch lock, so fetches are applied in
-    /// the order they were made and an older answer never replaces a newer one.
-    async fn fetch_assignment(&self, shuffle: &ShuffleKey) -> Result<Arc<ShuffleAssignment>, TransportError> {
+    /// Fetches and caches an assignment; callers hold the shuffle's fetch lock (and pass what
+    /// it guards), so fetches are applied in the order they were made and an older answer
+    /// never replaces a newer one.
+    async fn fetch_assignment(
+        &self,
+        shuffle: &ShuffleKey,
+        last_fetch: &mut Option<tokio::time::Instant>,
+    ) -> Result<Arc<Assigned>, TransportError> {
         let a: ShuffleAssignment = self.master.call_typed(GetAssignment { shuffle: shuffle.clone() }).await?;
-        let a = Arc::new(a);
+        // Read once here, not on every push the assignment serves.
+        let incarnation = capability_incarnation(&a.capability);
+        let a = Arc::new(Assigned { assignment: a, incarnation });
         self.assignments.lock().unwrap_or_else(|p| p.into_inner()).insert(shuffle.clone(), a.clone());
-        let mut at = self.fetched_at.lock().unwrap_or_else(|p| p.into_inner());
-        if at.len() >= MAX_FETCH_LOCKS {
-            at.retain(|_, t| t.elapsed() < REFETCH_EVERY);
-        }
-        at.insert(shuffle.clone(), tokio::time::Instant::now());
+        *last_fetch = Some(tokio::time::Instant::now());
         Ok(a)
     }
 
@@ -312,7 +320,7 @@ impl Inner {
         let _in_flight = CoreHold { inner: self, part, end: WorkerCore::push_done };
         let a = self.assignment(&push.shuffle, push.partition.0, push.epoch.0, claims.map(|c| c.incarnation)).await?;
         // The registration the masters hold now: a capability of another one pushes nothing.
-        let incarnation = assignment_incarnation(&a);
+        let incarnation = a.incarnation;
         if let (Some(c), Some(current)) = (claims, incarnation) {
             if c.incarnation != current {
                 return Err(superseded());

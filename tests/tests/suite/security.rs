@@ -542,3 +542,21 @@ async fn replica_copies_come_from_nodes_and_unissued_epochs_are_refused() -> any
     c.shutdown().await;
     Ok(())
 }
+
+/// A lease asked beyond the masters' `max_app_lease` is granted at the maximum: an app whose
+/// driver died cannot keep its data for as long as it asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_beyond_the_maximum_is_clamped() -> anyhow::Result<()> {
+    let c = Cluster::start(1).await?;
+    let reg: AppRegistered = c
+        .outsider(Some(&c.tenant(0)?))?
+        .call_typed(RegisterApp { app: AppId::new("app-forever")?, lease_ms: u64::MAX })
+        .await?;
+    let max = shuffle_master::config::DEFAULT_MAX_APP_LEASE.as_millis() as u64;
+    assert_eq!(reg.lease_ms, max, "the lease granted");
+    let apps: AppList = c.outsider(Some(&Credential::from_text(&reg.token)?))?.call_typed(ListApps {}).await?;
+    let remaining = apps.apps.iter().find(|a| a.app.as_str() == "app-forever").map(|a| a.lease_remaining_ms);
+    assert!(remaining.is_some_and(|r| r > 0 && r <= max), "lease remaining {remaining:?}");
+    c.shutdown().await;
+    Ok(())
+}
